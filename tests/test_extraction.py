@@ -1,0 +1,86 @@
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from survlm.extraction import FAILURES, STATUSES, compact_json, parse_answer
+from survlm.schema import target_json_schema
+
+NOTE = "HD#3: T 99.5 F, HR 88, BP 120/60, PaO2 80 on FiO2 40%, Cr 106 umol/L. PMH: DM2, CAD. 62 yo M."
+
+
+def _answer(**fields):
+    return compact_json(fields)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(max_size=300), st.binary(max_size=50).map(lambda b: b.decode("latin-1")),
+                      st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True) | st.text(max_size=8),
+                                   lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+                                   max_leaves=12).map(json.dumps)))
+def test_parser_is_total(schema, text):
+    out = parse_answer(text, schema, NOTE)
+    assert list(out) == schema.names
+    for r in out.values():
+        assert r.status in STATUSES
+        assert (r.status == "ok") == (r.value is not None)
+
+
+def test_garbage_is_invalid_json(schema):
+    for text in ["", "The patient is a 62 yo M ...", "{not json", "[1, 2]", None, 17]:
+        assert {r.status for r in parse_answer(text, schema).values()} == {"invalid_json"}
+
+
+def test_every_typed_failure(schema):
+    out = parse_answer(_answer(
+        age={"value": "62", "unit": None, "evidence": "62 yo"},
+        sex={"value": "other", "evidence": "M"},
+        cancer="yes",
+        temperature_c={"value": "99.5", "unit": "kelvin", "evidence": "T 99.5 F"},
+        heart_rate_bpm={"value": "880", "unit": None, "evidence": "HR 880"},
+        mean_bp_mmhg={"value": "120/60", "unit": "mmHg", "evidence": "BP 120/60"},
+        pao2_fio2={"value": "80/40%", "unit": None, "evidence": "PaO2 80 on FiO2 40%"},
+        creatinine_mg_dl={"value": "1.2", "unit": "mg/dL", "evidence": "Cr 1.2 mg/dL"},
+        sodium_meq_l={"value": "one hundred", "unit": None, "evidence": "Na"},
+        num_comorbidities={"value": ["DM2", "CAD"]},
+        diabetes={"value": True, "evidence": "DM2"},
+        dementia={"value": True, "evidence": "dementia"},
+        glucose_mg_dl=None,
+    ), schema, NOTE)
+    status = {k: v.status for k, v in out.items()}
+    assert status["age"] == "ok" and out["age"].value == 62
+    assert status["sex"] == "invalid_category"
+    assert status["cancer"] == "bad_value"
+    assert status["temperature_c"] == "unknown_unit"
+    assert status["heart_rate_bpm"] == "out_of_range" and out["heart_rate_bpm"].candidate == 880
+    assert status["mean_bp_mmhg"] == "ok" and out["mean_bp_mmhg"].value == pytest.approx(80.0)
+    assert status["pao2_fio2"] == "ok" and out["pao2_fio2"].value == pytest.approx(200.0)
+    assert status["creatinine_mg_dl"] == "ungrounded"  # 1.2 mg/dL is not what the note says
+    assert status["sodium_meq_l"] == "bad_value"
+    assert status["num_comorbidities"] == "ok" and out["num_comorbidities"].value == 2
+    assert status["diabetes"] == "ok" and out["diabetes"].value is True
+    assert status["dementia"] == "ungrounded"
+    assert status["glucose_mg_dl"] == "null"
+    assert status["ph"] == "missing_field"
+    assert set(status.values()) - {"ok", "null"} <= set(FAILURES)
+
+
+def test_units_are_converted_by_code(schema):
+    out = parse_answer(_answer(temperature_c={"value": "99.5", "unit": "F", "evidence": "T 99.5 F"},
+                               creatinine_mg_dl={"value": "106", "unit": "umol/L", "evidence": "Cr 106 umol/L"}),
+                       schema, NOTE)
+    assert out["temperature_c"].value == pytest.approx(37.5)
+    assert out["creatinine_mg_dl"].value == pytest.approx(106 / 88.42, abs=1e-4)
+
+
+def test_json_with_chatter_and_fences(schema):
+    text = "Sure! ```json\n" + _answer(heart_rate_bpm={"value": "88", "unit": "bpm", "evidence": "HR 88"}) + "\n```"
+    out = parse_answer(text, schema, NOTE)["heart_rate_bpm"]
+    assert out.status == "ok" and out.value == 88.0
+
+
+def test_target_schema_lists_every_field(schema):
+    js = target_json_schema(schema)
+    assert js["required"] == schema.names and js["additionalProperties"] is False
+    assert js["properties"]["sex"]["properties"]["value"]["enum"] == ["male", "female"]
