@@ -83,3 +83,15 @@ def test_unsupported_and_missing_files(tmp_path, schema):
     p = tmp_path / "notes.txt"
     p.write_text("x")
     assert _problems(p, schema)[0].endswith("unsupported extension '.txt' (use .jsonl, .csv or .parquet)")
+
+
+def test_cli_validate(tmp_path, schema, capsys):
+    from survlm.cli import main
+
+    good = _jsonl(tmp_path, [GOOD])
+    assert main(["validate", str(good)]) == 0
+    assert "1 records OK" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "text": "t", "time": 1, "event": 5}\n')
+    assert main(["validate", str(bad)]) == 1
+    assert capsys.readouterr().err.strip() == f"{bad}:1: event: must be 0 or 1 (got 5)"

@@ -6,7 +6,6 @@ model is trained to emit, the JSON schema used to constrain decoding, and the no
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -259,7 +258,3 @@ def system_prompt(schema: Schema) -> str:
         lines.append(f"- {f.name}: {kind}. {f.rule}")
     return "\n".join(lines)
 
-
-def schema_summary(schema: Schema) -> str:
-    """Stable JSON for hashing/recording which schema produced an artefact."""
-    return json.dumps({"name": schema.name, "version": schema.version, "digest": schema.digest}, sort_keys=True)

@@ -26,7 +26,7 @@ class UserDataError(ValueError):
         super().__init__("\n".join(problems))
 
 
-def _rows(path: Path, problems: list[str], require_outcome: bool) -> Iterator[tuple[str, dict]]:
+def _rows(path: Path, problems: list[str]) -> Iterator[tuple[str, dict]]:
     """(location, raw record) pairs; location is `line N` (JSONL/CSV) or `row N` (Parquet)."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
@@ -81,6 +81,11 @@ def _rows(path: Path, problems: list[str], require_outcome: bool) -> Iterator[tu
     problems.append(f"{path}: file: unsupported extension {suffix!r} (use .jsonl, .csv or .parquet)")
 
 
+def _show(v: Any) -> str:
+    """A short rendering of a bad cell (never a whole note)."""
+    return repr(v[:20]) if isinstance(v, str) else repr(v)[:20]
+
+
 def _number(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
@@ -99,7 +104,7 @@ def _label(schema: Schema, name: str, v: Any) -> tuple[Any, str | None]:
     if f.type in ("number", "count"):
         x = _number(v)
         if x is None:
-            return None, f"not a number ({str(v)[:20]!r})"
+            return None, f"not a number ({_show(v)})"
         if f.type == "count" and x != int(x):
             return None, "not a whole number"
         if not f.in_range(x):
@@ -111,7 +116,7 @@ def _label(schema: Schema, name: str, v: Any) -> tuple[Any, str | None]:
             return True, None
         if s in FALSE_WORDS:
             return False, None
-        return None, f"not a boolean ({str(v)[:20]!r})"
+        return None, f"not a boolean ({_show(v)})"
     match = next((c for c in f.categories if c.lower() == str(v).strip().lower()), None)
     if match is None:
         return None, f"{str(v)[:30]!r} is not one of {', '.join(f.categories)}"
@@ -126,7 +131,7 @@ def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = 
     problems: list[str] = []
     seen: dict[str, str] = {}
     records = []
-    for where, rec in _rows(path, problems, require_outcome):
+    for where, rec in _rows(path, problems):
         loc = f"{path}:{where}"
         labels_obj = rec.pop("labels", None) if isinstance(rec.get("labels"), dict) else None
         flat_labels = {k: rec[k] for k in list(rec) if k not in REQUIRED}
@@ -147,7 +152,7 @@ def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = 
         if require_outcome or rec.get("time") is not None:
             time = _number(rec.get("time"))
             if time is None:
-                problems.append(f"{loc}: time: not a number ({str(rec.get('time'))[:20]!r})")
+                problems.append(f"{loc}: time: not a number ({_show(rec.get('time'))})")
             elif time < 0:
                 problems.append(f"{loc}: time: negative ({time:g})")
         if require_outcome or rec.get("event") is not None:
@@ -157,7 +162,7 @@ def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = 
             if ev in (0, 1, "0", "1") and not isinstance(ev, bool):
                 event = int(ev)
             else:
-                problems.append(f"{loc}: event: must be 0 or 1 (got {str(ev)[:20]!r})")
+                problems.append(f"{loc}: event: must be 0 or 1 (got {_show(ev)})")
         labels: dict[str, Any] = {}
         for name, v in flat_labels.items():
             if name not in schema.fields:

@@ -18,7 +18,7 @@ from ..data.userfile import UserDataError, load_user_records
 from ..extraction import compact_json
 from ..notes.checks import check_note, trap_stats
 from ..notes.render import STYLES, RenderError, render_to_budget
-from ..schema import SchemaError, load_schema, schema_summary, system_prompt, target_json_schema
+from ..schema import SchemaError, load_schema, system_prompt, target_json_schema
 from ..split import SPLITS, assign_splits
 from .common import atomic_dir, fail, load_params, write_json, write_jsonl
 
@@ -41,7 +41,7 @@ def _init_worker(schema_path: str, base_dir: str, render_kwargs: dict) -> None:
     _worker["kwargs"] = render_kwargs
 
 
-def _render_one(job: tuple[dict, str, int]) -> tuple[str, dict, list[str], dict]:
+def _render_one(job: tuple[dict, str, int]) -> tuple[str, dict, list[str]]:
     row, style, seed = job
     schema, kw = _worker["schema"], _worker["kwargs"]
     note, n_tokens = render_to_budget(row, schema, style, seed, row["id"], kw["note_tokens"], _worker["count"],
@@ -49,7 +49,7 @@ def _render_one(job: tuple[dict, str, int]) -> tuple[str, dict, list[str], dict]
     violations = check_note(note, schema, row)
     out = {"text": note.text, "labels": note.labels, "target": note.target, "meta": note.metadata(),
            "n_tokens": n_tokens, "traps": trap_stats(note, schema)}
-    return row["id"], out, violations, {}
+    return row["id"], out, violations
 
 
 def _styles_for(params: dict) -> tuple[list[str], list[str]]:
@@ -88,7 +88,7 @@ def _support2_records(params: dict, schema_path: str, base_dir: str, workers: in
     problems: list[str] = []
     with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
                              initargs=(schema_path, base_dir, kwargs)) as pool_:
-        for rid, out, violations, _ in pool_.map(_render_one, jobs, chunksize=64):
+        for rid, out, violations in pool_.map(_render_one, jobs, chunksize=64):
             rendered[rid] = out
             problems += [f"support2:{rid}: {v}" for v in violations]
     if problems:
@@ -189,7 +189,8 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
             write_jsonl(tmp / f"{split}.jsonl", rows)
         write_jsonl(tmp / "render_meta.jsonl", ({"id": r["id"], **r["meta"]} for r in records))
         write_json(tmp / "prompt.json", {"system_prompt": prompt, "json_schema": target_json_schema(schema),
-                                         "schema": schema_summary(schema), "schema_path": schema_path})
+                                         "schema": {"name": schema.name, "version": schema.version, "digest": schema.digest},
+                                         "schema_path": schema_path})
     write_json(metrics_path, metrics)
     return metrics
 

@@ -1,0 +1,90 @@
+"""Real `dvc repro` of base_model + prepare in a temp copy of the project, with a small params override."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _env():
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"], DVC_NO_ANALYTICS="1")
+
+
+def _dvc(repo, *args, check=True):
+    return subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True, check=check)
+
+
+def _set_params(repo, **sections):
+    p = repo / "params.yaml"
+    params = yaml.safe_load(p.read_text())
+    for section, values in sections.items():
+        params[section].update(values)
+    p.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def test_dvc_repro_prepare(repo_copy, tiny_llama_dir):
+    _set_params(repo_copy, model={"base": str(tiny_llama_dir)},
+                prepare={"max_patients": 60, "note_tokens": 600, "workers": 1})
+    run = _dvc(repo_copy, "repro", "prepare", check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = repo_copy / "data" / "prepared"
+    metrics = json.loads((repo_copy / "metrics" / "prepare.json").read_text())
+    assert metrics["patients"] == 60 and sum(metrics["splits"].values()) == 60
+    assert metrics["first_mention_wrong_rate"] > 0.99 and metrics["last_mention_wrong_rate"] == 1.0
+    ids = {}
+    for split in ("train", "val", "pairs", "test", "test_heldout"):
+        rows = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
+        for r in rows:
+            assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+            assert set(r["labels"]) == set(metrics["null_rate"])
+            ids.setdefault(r["id"], split)
+        assert len(rows) == metrics["splits"][split]
+    assert len(ids) == 60  # patient-level split: each patient in exactly one split
+    held = [json.loads(line)["style"] for line in (out / "test_heldout.jsonl").read_text().splitlines()]
+    train = [json.loads(line)["style"] for line in (out / "train.jsonl").read_text().splitlines()]
+    assert set(held) <= {"nursing"} and "nursing" not in train
+    # Note text lives only in the prepared records, never in metrics.
+    assert "HD" not in (repo_copy / "metrics" / "prepare.json").read_text()
+
+    # Nothing changed -> nothing to do; a prepare param change reruns prepare only.
+    assert "up to date" in _dvc(repo_copy, "status").stdout
+    _set_params(repo_copy, prepare={"note_tokens": 500})
+    status = _dvc(repo_copy, "status", "--json").stdout
+    assert set(json.loads(status)) == {"prepare"}
+
+    first = (out / "train.jsonl").read_bytes()
+    _set_params(repo_copy, prepare={"note_tokens": 600})
+    assert _dvc(repo_copy, "repro", "prepare", "--force", "--single-item").returncode == 0
+    assert (out / "train.jsonl").read_bytes() == first  # same params, same bytes
+
+
+def test_dvc_prepare_rejects_bad_user_file(repo_copy, tiny_llama_dir):
+    bad = repo_copy / "data" / "user" / "notes.jsonl"
+    bad.write_text('{"id": "1", "text": "HD3 Na 140", "time": 5, "event": 1}\n'
+                   '{"id": "1", "text": "", "time": -1, "event": 3}\n')
+    _set_params(repo_copy, model={"base": str(tiny_llama_dir)},
+                prepare={"source": "path", "path": "data/user/notes.jsonl", "workers": 1})
+    run = _dvc(repo_copy, "repro", "prepare", check=False)
+    assert run.returncode != 0
+    for problem in ("notes.jsonl:2: id: duplicate id '1'", "notes.jsonl:2: text: missing or empty",
+                    "notes.jsonl:2: time: negative (-1)", "notes.jsonl:2: event: must be 0 or 1 (got 3)"):
+        assert problem in run.stderr + run.stdout
+    assert "Traceback" not in run.stderr
+    assert not (repo_copy / "data" / "prepared").exists()
+    assert not (repo_copy / "metrics" / "prepare.json").exists()
+
+
+def test_dvc_prepare_user_file(repo_copy, tiny_llama_dir):
+    rows = [{"id": f"p{i}", "text": f"Day 3 sodium {130 + i}", "time": 10 + i, "event": i % 2,
+             "sodium_meq_l": 130 + i} for i in range(20)]
+    (repo_copy / "data" / "user" / "notes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _set_params(repo_copy, model={"base": str(tiny_llama_dir)},
+                prepare={"source": "path", "path": "data/user/notes.jsonl", "workers": 1})
+    run = _dvc(repo_copy, "repro", "prepare", check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((repo_copy / "metrics" / "prepare.json").read_text())
+    assert metrics["patients"] == 20 and metrics["source"] == "path"
+    assert metrics["null_rate"]["sodium_meq_l"] == 0.0 and metrics["null_rate"]["ph"] == 1.0

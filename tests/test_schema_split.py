@@ -1,0 +1,62 @@
+import pytest
+
+from survlm.schema import SchemaError, load_schema, system_prompt, target_json_schema
+from survlm.split import assign_splits
+
+FIELDS = ["age", "sex", "disease_group", "cancer", "diabetes", "dementia", "num_comorbidities", "coma_score",
+          "mean_bp_mmhg", "heart_rate_bpm", "resp_rate", "temperature_c", "wbc_k_ul", "pao2_fio2", "albumin_g_dl",
+          "bilirubin_mg_dl", "creatinine_mg_dl", "sodium_meq_l", "ph", "glucose_mg_dl", "bun_mg_dl", "urine_ml_day"]
+
+
+def test_bundled_schema_is_the_contract(schema):
+    assert schema.names == FIELDS and schema.version == 1
+    assert {f.source for f in schema} >= {"num_age", "fac_sex", "num_pafi", "num_urine"}
+    assert all(f.day == 3 for f in schema if f.name not in FIELDS[:7])
+    prompt = system_prompt(schema)
+    assert all(f"- {n}:" in prompt for n in FIELDS) and "hospital day 3" in prompt
+
+
+def test_user_schema_file(tmp_path, schema):
+    p = tmp_path / "mine.yaml"
+    p.write_text("name: mine\nversion: 2\nfields:\n  lactate:\n    type: number\n    unit: mmol/L\n"
+                 "    day: 3\n    range: [0, 30]\n    description: Lactate.\n    rule: The day-3 lactate.\n"
+                 "    units: {mmol/L: 1, mg/dL: {divide: 9.008}}\n")
+    mine = load_schema(p)
+    assert mine.names == ["lactate"] and mine["lactate"].units["mg/dL"].to_canonical(18.016) == pytest.approx(2.0)
+    assert target_json_schema(mine)["required"] == ["lactate"]
+    assert schema.subset(["age", "ph"]).names == ["age", "ph"]
+    with pytest.raises(SchemaError, match="unknown field"):
+        schema.subset(["lactate"])
+
+
+@pytest.mark.parametrize("body,message", [
+    ("name: x\nversion: 1\n", "needs a non-empty 'fields'"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: text\n", "field a: type must be one of"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: number\n    description: d\n    rule: r\n    unit: mg\n",
+     "field a: a number field needs 'unit' listed in 'units'"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: category\n    description: d\n    rule: r\n    categories: [x]\n",
+     "field a: a category field needs at least two categories"),
+    ("name: x\nfields: [\n", "not valid YAML"),
+])
+def test_bad_schema_files_name_file_and_field(tmp_path, body, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(body)
+    with pytest.raises(SchemaError) as exc:
+        load_schema(p)
+    assert str(exc.value).startswith(str(p)) and message in str(exc.value)
+
+
+def test_split_is_stratified_seeded_and_disjoint():
+    ids = [f"p{i}" for i in range(1000)]
+    events = [int(i % 3 == 0) for i in range(1000)]
+    frac = {"train": 0.6, "val": 0.1, "pairs": 0.1, "test": 0.2}
+    a = assign_splits(ids, events, frac, seed=1)
+    assert a == assign_splits(ids, events, frac, seed=1) and a != assign_splits(ids, events, frac, seed=2)
+    assert set(a) == set(ids)
+    for split, share in frac.items():
+        members = [i for i in ids if a[i] == split]
+        assert abs(len(members) / 1000 - share) < 0.01
+        rate = sum(events[int(i[1:])] for i in members) / len(members)
+        assert abs(rate - 1 / 3) < 0.02
+    with pytest.raises(ValueError):
+        assign_splits(ids, events, {"train": 0.5}, seed=1)
