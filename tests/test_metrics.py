@@ -1,0 +1,72 @@
+"""Extraction scoring on hand-made predictions with known answers."""
+import pytest
+
+from survlm.extraction import FieldResult, compact_json, parse_answer
+from survlm.metrics import field_errors, is_correct, mentions_by_field, score
+
+COLS = ["field", "kind", "day", "value", "unit", "canonical", "start", "end"]
+META = {"mention_columns": COLS, "mentions": [
+    ["sodium_meq_l", "day", 1, "131", None, 131.0, 10, 16],
+    ["sodium_meq_l", "day", 3, "138", None, 138.0, 40, 46],
+    ["sodium_meq_l", "day", 4, "133", None, 133.0, 60, 66],
+    ["sodium_meq_l", "day", 5, "142", None, 142.0, 80, 86],
+    ["glucose_mg_dl", "day", 2, "150", None, 150.0, 20, 27],
+    ["glucose_mg_dl", "day", 4, "180", None, 180.0, 70, 77],
+    ["temperature_c", "day", 1, "37.9", "C", 37.9, 5, 9],
+    ["temperature_c", "day", 3, "99.5", "F", 37.5, 30, 40],
+    ["temperature_c", "day", 4, "36.8", "C", 36.8, 50, 58],
+]}
+
+
+def _ok(value, written=None):
+    return FieldResult("ok", value=value, written=written)
+
+
+def test_error_tags(schema):
+    m = mentions_by_field(META)
+    na, glu, temp = schema["sodium_meq_l"], schema["glucose_mg_dl"], schema["temperature_c"]
+    assert field_errors(na, 138.0, _ok(138.0), m["sodium_meq_l"]) == []
+    assert field_errors(na, 138.0, _ok(139.3), m["sodium_meq_l"]) == []          # within 1 %
+    assert field_errors(na, 138.0, _ok(142.0), m["sodium_meq_l"]) == ["last_value"]
+    assert field_errors(na, 138.0, _ok(131.0), m["sodium_meq_l"]) == ["first_value"]
+    assert field_errors(na, 138.0, _ok(133.0), m["sodium_meq_l"]) == ["wrong_day"]
+    assert field_errors(na, 138.0, _ok(120.0), m["sodium_meq_l"]) == ["wrong_value"]
+    assert field_errors(na, 138.0, FieldResult("null"), m["sodium_meq_l"]) == ["omitted"]
+    assert field_errors(glu, None, FieldResult("null"), m["glucose_mg_dl"]) == []
+    assert field_errors(glu, None, _ok(180.0), m["glucose_mg_dl"]) == ["fabricated", "last_value"]
+    assert field_errors(glu, None, FieldResult("ungrounded", candidate=97.0), m["glucose_mg_dl"]) == ["fabricated"]
+    # °F read as °C: the day-3 number with the wrong unit
+    wrong_unit = FieldResult("out_of_range", candidate=99.5, written={"value": "99.5", "unit": "C"})
+    assert field_errors(temp, 37.5, wrong_unit, m["temperature_c"]) == ["unit_wrong"]
+    assert field_errors(schema["sex"], "male", _ok("female")) == ["wrong_category"]
+    assert field_errors(schema["sex"], "male", FieldResult("invalid_json")) == ["invalid_json"]
+    assert is_correct(schema["num_comorbidities"], 2, _ok(2)) and not is_correct(schema["num_comorbidities"], 2, _ok(3))
+
+
+def test_score_rates(schema):
+    gold = {f.name: None for f in schema}
+    gold.update(sodium_meq_l=138.0, temperature_c=37.5, sex="male")
+    right = parse_answer(compact_json({
+        "sex": {"value": "male", "evidence": None},
+        "sodium_meq_l": {"value": "138", "unit": None, "evidence": "Na 138"},
+        "temperature_c": {"value": "99.5", "unit": "F", "evidence": "T 99.5 F"},
+        **{f.name: None for f in schema if f.name not in ("sex", "sodium_meq_l", "temperature_c")},
+    }), schema)
+    last = dict(right)
+    last["sodium_meq_l"] = _ok(142.0)
+    last["glucose_mg_dl"] = _ok(180.0)
+    rows = [(gold, right, META), (gold, last, META), (gold, parse_answer("not json", schema), META)]
+    m = score(schema, rows)
+    n_fields = len(schema.names)
+    wrong_in_right = sum(not is_correct(schema[f], gold[f], right[f]) for f in schema.names)
+    # age/disease group/... golds are None here, and the answers are null, so `right` is fully right
+    assert wrong_in_right == 0
+    assert m["field_accuracy"] == pytest.approx((n_fields + n_fields - 2 + 0) / (3 * n_fields), abs=1e-4)
+    assert m["json_valid_rate"] == pytest.approx(2 / 3, abs=1e-4)
+    # glucose is the only null-gold field with a trap here? every null physiology field counts in the denominator
+    null_phys = sum(1 for f in schema if f.is_physiology and gold[f.name] is None)
+    assert m["fabrication_rate"] == pytest.approx(1 / (3 * null_phys), abs=1e-4)
+    # last-value traps: sodium (last 142 != 138), glucose (null gold, last 180), temperature (36.8 != 37.5)
+    assert m["last_value_rate"] == pytest.approx(2 / 9, abs=1e-4)
+    assert m["errors"]["last_value"] == 2 and m["errors"]["fabricated"] == 1
+    assert m["errors"]["invalid_json"] == n_fields
