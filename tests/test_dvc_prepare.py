@@ -49,11 +49,11 @@ def test_dvc_repro_prepare(repo_copy, tiny_llama_dir):
     # Note text lives only in the prepared records, never in metrics.
     assert "HD" not in (repo_copy / "metrics" / "prepare.json").read_text()
 
-    # Nothing changed -> nothing to do; a prepare param change reruns prepare only.
-    assert "up to date" in _dvc(repo_copy, "status").stdout
+    # Nothing changed -> nothing to do up to prepare; a prepare param change reruns prepare (and what
+    # consumes its outputs), never base_model.
+    assert "up to date" in _dvc(repo_copy, "status", "prepare").stdout
     _set_params(repo_copy, prepare={"note_tokens": 500})
-    status = _dvc(repo_copy, "status", "--json").stdout
-    assert set(json.loads(status)) == {"prepare"}
+    assert set(json.loads(_dvc(repo_copy, "status", "--json", "prepare").stdout)) == {"prepare"}
 
     first = (out / "train.jsonl").read_bytes()
     _set_params(repo_copy, prepare={"note_tokens": 600})

@@ -84,3 +84,18 @@ def test_target_schema_lists_every_field(schema):
     js = target_json_schema(schema)
     assert js["required"] == schema.names and js["additionalProperties"] is False
     assert js["properties"]["sex"]["properties"]["value"]["enum"] == ["male", "female"]
+
+
+def test_malformed_answers_are_read_field_by_field(schema):
+    from survlm.extraction import answer_is_valid_json
+
+    broken = ('{"age":{"value":"62","unit":null,"evidence":"62 yo"},{"sex":{"value":"male","evidence":"M"},'
+              '"heart_rate_bpm":{"value":"88","unit":null,"evidence":"HR 88"},"ph":{"value":')
+    out = parse_answer(broken, schema, NOTE)
+    assert out["age"].status == "ok" and out["age"].value == 62 and out["age"].recovered
+    assert out["sex"].status == "ok" and out["heart_rate_bpm"].value == 88.0
+    assert out["ph"].status == "invalid_json" and out["glucose_mg_dl"].status == "invalid_json"
+    assert not answer_is_valid_json(out)
+    good = parse_answer(_answer(age={"value": "62", "unit": None, "evidence": "62 yo"}), schema, NOTE)
+    assert answer_is_valid_json({k: v for k, v in good.items() if k == "age"})
+    assert good["sex"].status == "missing_field" and not good["age"].recovered

@@ -24,6 +24,7 @@ class FieldResult:
     value: Any = None          # canonical value when status == "ok" (float, str, bool or int)
     candidate: Any = None      # the value code computed before a later check rejected it
     written: Any = None        # the field's JSON as the model wrote it
+    recovered: bool = False    # read from a malformed answer, field by field
 
 
 def compact_json(obj: Any) -> str:
@@ -106,37 +107,65 @@ def _parse_field(f: Field, item: Any, note_sq: str | None) -> FieldResult:
     return FieldResult("ok", value=count, written=item)
 
 
-def _load_json_object(text: str) -> dict | None:
-    """The first JSON object in the text (tolerates code fences and chatter around it)."""
-    if not isinstance(text, str):
-        return None
+def _load_json_object(text: str, keys: set[str]) -> dict | None:
+    """The first JSON object in the text that has a schema key (tolerates fences and chatter)."""
     start = text.find("{")
     while start != -1:
         try:
-            obj, _ = json.JSONDecoder().raw_decode(text[start:])
+            obj, _ = _DECODER.raw_decode(text[start:])
         except ValueError:
-            start = text.find("{", start + 1)
-            continue
-        return obj if isinstance(obj, dict) else None
+            obj = None
+        if isinstance(obj, dict) and keys & set(obj):
+            return obj
+        start = text.find("{", start + 1)
     return None
 
 
+def _recover_fields(text: str, names: list[str]) -> dict[str, Any]:
+    """Malformed JSON: each field's value read on its own after its first `"name":` key."""
+    found = {}
+    for name in names:
+        m = re.search(r'"' + re.escape(name) + r'"\s*:\s*', text)
+        if m is None:
+            continue
+        try:
+            found[name], _ = _DECODER.raw_decode(text[m.end():])
+        except ValueError:
+            continue
+    return found
+
+
+_DECODER = json.JSONDecoder()
+
+
 def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str, FieldResult]:
-    """Total parser: any model output -> one FieldResult per schema field."""
-    obj = _load_json_object(text)
-    if obj is None:
+    """Total parser: any model output -> one FieldResult per schema field.
+
+    A well-formed answer is read as one object. A malformed one is read field by field (each result
+    is then marked `recovered`, and the answer does not count as valid JSON); a field that cannot be
+    read either way is `invalid_json`."""
+    if not isinstance(text, str):
         return {f.name: FieldResult("invalid_json") for f in schema}
+    obj = _load_json_object(text, set(schema.names))
+    recovered = obj is None
+    if recovered:
+        obj = _recover_fields(text, schema.names)
     out = {}
     note_sq = None if note is None else _squash(note)
     for f in schema:
         if f.name not in obj:
-            out[f.name] = FieldResult("missing_field")
+            out[f.name] = FieldResult("invalid_json" if recovered else "missing_field")
             continue
         try:
             out[f.name] = _parse_field(f, obj[f.name], note_sq)
         except Exception:  # totality: a parser bug must not lose the other fields  # noqa: BLE001
             out[f.name] = FieldResult("bad_value", written=obj[f.name])
+        out[f.name].recovered = recovered
     return out
+
+
+def answer_is_valid_json(results: dict[str, FieldResult]) -> bool:
+    return not any(r.status == "invalid_json" or r.recovered for r in results.values())
 
 
 def canonical_values(results: dict[str, FieldResult]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .extraction import FieldResult
+from .extraction import FieldResult, answer_is_valid_json
 from .schema import Field, Schema
 from .units import values_match
 
@@ -111,7 +111,7 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
     statuses = Counter()
     for gold, results, meta in rows:
         n_notes += 1
-        json_valid += not any(r.status == "invalid_json" for r in results.values())
+        json_valid += answer_is_valid_json(results)
         mentions = mentions_by_field(meta)
         for f in schema:
             r = results[f.name]

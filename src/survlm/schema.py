@@ -237,8 +237,29 @@ def target_json_schema(schema: Schema) -> dict:
     }
 
 
-def system_prompt(schema: Schema) -> str:
-    """The instruction the model sees, generated from the schema so the two cannot drift."""
+PROMPT_STYLES = ("full", "brief")
+
+
+def system_prompt(schema: Schema, style: str = "full") -> str:
+    """The instruction the model sees, generated from the schema so the two cannot drift.
+
+    `full` states every field's rule (~800 tokens for the bundled schema); `brief` names the keys
+    and their kinds only (~250 tokens), for CPU runs where every prompt token costs training time.
+    """
+    if style not in PROMPT_STYLES:
+        raise SchemaError(f"prompt style must be one of {', '.join(PROMPT_STYLES)} (got {style!r})")
+    if style == "brief":
+        keys = []
+        for f in schema:
+            if f.type == "category":
+                keys.append(f"{f.name} ({'|'.join(f.categories)})")
+            elif f.type == "count":
+                keys.append(f"{f.name} (list of items)")
+            else:
+                keys.append(f.name)
+        return (f"Extract one JSON object from the clinical note. Physiology is the {schema.day_label} value only; "
+                "if that day has none, null (never another day). Copy value and unit as written, with the "
+                "copied text as evidence. Keys: " + ", ".join(keys) + ".")
     lines = [
         f"Extract these fields from the clinical note. Physiology is the value on {schema.day_label} only; "
         f"if that day has no value, answer null. Never use a value from another day.",

@@ -71,7 +71,7 @@ def _peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process RSS)
 
 
-def _callbacks(live, device: str):
+def _callbacks(live, device: str) -> list:
     from transformers import TrainerCallback
     from transformers.integrations import DVCLiveCallback
 
@@ -80,6 +80,7 @@ def _callbacks(live, device: str):
 
         def __init__(self):
             self.t0, self.tokens0 = None, 0
+            self.history: list[float] = []
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = time.perf_counter()
@@ -90,18 +91,81 @@ def _callbacks(live, device: str):
             now = time.perf_counter()
             tokens = logs["num_tokens"]
             logs["tokens_per_s"] = round((tokens - self.tokens0) / max(now - self.t0, 1e-9), 2)
+            self.history.append(logs["tokens_per_s"])
             logs["peak_mem_gib"] = round(_peak_memory_gib(device), 3)
             self.t0, self.tokens0 = now, tokens
 
     # Throughput must run before DVCLive so the values it adds to `logs` are logged too.
-    return [Throughput(), DVCLiveCallback(live=live)]
+    return [Throughput()] + ([DVCLiveCallback(live=live)] if live is not None else [])
 
 
-def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, live_dir: Path) -> dict:
+def sft_config(params: dict, out_dir: Path, device: str, with_eval: bool):
+    """TRL SFTConfig from the `sft` params section (memory discipline on CUDA, see module loading)."""
+    from trl import SFTConfig
+
+    on_cuda = device == "cuda"
+    liger = bool(params.get("liger", False)) and on_cuda
+    if liger:
+        import importlib.util
+
+        liger = importlib.util.find_spec("liger_kernel") is not None
+    optim = params.get("optim", "auto")
+    return SFTConfig(
+        output_dir=str(out_dir),
+        learning_rate=float(params["lr"]),
+        num_train_epochs=float(params["epochs"]),
+        max_steps=int(params.get("max_steps") or -1),
+        per_device_train_batch_size=int(params["batch_size"]),
+        per_device_eval_batch_size=int(params["batch_size"]),
+        gradient_accumulation_steps=int(params["grad_accum"]),
+        warmup_steps=int(params["warmup_steps"]),
+        lr_scheduler_type=str(params.get("lr_scheduler", "cosine")),
+        weight_decay=float(params["weight_decay"]),
+        max_grad_norm=float(params.get("max_grad_norm", 1.0)),
+        seed=int(params["seed"]),
+        data_seed=int(params["seed"]),
+        max_length=int(params["max_length"]),
+        completion_only_loss=True,
+        packing=False,
+        save_strategy="steps" if params.get("save_steps") else "no",
+        save_steps=int(params.get("save_steps") or 1),
+        save_total_limit=None,
+        eval_strategy="steps" if with_eval else "no",
+        eval_steps=int(params["eval_steps"]),
+        logging_steps=1,
+        gradient_checkpointing=bool(params["gradient_checkpointing"]),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        # The checkpointed per-layer inputs (seq x hidden x layers: 4.3 GiB at 16k on the 8B shape) move
+        # to pinned CPU memory; what stays on the GPU is the 4-bit weights and one layer's recompute.
+        activation_offloading=bool(params.get("activation_offloading", False)) and on_cuda,
+        bf16=compute_dtype(device) == torch.bfloat16,
+        optim=("paged_adamw_8bit" if on_cuda else "adamw_torch") if optim == "auto" else str(optim),
+        use_liger_kernel=liger,
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=not on_cuda,
+        disable_tqdm=True,
+    )
+
+
+def build_trainer(model, tokenizer, params: dict, train: list[dict], val: list[dict], out_dir: Path, device: str,
+                  live=None):
+    """SFTTrainer over `model` (wrapped with a fresh LoRA adapter); `trainer.throughput` has tokens/s per step."""
     from datasets import Dataset
-    from dvclive import Live
+    from trl import SFTTrainer
+
+    callbacks = _callbacks(live, device)
+    trainer = SFTTrainer(model=model, args=sft_config(params, out_dir, device, bool(val)),
+                         train_dataset=Dataset.from_list(train),
+                         eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
+                         peft_config=lora_config(params["lora"]), callbacks=callbacks)
+    trainer.throughput = callbacks[0]
+    return trainer
+
+
+def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, live_dir: Path | None) -> dict:
+    """Train (or resume) and return a summary; `live_dir` None skips dvclive."""
     from transformers.trainer_utils import get_last_checkpoint
-    from trl import SFTConfig, SFTTrainer
 
     device = pick_device()
     quantization = resolve_quantization(str(params.get("quantization", "auto")), device)
@@ -126,56 +190,22 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
 
-    on_cuda = device == "cuda"
-    liger = bool(params.get("liger", False)) and on_cuda
-    if liger:
-        import importlib.util
-
-        liger = importlib.util.find_spec("liger_kernel") is not None
-    config = SFTConfig(
-        output_dir=str(out_dir),
-        learning_rate=float(params["lr"]),
-        num_train_epochs=float(params["epochs"]),
-        max_steps=int(params.get("max_steps") or -1),
-        per_device_train_batch_size=int(params["batch_size"]),
-        per_device_eval_batch_size=int(params["batch_size"]),
-        gradient_accumulation_steps=int(params["grad_accum"]),
-        warmup_steps=int(params["warmup_steps"]),
-        lr_scheduler_type=str(params.get("lr_scheduler", "cosine")),
-        weight_decay=float(params["weight_decay"]),
-        max_grad_norm=float(params.get("max_grad_norm", 1.0)),
-        seed=int(params["seed"]),
-        data_seed=int(params["seed"]),
-        max_length=max_length,
-        completion_only_loss=True,
-        packing=False,
-        save_strategy="steps",
-        save_steps=int(params["save_steps"]),
-        save_total_limit=None,
-        eval_strategy="steps" if val else "no",
-        eval_steps=int(params["eval_steps"]),
-        logging_steps=1,
-        gradient_checkpointing=bool(params["gradient_checkpointing"]),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        bf16=compute_dtype(device) == torch.bfloat16,
-        optim=("paged_adamw_8bit" if on_cuda else "adamw_torch") if params.get("optim", "auto") == "auto"
-        else str(params["optim"]),
-        use_liger_kernel=liger,
-        report_to="none",
-        dataloader_num_workers=0,
-        use_cpu=not on_cuda,
-        disable_tqdm=True,
-    )
     model = load_base(base_dir, quantization, device, str(params.get("attn_implementation", "sdpa")))
-    live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False)
-    trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(train),
-                         eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
-                         peft_config=lora_config(params["lora"]), callbacks=_callbacks(live, device))
+    live = None
+    if live_dir is not None:
+        from dvclive import Live
+
+        live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False)
+    trainer = build_trainer(model, tokenizer, params, train, val, out_dir, device, live)
     t0 = time.perf_counter()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     result = trainer.train(resume_from_checkpoint=resume)
-    live.end()
+    if live is not None:
+        live.end()
     summary = {
-        "device": device, "quantization": quantization, "liger": liger, "resumed_from": resume and Path(resume).name,
+        "device": device, "quantization": quantization, "liger": trainer.args.use_liger_kernel,
+        "resumed_from": resume and Path(resume).name,
         "train_examples": len(train), "dropped_too_long": {"train": dropped_train, "val": dropped_val},
         "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
         "final_eval_loss": next((round(h["eval_loss"], 5) for h in reversed(trainer.state.log_history)

@@ -172,7 +172,10 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
         records, info = _path_records(params, schema, base_dir)
     else:
         fail(f"params.yaml: prepare.source: must be 'support2' or 'path' (got {source!r})")
-    prompt = system_prompt(schema)
+    try:
+        prompt = system_prompt(schema, str(params.get("prompt", "full")))
+    except SchemaError as exc:
+        fail(f"params.yaml: prepare.prompt: {exc}")
     metrics = _metrics(records, schema, params, info)
     with atomic_dir(out_dir) as tmp:
         for split in OUTPUT_SPLITS:

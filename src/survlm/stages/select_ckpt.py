@@ -25,12 +25,13 @@ def choose_best(curve: list[dict]) -> dict:
 
 def evaluate_adapter(base_dir: Path, adapter: Path | None, quantization: str, rows: list[dict], meta: dict,
                      schema, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
-    from ..modeling.generate import generate_answers
+    from ..modeling.generate import answer_prefix, generate_answers
     from ..modeling.loading import load_adapter_for_inference, load_tokenizer
 
     tokenizer = load_tokenizer(base_dir)
     model = load_adapter_for_inference(base_dir, adapter, quantization)
-    answers = generate_answers(model, tokenizer, [r["messages"][:2] for r in rows], max_new_tokens, batch_size)
+    answers = generate_answers(model, tokenizer, [r["messages"][:2] for r in rows], max_new_tokens, batch_size,
+                               prefix=answer_prefix(schema))
     del model
     scored = [(r["labels"], parse_answer(a["text"], schema, r["messages"][1]["content"]), meta.get(r["id"]))
               for r, a in zip(rows, answers)]
