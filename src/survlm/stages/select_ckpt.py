@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
     for step, path in candidates:
         if step == 0 and not params.get("include_zero_shot", True):
             continue
-        m, _ = evaluate_adapter(Path(args.base), path, run["quantization"] if path else "none", rows, meta, schema,
+        # Step 0 runs on the same (possibly 4-bit) base the adapters were trained on.
+        m, _ = evaluate_adapter(Path(args.base), path, run["quantization"], rows, meta, schema,
                                 int(params["max_new_tokens"]), int(params["batch_size"]))
         curve.append({"step": step, "checkpoint": path.name if path else "zero-shot", **{
             k: m[k] for k in ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")}})
