@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .schema import Field, Schema
@@ -166,11 +166,3 @@ def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str
 
 def answer_is_valid_json(results: dict[str, FieldResult]) -> bool:
     return not any(r.status == "invalid_json" or r.recovered for r in results.values())
-
-
-def canonical_values(results: dict[str, FieldResult]) -> dict[str, Any]:
-    return {name: r.value for name, r in results.items()}
-
-
-def results_to_json(results: dict[str, FieldResult]) -> dict[str, dict]:
-    return {name: asdict(r) for name, r in results.items()}

@@ -6,7 +6,6 @@ from typing import Any
 from ..extraction import compact_json, parse_answer
 from ..schema import Schema
 from ..units import parse_fio2, resolve_unit, rounding_tolerance, to_canonical, values_match
-from . import vocab
 from .render import GOLD_DAY, RenderedNote
 
 
@@ -77,6 +76,3 @@ def trap_stats(note: RenderedNote, schema: Schema) -> dict[str, Any]:
                        "last_wrong": not values_match(ms[-1].canonical, label)}
     return out
 
-
-def known_fields() -> set[str]:
-    return set(vocab.LABELS)

@@ -380,10 +380,6 @@ def _history(b: NoteBuilder, ctx: _Context, facts: dict, gold_static: dict) -> N
             gold_static[flag] = next(i for i in items if i in terms)
 
 
-def _day_heading(ctx: _Context, day: int) -> str:
-    return ctx.day_ref(day)
-
-
 def _render_flowsheet(b, ctx, facts, gold_static):
     b.add(f"ICU FLOWSHEET SUMMARY\nAdmit date: {ctx.date(1)}\nPt: ")
     _demographics(b, ctx, facts, short=False)
@@ -391,7 +387,7 @@ def _render_flowsheet(b, ctx, facts, gold_static):
     _history(b, ctx, facts, gold_static)
     _outside_labs(b, ctx, terse=True)
     for day in ctx.days:
-        b.add(f"\n--- {_day_heading(ctx, day)} ---\nVS: ")
+        b.add(f"\n--- {ctx.day_ref(day)} ---\nVS: ")
         _values(b, ctx, day, vocab.VITALS, " | ", terse=True)
         b.add("\nLabs: ")
         _values(b, ctx, day, vocab.LABS, " | ", terse=True, ref_ranges=True)
@@ -414,7 +410,7 @@ def _render_discharge(b, ctx, facts, gold_static):
     b.add("\nHOSPITAL COURSE:\n")
     for day in ctx.days:
         rng = _rng(ctx.seed, ctx.pid, "course", day)
-        b.add(f"{rng.choice(['On', 'By'])} {_day_heading(ctx, day)} the patient was {rng.choice(vocab.ASSESSMENTS)}, with ")
+        b.add(f"{rng.choice(['On', 'By'])} {ctx.day_ref(day)} the patient was {rng.choice(vocab.ASSESSMENTS)}, with ")
         _values(b, ctx, day, vocab.VITALS, ", ", terse=False)
         b.add(". Laboratory studies showed ")
         _values(b, ctx, day, vocab.LABS + vocab.GASES, ", ", terse=False)
@@ -430,7 +426,7 @@ def _render_signout(b, ctx, facts, gold_static):
     _history(b, ctx, facts, gold_static)
     _outside_labs(b, ctx, terse=True)
     for day in ctx.days:
-        b.add(f"{_day_heading(ctx, day)}: ")
+        b.add(f"{ctx.day_ref(day)}: ")
         _values(b, ctx, day, vocab.VITALS, " ", terse=True)
         b.add(" / ")
         _values(b, ctx, day, vocab.LABS + vocab.GASES, " ", terse=True)
