@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,12 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
     return out
 
 
+def dvc_env() -> dict:
+    """The environment for `dvc` subprocesses: this interpreter's bin dir first (venv not activated in CI)."""
+    bin_dir = str(Path(sys.executable).parent)
+    return dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), DVC_NO_ANALYTICS="1")
+
+
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """The DVC project files copied into a fresh DVC repo (no git), for running real `dvc repro`."""
@@ -56,7 +63,7 @@ def repo_copy(tmp_path) -> Path:
         shutil.copy(REPO / name, dst / name)
     shutil.copytree(REPO / "src", dst / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     shutil.copytree(REPO / "data" / "user", dst / "data" / "user")
-    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    env = dvc_env()
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dst, check=True, env=env)
     subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=dst, check=True, env=env)
     return dst

@@ -1,20 +1,13 @@
 """Real `dvc repro` of base_model + prepare in a temp copy of the project, with a small params override."""
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import yaml
-
-
-def _env():
-    bin_dir = str(Path(sys.executable).parent)
-    return dict(os.environ, PATH=bin_dir + os.pathsep + os.environ["PATH"], DVC_NO_ANALYTICS="1")
+from conftest import dvc_env
 
 
 def _dvc(repo, *args, check=True):
-    return subprocess.run(["dvc", *args], cwd=repo, env=_env(), capture_output=True, text=True, check=check)
+    return subprocess.run(["dvc", *args], cwd=repo, env=dvc_env(), capture_output=True, text=True, check=check)
 
 
 def _set_params(repo, **sections):
