@@ -107,6 +107,9 @@ def _parse_field(f: Field, item: Any, note_sq: str | None) -> FieldResult:
     return FieldResult("ok", value=count, written=item)
 
 
+_DECODER = json.JSONDecoder()
+
+
 def _load_json_object(text: str, keys: set[str]) -> dict | None:
     """The first JSON object in the text that has a schema key (tolerates fences and chatter)."""
     start = text.find("{")
@@ -133,9 +136,6 @@ def _recover_fields(text: str, names: list[str]) -> dict[str, Any]:
         except ValueError:
             continue
     return found
-
-
-_DECODER = json.JSONDecoder()
 
 
 def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str, FieldResult]:

@@ -26,7 +26,6 @@ def generate_answers(model, tokenizer, prompts: Iterable[list[dict]], max_new_to
     """Greedy answers for chat prompts: [{text, prompt_tokens, completion_tokens, latency_s}], in order.
 
     `prefix` is written as the start of every answer and is included in `text`."""
-
     prompts = list(prompts)
     tokenizer.padding_side = "left"  # decoder-only: pad on the left so every row continues its own prompt
     device = next(model.parameters()).device
