@@ -63,3 +63,31 @@ def fail(message: str, code: int = 1) -> None:
     """Stage-level error: the message only (already `file:line: field: problem` shaped), no traceback."""
     print(message, file=sys.stderr)
     raise SystemExit(code)
+
+
+def load_prompt(prepared: str | Path):
+    """(schema, system prompt) exactly as prepare wrote them for training."""
+    from ..schema import load_schema
+
+    info = json.loads((Path(prepared) / "prompt.json").read_text(encoding="utf-8"))
+    return load_schema(info["schema_path"]), info["system_prompt"]
+
+
+def note_of(record: dict) -> str:
+    return record["messages"][1]["content"]
+
+
+def render_meta(prepared: str | Path, ids: set[str]) -> dict[str, dict]:
+    path = Path(prepared) / "render_meta.jsonl"
+    if not path.is_file():
+        return {}
+    return {m["id"]: m for m in read_jsonl(path) if m["id"] in ids}
+
+
+def first_records(path: str | Path, limit: int | None) -> list[dict]:
+    rows = []
+    for row in read_jsonl(path):
+        if limit is not None and len(rows) >= int(limit):
+            break
+        rows.append(row)
+    return rows
