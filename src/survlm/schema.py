@@ -195,7 +195,8 @@ def field_json_schema(f: Field) -> dict:
         item = {
             "type": "object",
             "properties": {
-                "value": {"type": "string", "pattern": NUMBER_PATTERN, "maxLength": 24},
+                # no maxLength next to the pattern: xgrammar (vLLM's and our HF constraint) rejects the pair
+                "value": {"type": "string", "pattern": NUMBER_PATTERN},
                 "unit": {"type": ["string", "null"], "maxLength": 16},
                 "evidence": evidence,
             },

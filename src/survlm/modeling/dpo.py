@@ -137,7 +137,8 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
     if live_dir is not None:
         from dvclive import Live
 
-        live = Live(dir=str(live_dir), report=None, save_dvc_exp=False)
+        live = Live(dir=str(live_dir), report=None, save_dvc_exp=False,
+                    dvcyaml=None)  # metrics and plots are declared in dvc.yaml; tests must not edit it
     trainer = build_dpo_trainer(model, tokenizer, params, train, val, out_dir, device, live)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

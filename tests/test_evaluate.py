@@ -1,0 +1,93 @@
+"""The evaluate stage on hand-made predictions with known answers: every model on the same notes, the regex
+baseline, the survival block and its headline gap, the plot data and the report."""
+import json
+
+import pytest
+import yaml
+
+from survlm.extraction import compact_json, parse_answer
+from survlm.modeling.extractor import result_to_json
+from survlm.notes.render import render_patient
+from survlm.schema import system_prompt
+
+
+def _record(schema, row, pid, split, style="flowsheet"):
+    note = render_patient(row, schema, style, seed=2, pid=pid, n_days=5)
+    rec = {"id": f"p{pid}", "split": split, "style": style, "time": float(row["time"]), "event": int(row["event"]),
+           "labels": note.labels, "messages": [{"role": "system", "content": "x"},
+                                               {"role": "user", "content": note.text},
+                                               {"role": "assistant", "content": compact_json(note.target)}]}
+    return rec, {"id": rec["id"], **note.metadata()}
+
+
+def _row(schema, rec, answer):
+    results = parse_answer(answer, schema, rec["messages"][1]["content"])
+    return {"id": rec["id"], "raw": [answer], "n_chunks": 1, "fields": {k: result_to_json(r) for k, r in results.items()},
+            "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.0, "finish_reasons": ["stop"]}
+
+
+@pytest.fixture
+def project(tmp_path, schema, support2_rows, monkeypatch):
+    prepared, preds = tmp_path / "data" / "prepared", tmp_path / "data" / "predictions"
+    prepared.mkdir(parents=True)
+    splits = {"train": range(0, 150), "test": range(150, 190), "test_heldout": range(190, 196), "val": range(196, 198)}
+    metas = []
+    recs = {}
+    for split, pids in splits.items():
+        style = "nursing" if split == "test_heldout" else "flowsheet"
+        rows = [_record(schema, support2_rows[p], p, split, style) for p in pids]
+        recs[split] = [r for r, _ in rows]
+        metas += [m for _, m in rows]
+        (prepared / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+    (prepared / "render_meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
+    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
+                                                      "system_prompt": system_prompt(schema, "brief")}))
+    for split in ("test", "test_heldout"):
+        gold = [_row(schema, r, r["messages"][2]["content"]) for r in recs[split]]
+        (preds / "baselines" / "sft").mkdir(parents=True, exist_ok=True)
+        (preds / "baselines" / "zero_shot").mkdir(parents=True, exist_ok=True)
+        (preds / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gold))
+        nulls = compact_json({f.name: None for f in schema})
+        (preds / "baselines" / "zero_shot" / f"{split}.jsonl").write_text(
+            "".join(json.dumps(_row(schema, r, nulls)) + "\n" for r in recs[split]))
+        # sft: gold except every answer says "male" (a known number of wrong_category errors)
+        sft = []
+        for r in recs[split]:
+            answer = json.loads(r["messages"][2]["content"])
+            answer["sex"] = {"value": "male", "evidence": None}
+            sft.append(_row(schema, r, compact_json(answer)))
+        (preds / "baselines" / "sft" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"survival": {
+        "rsf_trees": 10, "n_jobs": 1, "refit_min_notes": 20}}}))
+    monkeypatch.chdir(tmp_path)
+    return recs
+
+
+def test_evaluate_on_known_predictions(project):
+    from survlm.stages import evaluate
+
+    evaluate.main([])
+    ev = json.loads(open("metrics/evaluate.json").read())
+    test = ev["extraction_by_model"]["test"]
+    assert set(test) == {"dpo", "sft", "zero_shot", "regex"}
+    assert ev["extraction"]["model"] == "dpo" and ev["extraction"]["field_accuracy"] == 1.0
+    assert ev["extraction"]["fabrication_rate"] == 0.0 and ev["extraction"]["json_valid_rate"] == 1.0
+    n_female = sum(r["labels"]["sex"] == "female" for r in project["test"])
+    assert test["sft"]["errors"]["wrong_category"] == n_female > 0
+    assert test["zero_shot"]["omission_rate"] == 1.0 and test["zero_shot"]["fabrication_rate"] == 0.0
+    assert 0.0 < test["regex"]["field_accuracy"] < 1.0
+    s = ev["survival"]
+    assert s["notes"] == 40 and s["cindex_dpo"] == s["cindex_gold"] and s["cindex_gap_dpo"] == 0.0
+    assert s["cindex_zero_shot"] != s["cindex_gold"]          # all-null covariates lose the ranking
+    assert s["refit_on_extracted"]["cindex_dpo"] == s["refit_on_extracted"]["cindex_gold"]
+    for key in ("cindex_sft", "cindex_regex", "ibs_gold", "ibs_dpo", "cindex_uno_gold"):
+        assert key in s
+    assert ev["extraction_heldout"]["notes"] == 6
+    rows = json.loads(open("metrics/plots/per_field_accuracy.json").read())
+    assert {r["model"] for r in rows} == {"dpo", "sft", "zero_shot", "regex"}
+    km = json.loads(open("metrics/plots/km_risk_tertiles.json").read())
+    assert {"time", "gold_low", "gold_high", "extracted_low", "extracted_high"} <= set(km[0])
+    report = open("metrics/report.md").read()
+    assert "C-index(DPO) - C-index(gold) = 0.0" in report and "| sft |" in report
+    for r in project["test"][:3]:                             # no note text leaves the stage
+        assert r["messages"][1]["content"][:40] not in report + json.dumps(ev)
