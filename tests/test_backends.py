@@ -12,6 +12,22 @@ vllm = pytest.importorskip("vllm")
 SUBSET = ["sex", "diabetes"]  # enum/bool + evidence (<= 200 chars each): 600 tokens always suffice
 
 
+def _whitespace_outside_strings(text: str) -> bool:
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (not escaped and ch == "\\"), in_string and (escaped or ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch.isspace():
+            return True
+    return False
+
+
+def test_whitespace_check():
+    assert _whitespace_outside_strings('{"a": "b c"}') and not _whitespace_outside_strings('{"a":"b \\" c"}')
+
+
 def _prompts(n):
     return [[{"role": "system", "content": "Extract the fields as JSON."},
              {"role": "user", "content": f"Note {i}: 6{i} yo man, HD3 HR 8{i}, T 37.{i} C, no diabetes."}]
@@ -52,6 +68,8 @@ def test_json_constraint_really_constrains(engines):
             assert answer_is_valid_json(results)
             assert all(r.status in ("ok", "null", "ungrounded") for r in results.values())
             assert set(json.loads(g[0].text)) == set(SUBSET)
+            # compact like the training targets: no ", " / ": " separators (xgrammar adds them by default)
+            assert not _whitespace_outside_strings(g[0].text)
 
 
 def test_sampling_gives_n_completions_and_is_seeded(engines):

@@ -318,8 +318,8 @@ class HFBackend(Backend):
 
             vocab = self.model.config.vocab_size if hasattr(self.model.config, "vocab_size") else len(self.tokenizer)
             info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab)
-            self._grammar = xgr.GrammarCompiler(info).compile_json_schema(json.dumps(self.json_schema),
-                                                                              any_whitespace=False)
+            self._grammar = xgr.GrammarCompiler(info).compile_json_schema(
+                json.dumps(self.json_schema), any_whitespace=False, separators=(",", ":"))  # compact, as trained
         return self._grammar
 
     def generate(self, prompts, decoding, adapter=None):

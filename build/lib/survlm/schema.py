@@ -1,0 +1,290 @@
+"""The extraction schema: fields, units, rules; loaded from a versioned YAML file.
+
+Pure Python (no torch). The schema drives the system prompt, the JSON target format the
+model is trained to emit, the JSON schema used to constrain decoding, and the normaliser.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+FIELD_TYPES = ("number", "category", "bool", "count")
+DERIVED_FORMS = ("blood_pressure", "pf_ratio")
+DEFAULT_SCHEMA = "bundled:support2-v1"
+
+
+class SchemaError(ValueError):
+    """A schema file is malformed; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """canonical = (written - subtract) * factor / divide."""
+
+    factor: float = 1.0
+    subtract: float = 0.0
+    divide: float = 1.0
+
+    def to_canonical(self, x: float) -> float:
+        return (x - self.subtract) * self.factor / self.divide
+
+    def from_canonical(self, y: float) -> float:
+        return y * self.divide / self.factor + self.subtract
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    description: str
+    rule: str
+    source: str | None = None
+    unit: str | None = None
+    day: int | None = None
+    decimals: int = 0
+    range: tuple[float, float] | None = None
+    categories: tuple[str, ...] = ()
+    units: dict[str, Conversion] = field(default_factory=dict)
+    implicit_unit: str | None = None
+    derived: str | None = None
+
+    @property
+    def is_physiology(self) -> bool:
+        return self.day is not None
+
+    def in_range(self, value: float) -> bool:
+        return self.range is None or self.range[0] <= value <= self.range[1]
+
+    def unit_for_missing(self) -> str | None:
+        """Unit assumed when the note writes none: declared, or the only one accepted."""
+        if self.implicit_unit is not None:
+            return self.implicit_unit
+        if len(self.units) == 1:
+            return next(iter(self.units))
+        return None
+
+
+@dataclass(frozen=True)
+class Schema:
+    name: str
+    version: int
+    fields: dict[str, Field]
+    day_label: str = "hospital day 3"
+    digest: str = ""
+
+    def __iter__(self):
+        return iter(self.fields.values())
+
+    def __getitem__(self, name: str) -> Field:
+        return self.fields[name]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.fields)
+
+    def subset(self, names: list[str]) -> "Schema":
+        unknown = [n for n in names if n not in self.fields]
+        if unknown:
+            raise SchemaError(f"schema {self.name}: unknown field(s) {', '.join(unknown)}")
+        return Schema(self.name, self.version, {n: self.fields[n] for n in names}, self.day_label, self.digest)
+
+
+def _conversion(spec, where: str) -> Conversion:
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        conv = Conversion(factor=float(spec))
+    elif isinstance(spec, dict) and set(spec) <= {"factor", "subtract", "divide"}:
+        conv = Conversion(**{k: float(v) for k, v in spec.items()})
+    else:
+        raise SchemaError(f"{where}: a unit conversion is a number or {{factor, subtract, divide}}")
+    if conv.factor == 0 or conv.divide == 0:
+        raise SchemaError(f"{where}: conversion factor/divide must be non-zero")
+    return conv
+
+
+def _field(name: str, spec: dict, where: str) -> Field:
+    where = f"{where}: field {name}"
+    if not isinstance(spec, dict):
+        raise SchemaError(f"{where}: must be a mapping")
+    allowed = {"type", "description", "rule", "source", "unit", "day", "decimals", "range",
+               "categories", "units", "implicit_unit", "derived"}
+    extra = set(spec) - allowed
+    if extra:
+        raise SchemaError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
+    ftype = spec.get("type")
+    if ftype not in FIELD_TYPES:
+        raise SchemaError(f"{where}: type must be one of {', '.join(FIELD_TYPES)}")
+    for key in ("description", "rule"):
+        if not isinstance(spec.get(key), str) or not spec[key].strip():
+            raise SchemaError(f"{where}: '{key}' is required text")
+    units = {str(u): _conversion(c, f"{where}: unit {u}") for u, c in (spec.get("units") or {}).items()}
+    if ftype == "number":
+        if spec.get("unit") is None or str(spec["unit"]) not in units:
+            raise SchemaError(f"{where}: a number field needs 'unit' listed in 'units'")
+        if units[str(spec["unit"])] != Conversion():
+            raise SchemaError(f"{where}: the canonical unit must convert with factor 1")
+    rng = spec.get("range")
+    if rng is not None:
+        if not (isinstance(rng, list) and len(rng) == 2 and rng[0] < rng[1]):
+            raise SchemaError(f"{where}: range must be [low, high]")
+        rng = (float(rng[0]), float(rng[1]))
+    cats = tuple(str(c) for c in spec.get("categories") or ())
+    if ftype == "category" and len(cats) < 2:
+        raise SchemaError(f"{where}: a category field needs at least two categories")
+    implicit = spec.get("implicit_unit")
+    if implicit is not None and str(implicit) not in units:
+        raise SchemaError(f"{where}: implicit_unit {implicit!r} is not in 'units'")
+    derived = spec.get("derived")
+    if derived is not None and derived not in DERIVED_FORMS:
+        raise SchemaError(f"{where}: derived must be one of {', '.join(DERIVED_FORMS)}")
+    day = spec.get("day")
+    if day is not None and (not isinstance(day, int) or day < 1):
+        raise SchemaError(f"{where}: day must be a positive integer")
+    return Field(
+        name=name, type=ftype, description=spec["description"].strip(), rule=spec["rule"].strip(),
+        source=spec.get("source"), unit=None if spec.get("unit") is None else str(spec["unit"]),
+        day=day, decimals=int(spec.get("decimals", 0)), range=rng, categories=cats, units=units,
+        implicit_unit=None if implicit is None else str(implicit), derived=derived,
+    )
+
+
+def load_schema(path: str | Path = DEFAULT_SCHEMA) -> Schema:
+    """Load `bundled:NAME` (shipped with survlm) or a user's YAML/JSON schema file."""
+    if str(path).startswith("bundled:"):
+        name = str(path).split(":", 1)[1]
+        ref = resources.files("survlm.schemas") / f"{name}.yaml"
+        if not ref.is_file():
+            raise SchemaError(f"{path}: no bundled schema named {name!r}")
+        text, where = ref.read_text(encoding="utf-8"), str(path)
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise SchemaError(f"{p}: schema file not found")
+        text, where = p.read_text(encoding="utf-8"), str(p)
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SchemaError(f"{where}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("fields"), dict) or not raw["fields"]:
+        raise SchemaError(f"{where}: needs a non-empty 'fields' mapping")
+    for key in ("name", "version"):
+        if key not in raw:
+            raise SchemaError(f"{where}: '{key}' is required")
+    fields = {str(n): _field(str(n), s, where) for n, s in raw["fields"].items()}
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return Schema(str(raw["name"]), int(raw["version"]), fields, str(raw.get("day_label", "hospital day 3")), digest)
+
+
+# ---------------------------------------------------------------------------------------------
+# What the model is asked to write. One JSON object, keys = field names in schema order:
+#   number:   {"value": "<number or S/D or PaO2/FiO2 as written>", "unit": "<as written or null>",
+#              "evidence": "<verbatim span>"}  or null when the note has no value for the rule's day
+#   category: {"value": "<one category>", "evidence": "<verbatim span or null>"}
+#   bool:     {"value": true|false, "evidence": "<verbatim span or null>"}   (null: nothing to quote)
+#   count:    {"value": ["<item as written>", ...]}   (code counts; the model never does arithmetic)
+# ---------------------------------------------------------------------------------------------
+NUMBER_PATTERN = r"^-?[0-9]+(\.[0-9]+)?(/([0-9]+(\.[0-9]+)?%?|RA))?$"
+
+
+def field_json_schema(f: Field) -> dict:
+    evidence = {"type": "string", "minLength": 1, "maxLength": 200}
+    if f.type == "number":
+        item = {
+            "type": "object",
+            "properties": {
+                # no maxLength next to the pattern: xgrammar (vLLM's and our HF constraint) rejects the pair
+                "value": {"type": "string", "pattern": NUMBER_PATTERN},
+                "unit": {"type": ["string", "null"], "maxLength": 16},
+                "evidence": evidence,
+            },
+            "required": ["value", "unit", "evidence"],
+            "additionalProperties": False,
+        }
+        return {"anyOf": [item, {"type": "null"}]}
+    if f.type == "category":
+        return {
+            "type": "object",
+            "properties": {"value": {"type": "string", "enum": list(f.categories)},
+                           "evidence": {"anyOf": [evidence, {"type": "null"}]}},
+            "required": ["value", "evidence"],
+            "additionalProperties": False,
+        }
+    if f.type == "bool":
+        return {
+            "type": "object",
+            "properties": {"value": {"type": "boolean"}, "evidence": {"anyOf": [evidence, {"type": "null"}]}},
+            "required": ["value", "evidence"],
+            "additionalProperties": False,
+        }
+    return {
+        "type": "object",
+        "properties": {"value": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 80},
+                                 "maxItems": int(f.range[1]) if f.range else 20}},
+        "required": ["value"],
+        "additionalProperties": False,
+    }
+
+
+def target_json_schema(schema: Schema) -> dict:
+    """JSON Schema of the model's answer; used to constrain decoding (vLLM / HF logits processors)."""
+    return {
+        "type": "object",
+        "properties": {f.name: field_json_schema(f) for f in schema},
+        "required": schema.names,
+        "additionalProperties": False,
+    }
+
+
+def answer_prefix(schema: Schema) -> str:
+    """The opening every answer must have: the JSON object and its first key (the schema fixes the order).
+
+    Unconstrained decoding forces it into the prompt: it costs nothing a correct answer would not write
+    anyway, and stops a briefly tuned model (or the zero-shot base) drifting into prose first."""
+    return '{"' + schema.names[0] + '":'
+
+
+PROMPT_STYLES = ("full", "brief")
+
+
+def system_prompt(schema: Schema, style: str = "full") -> str:
+    """The instruction the model sees, generated from the schema so the two cannot drift.
+
+    `full` states every field's rule (~800 tokens for the bundled schema); `brief` names the keys
+    and their kinds only (~250 tokens), for CPU runs where every prompt token costs training time.
+    """
+    if style not in PROMPT_STYLES:
+        raise SchemaError(f"prompt style must be one of {', '.join(PROMPT_STYLES)} (got {style!r})")
+    if style == "brief":
+        keys = []
+        for f in schema:
+            if f.type == "category":
+                keys.append(f"{f.name} ({'|'.join(f.categories)})")
+            elif f.type == "count":
+                keys.append(f"{f.name} (list of items)")
+            else:
+                keys.append(f.name)
+        return (f"Extract one JSON object from the clinical note. Physiology is the {schema.day_label} value only; "
+                "if that day has none, null (never another day). Copy value and unit as written, with the "
+                "copied text as evidence. Keys: " + ", ".join(keys) + ".")
+    lines = [
+        f"Extract these fields from the clinical note. Physiology is the value on {schema.day_label} only; "
+        f"if that day has no value, answer null. Never use a value from another day.",
+        "Copy numbers and units exactly as written; do not convert or calculate. "
+        "'evidence' is the exact text you copied from the note.",
+        "Answer with one JSON object with these keys, in order:",
+    ]
+    for f in schema:
+        if f.type == "category":
+            kind = "one of " + " | ".join(f.categories)
+        elif f.type == "bool":
+            kind = "true/false"
+        elif f.type == "count":
+            kind = "list of items"
+        else:
+            kind = "value, unit" + ("" if f.unit in ("", None) else f" (canonical {f.unit})")
+        lines.append(f"- {f.name}: {kind}. {f.rule}")
+    return "\n".join(lines)
+

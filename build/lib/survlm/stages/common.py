@@ -1,0 +1,93 @@
+"""Shared plumbing for stage modules: params, atomic outputs, JSON/JSONL writing."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+def load_params(section: str | None = None, path: str | Path = PARAMS_FILE) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        params = yaml.safe_load(fh) or {}
+    return params if section is None else params.get(section, {})
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Write into a sibling temp dir; it replaces `final` only if the block succeeds."""
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Stage-level error: the message only (already `file:line: field: problem` shaped), no traceback."""
+    print(message, file=sys.stderr)
+    raise SystemExit(code)
+
+
+def load_prompt(prepared: str | Path):
+    """(schema, system prompt) exactly as prepare wrote them for training."""
+    from ..schema import load_schema
+
+    info = json.loads((Path(prepared) / "prompt.json").read_text(encoding="utf-8"))
+    return load_schema(info["schema_path"]), info["system_prompt"]
+
+
+def note_of(record: dict) -> str:
+    return record["messages"][1]["content"]
+
+
+def render_meta(prepared: str | Path, ids: set[str]) -> dict[str, dict]:
+    path = Path(prepared) / "render_meta.jsonl"
+    if not path.is_file():
+        return {}
+    return {m["id"]: m for m in read_jsonl(path) if m["id"] in ids}
+
+
+def first_records(path: str | Path, limit: int | None) -> list[dict]:
+    rows = []
+    for row in read_jsonl(path):
+        if limit is not None and len(rows) >= int(limit):
+            break
+        rows.append(row)
+    return rows

@@ -1,0 +1,107 @@
+"""DVC stage `infer`: extraction on the test splits with the DPO adapter (and, as baselines on the same notes,
+the SFT adapter and the zero-shot base), plus a decoding comparison on validation; everything in one
+generation pass through the configured backend. Adapters are served unmerged.
+
+Outputs (data/predictions, kept between runs so an interrupted run resumes):
+  test.jsonl, test_heldout.jsonl                  the DPO adapter
+  baselines/<name>/<split>.jsonl                  sft, zero_shot
+  decoding/<strategy>.jsonl                       DPO adapter on validation notes, per decoding strategy
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .common import first_records, load_params, load_prompt, note_of, write_json
+
+SPLITS = {"test": "test_notes", "test_heldout": "heldout_notes"}
+
+
+def adapter_dirs(params: dict) -> dict[str, Path | None]:
+    """Model name -> adapter dir (None = base). `dpo` is the model under evaluation."""
+    out: dict[str, Path | None] = {"dpo": Path(params.get("adapter", "models/dpo"))}
+    for name in params.get("baselines", []):
+        out[name] = None if name == "zero_shot" else Path({"sft": "models/sft_best"}.get(name, name))
+    return out
+
+
+def prediction_path(out: Path, model: str, split: str) -> Path:
+    if model == "dpo":
+        return out / f"{split}.jsonl"
+    return out / "baselines" / model / f"{split}.jsonl"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--base", default="models/base")
+    ap.add_argument("--out", default="data/predictions")
+    ap.add_argument("--metrics", default="metrics/infer.json")
+    args = ap.parse_args(argv)
+    from ..metrics import score
+    from ..modeling.backends import Decoding, make_backend
+    from ..modeling.extractor import Task, read_rows, row_results, run_tasks
+    from .common import render_meta
+
+    params = load_params("infer")
+    prepared, out = Path(args.prepared), Path(args.out)
+    schema, system = load_prompt(prepared)
+    models = adapter_dirs(params)
+    greedy = Decoding.from_params(params, strategy="greedy", n=1)
+    tasks = []
+    for split, key in SPLITS.items():
+        records = [{"id": r["id"], "note": note_of(r)} for r in first_records(prepared / f"{split}.jsonl", params[key])]
+        for model, path in models.items():
+            tasks.append(Task(f"{model}/{split}", None if path is None else model, records,
+                              prediction_path(out, model, split)))
+    comparison = params.get("decoding_comparison") or {}
+    val_rows = first_records(prepared / "val.jsonl", comparison.get("val_notes", 0)) if comparison else []
+    val_records = [{"id": r["id"], "note": note_of(r)} for r in val_rows]
+    for strategy in comparison.get("strategies", []) if val_records else []:
+        dec = greedy if strategy == "greedy" else Decoding.from_params({**params, **comparison}, strategy=strategy,
+                                                                        n=1)
+        tasks.append(Task(f"decoding/{strategy}", "dpo", val_records, out / "decoding" / f"{strategy}.jsonl", dec))
+    adapters = {m: p for m, p in models.items() if p is not None}
+    t0 = time.perf_counter()
+    backend = make_backend(params.get("backend", "auto"), Path(args.base), adapters, schema, params.get("engine"))
+    started = time.perf_counter() - t0
+    try:
+        t1 = time.perf_counter()
+        counts = run_tasks(backend, tasks, schema, system, greedy, batch_size=int(params["batch_size"]),
+                           chunk_overlap=int(params["chunk_overlap"]))
+        seconds = time.perf_counter() - t1
+    finally:
+        backend.close()
+
+    summary: dict = {"backend": backend.name, "engine_start_s": round(started, 1), "generation_s": round(seconds, 1),
+                     "tasks": {}}
+    for task in tasks:
+        rows = list(read_rows(task.out_path))
+        statuses: dict[str, int] = {}
+        for row in rows:
+            for f in row["fields"].values():
+                statuses[f["status"]] = statuses.get(f["status"], 0) + 1
+        summary["tasks"][task.name] = {
+            **counts[task.name], "rows": len(rows), "chunked_notes_total": sum(r["n_chunks"] > 1 for r in rows),
+            "completion_tokens": sum(r["completion_tokens"] for r in rows),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "hit_max_new_tokens": sum("length" in r["finish_reasons"] for r in rows),
+            "statuses": dict(sorted(statuses.items()))}
+    if val_rows:
+        meta = render_meta(prepared, {r["id"] for r in val_rows})
+        labels = {r["id"]: r["labels"] for r in val_rows}
+        summary["decoding_comparison"] = {}
+        for task in tasks:
+            if task.name.startswith("decoding/"):
+                m = score(schema, [(labels[p["id"]], row_results(p), meta.get(p["id"])) for p in read_rows(task.out_path)])
+                summary["decoding_comparison"][task.name.split("/")[1]] = {
+                    k: m[k] for k in ("notes", "field_accuracy", "last_value_rate", "first_value_rate",
+                                      "fabrication_rate", "json_valid_rate")}
+    write_json(args.metrics, summary)
+    print(f"infer: {len(tasks)} tasks via {backend.name} in {summary['generation_s']} s "
+          f"(engine start {summary['engine_start_s']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""DVC stage `make_pairs`: the selected SFT adapter answers the pairs split (greedy + sampled), every answer is
+scored against gold, and wrong ones become rejected answers next to the gold one; synthetic traps from the
+render metadata fill in the failure modes the model did not show. -> data/pairs/{train,eval}.jsonl"""
+from __future__ import annotations
+
+import argparse
+import random
+from pathlib import Path
+
+from ..pairs import build_pairs, pair_is_valid, summarize
+from .common import (atomic_dir, fail, first_records, load_params, load_prompt, note_of, render_meta, write_json,
+                     write_jsonl)
+
+
+def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: dict
+                       ) -> list[list[str]]:
+    """Greedy plus `samples` sampled answers per note, in one generation pass."""
+    from ..modeling.backends import Decoding, make_backend
+
+    greedy = Decoding.from_params(params, strategy="greedy", n=1)
+    sampled = Decoding.from_params(params, strategy="sample", n=int(params["samples"]))
+    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": note_of(r)}] for r in rows]
+    decodings = [greedy] * len(rows) + ([sampled] * len(rows) if int(params["samples"]) > 0 else [])
+    backend = make_backend(params.get("backend", "auto"), base, {"sft": adapter}, schema, params.get("engine"))
+    try:
+        gens = backend.generate(prompts * (len(decodings) // len(rows)), decodings, "sft")
+    finally:
+        backend.close()
+    out = [[g.text for g in gens[i]] for i in range(len(rows))]
+    for k in range(len(rows), len(gens)):
+        out[k % len(rows)].extend(g.text for g in gens[k])
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--base", default="models/base")
+    ap.add_argument("--adapter", default="models/sft_best")
+    ap.add_argument("--out", default="data/pairs")
+    ap.add_argument("--metrics", default="metrics/make_pairs.json")
+    args = ap.parse_args(argv)
+    params = load_params("make_pairs")
+    prepared, adapter = Path(args.prepared), Path(args.adapter)
+    if not (adapter / "adapter_config.json").is_file():
+        fail(f"{adapter}: no adapter (select_ckpt chose the zero-shot base); preference pairs need an SFT adapter")
+    schema, system = load_prompt(prepared)
+    rows = first_records(prepared / "pairs.jsonl", params["notes"])
+    rows = [r for r in rows if len(r["messages"]) == 3]  # records without a gold answer cannot give a pair
+    meta = render_meta(prepared, {r["id"] for r in rows})
+    completions = sample_completions(Path(args.base), adapter, rows, schema, system, params)
+    rates = params.get("synthetic", {})
+    pairs, fully_correct, n_completions = [], 0, 0
+    for r, texts in zip(rows, completions):
+        got, counters = build_pairs(schema, r, note_of(r), meta.get(r["id"]), texts, rates, int(params["seed"]),
+                                    int(params["max_model_rejections"]))
+        assert all(pair_is_valid(schema, p, r["labels"], note_of(r)) for p in got)
+        pairs.extend(got)
+        fully_correct += counters["fully_correct"]
+        n_completions += counters["completions"]
+    # eval pairs: whole notes held out, so no prompt is in both files
+    ids = sorted({p["id"] for p in pairs})
+    random.Random(int(params["seed"])).shuffle(ids)
+    n_eval = max(1, round(len(ids) * float(params["eval_fraction"]))) if len(ids) > 1 else 0
+    eval_ids = set(ids[:n_eval])
+    with atomic_dir(args.out) as tmp:
+        write_jsonl(tmp / "train.jsonl", (p for p in pairs if p["id"] not in eval_ids))
+        write_jsonl(tmp / "eval.jsonl", (p for p in pairs if p["id"] in eval_ids))
+    summary = summarize(pairs)
+    summary.update({"notes": len(rows), "completions": n_completions, "fully_correct_completions": fully_correct,
+                    "train_pairs": sum(p["id"] not in eval_ids for p in pairs),
+                    "eval_pairs": sum(p["id"] in eval_ids for p in pairs),
+                    "by_source_and_type": {src: summarize([p for p in pairs if p["source"] == src])["by_error_type"]
+                                           for src in ("model", "synthetic")}})
+    write_json(args.metrics, summary)
+    print(f"make_pairs: {summary['pairs']} pairs from {len(rows)} notes ({summary['model_made']} model-made, "
+          f"{summary['synthetic']} synthetic); by type {summary['by_error_type']}")
+
+
+if __name__ == "__main__":
+    main()

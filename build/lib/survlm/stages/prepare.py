@@ -1,0 +1,213 @@
+"""DVC stage `prepare`: notes + gold labels + splits -> data/prepared/, metrics/prepare.json.
+
+Source `support2` renders every SUPPORT2 patient as a long note (survlm.notes) and checks the
+renderer's invariants on each one; source `path` validates a user's file. Nothing is written
+unless everything succeeded.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from ..data.support2 import CohortError, load_support2
+from ..data.userfile import UserDataError, load_user_records
+from ..extraction import compact_json
+from ..notes.checks import check_note, trap_stats
+from ..notes.render import STYLES, RenderError, render_to_budget
+from ..schema import SchemaError, load_schema, system_prompt, target_json_schema
+from ..split import SPLITS, assign_splits
+from .common import atomic_dir, fail, load_params, write_json, write_jsonl
+
+HELDOUT_SPLIT = "test_heldout"
+OUTPUT_SPLITS = (*SPLITS, HELDOUT_SPLIT)
+
+_worker: dict = {}
+
+
+def _token_counter(base_dir: str):
+    from tokenizers import Tokenizer  # the fast tokenizer alone: no model, no torch
+
+    tok = Tokenizer.from_file(str(Path(base_dir) / "tokenizer.json"))
+    return lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+
+
+def _init_worker(schema_path: str, base_dir: str, render_kwargs: dict) -> None:
+    _worker["schema"] = load_schema(schema_path)
+    _worker["count"] = _token_counter(base_dir)
+    _worker["kwargs"] = render_kwargs
+
+
+def _render_one(job: tuple[dict, str, int]) -> tuple[str, dict, list[str]]:
+    row, style, seed = job
+    schema, kw = _worker["schema"], _worker["kwargs"]
+    note, n_tokens = render_to_budget(row, schema, style, seed, row["id"], kw["note_tokens"], _worker["count"],
+                                      alt_unit_rate=kw["alt_unit_rate"], derived_rate=kw["derived_rate"])
+    violations = check_note(note, schema, row)
+    out = {"text": note.text, "labels": note.labels, "target": note.target, "meta": note.metadata(),
+           "n_tokens": n_tokens, "traps": trap_stats(note, schema)}
+    return row["id"], out, violations
+
+
+def _styles_for(params: dict) -> tuple[list[str], list[str]]:
+    styles = list(params.get("styles", STYLES))
+    heldout = list(params.get("heldout_styles", []) or [])
+    unknown = [s for s in styles + heldout if s not in STYLES]
+    if unknown:
+        fail(f"params.yaml: prepare.styles: unknown style(s) {', '.join(unknown)}; known: {', '.join(STYLES)}")
+    if [s for s in heldout if s not in styles]:
+        fail("params.yaml: prepare.heldout_styles: each held-out style must also be listed in prepare.styles")
+    if not [s for s in styles if s not in heldout]:
+        fail("params.yaml: prepare.heldout_styles: at least one style must remain for training")
+    return styles, heldout
+
+
+def _support2_records(params: dict, schema_path: str, base_dir: str, workers: int) -> tuple[list[dict], dict]:
+    try:
+        rows = load_support2()
+    except CohortError as exc:
+        fail(str(exc))
+    seed = int(params.get("seed", 42))
+    max_patients = params.get("max_patients")
+    if max_patients:
+        rows = sorted(random.Random(f"{seed}:subset").sample(rows, min(int(max_patients), len(rows))),
+                      key=lambda r: r["id"])
+    split_of = assign_splits([r["id"] for r in rows], [r["event"] for r in rows], params["split"], seed)
+    styles, heldout = _styles_for(params)
+    train_styles = [s for s in styles if s not in heldout]
+    jobs = []
+    for r in rows:
+        pool = styles if split_of[r["id"]] == "test" else train_styles
+        jobs.append((r, random.Random(f"{seed}:style:{r['id']}").choice(pool), seed))
+    kwargs = {"note_tokens": int(params["note_tokens"]), "alt_unit_rate": float(params.get("alt_unit_rate", 0.3)),
+              "derived_rate": float(params.get("derived_rate", 0.3))}
+    rendered: dict[str, dict] = {}
+    problems: list[str] = []
+    with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
+                             initargs=(schema_path, base_dir, kwargs)) as pool_:
+        for rid, out, violations in pool_.map(_render_one, jobs, chunksize=64):
+            rendered[rid] = out
+            problems += [f"support2:{rid}: {v}" for v in violations]
+    if problems:
+        shown = "\n".join(problems[:20])
+        fail(f"renderer invariants violated in {len(problems)} place(s); nothing written:\n{shown}")
+    records = []
+    for r, style, _ in jobs:
+        out = rendered[r["id"]]
+        split = split_of[r["id"]]
+        if split == "test" and style in heldout:
+            split = HELDOUT_SPLIT
+        records.append({"id": r["id"], "split": split, "style": style, "time": r["time"], "event": r["event"],
+                        "text": out["text"], "labels": out["labels"], "target": out["target"],
+                        "n_tokens": out["n_tokens"], "meta": out["meta"], "traps": out["traps"]})
+    return records, {"styles": styles, "heldout_styles": heldout}
+
+
+def _path_records(params: dict, schema, base_dir: str) -> tuple[list[dict], dict]:
+    path = params.get("path")
+    if not path:
+        fail("params.yaml: prepare.path: required when prepare.source is 'path'")
+    try:
+        users = load_user_records(path, schema)
+    except UserDataError as exc:
+        fail(str(exc))
+    count = _token_counter(base_dir)
+    seed = int(params.get("seed", 42))
+    split_of = assign_splits([u["id"] for u in users], [u["event"] for u in users], params["split"], seed)
+    records = [{"id": u["id"], "split": split_of[u["id"]], "style": "user", "time": u["time"], "event": u["event"],
+                "text": u["text"], "labels": u["labels"], "target": None, "n_tokens": count(u["text"]),
+                "meta": {"labelled": u["labelled"]}, "traps": {}} for u in users]
+    return records, {"styles": ["user"], "heldout_styles": []}
+
+
+def _metrics(records: list[dict], schema, params: dict, info: dict) -> dict:
+    by_split = Counter(r["split"] for r in records)
+    tokens = sorted(r["n_tokens"] for r in records)
+    styles = defaultdict(Counter)
+    for r in records:
+        styles[r["split"]][r["style"]] += 1
+    traps = [t for r in records for t in r["traps"].values()]
+    out_of_range = Counter(f for r in records for f in r["meta"].get("source_out_of_range", []))
+
+    def pct(q: float) -> int:
+        return tokens[min(len(tokens) - 1, int(q * len(tokens)))]
+
+    return {
+        "source": params.get("source", "support2"),
+        "schema": {"name": schema.name, "version": schema.version, "digest": schema.digest},
+        "patients": len(records),
+        "splits": {s: by_split.get(s, 0) for s in OUTPUT_SPLITS},
+        "event_rate": {s: round(statistics.fmean([r["event"] for r in records if r["split"] == s]), 4)
+                       for s in OUTPUT_SPLITS if by_split.get(s)},
+        "styles": {s: dict(sorted(c.items())) for s, c in sorted(styles.items())},
+        "heldout_styles": info["heldout_styles"],
+        "note_tokens": {"budget": int(params["note_tokens"]), "mean": round(statistics.fmean(tokens), 1),
+                        "p50": pct(0.5), "p95": pct(0.95), "max": tokens[-1],
+                        "over_budget": sum(t > int(params["note_tokens"]) for t in tokens)},
+        "null_rate": {f.name: round(sum(r["labels"][f.name] is None for r in records) / len(records), 4)
+                      for f in schema},
+        "first_mention_wrong_rate": round(statistics.fmean([t["first_wrong"] for t in traps]), 4) if traps else None,
+        "last_mention_wrong_rate": round(statistics.fmean([t["last_wrong"] for t in traps]), 4) if traps else None,
+        "source_out_of_range": dict(sorted(out_of_range.items())),
+        "with_target": sum(r["target"] is not None for r in records),
+    }
+
+
+def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dict:
+    schema_path = str(params.get("schema", "bundled:support2-v1"))
+    try:
+        schema = load_schema(schema_path)
+    except SchemaError as exc:
+        fail(str(exc))
+    source = params.get("source", "support2")
+    if source == "support2":
+        try:
+            records, info = _support2_records(params, schema_path, base_dir, int(params.get("workers", 2)))
+        except RenderError as exc:
+            fail(f"{schema_path}: {exc}")
+    elif source == "path":
+        records, info = _path_records(params, schema, base_dir)
+    else:
+        fail(f"params.yaml: prepare.source: must be 'support2' or 'path' (got {source!r})")
+    try:
+        prompt = system_prompt(schema, str(params.get("prompt", "full")))
+    except SchemaError as exc:
+        fail(f"params.yaml: prepare.prompt: {exc}")
+    metrics = _metrics(records, schema, params, info)
+    with atomic_dir(out_dir) as tmp:
+        for split in OUTPUT_SPLITS:
+            rows = []
+            for r in records:
+                if r["split"] != split:
+                    continue
+                messages = [{"role": "system", "content": prompt}, {"role": "user", "content": r["text"]}]
+                if r["target"] is not None:
+                    messages.append({"role": "assistant", "content": compact_json(r["target"])})
+                rows.append({"id": r["id"], "split": split, "style": r["style"], "time": r["time"],
+                             "event": r["event"], "n_tokens": r["n_tokens"], "messages": messages,
+                             "labels": r["labels"]})
+            write_jsonl(tmp / f"{split}.jsonl", rows)
+        write_jsonl(tmp / "render_meta.jsonl", ({"id": r["id"], **r["meta"]} for r in records))
+        write_json(tmp / "prompt.json", {"system_prompt": prompt, "json_schema": target_json_schema(schema),
+                                         "schema": {"name": schema.name, "version": schema.version, "digest": schema.digest},
+                                         "schema_path": schema_path})
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--base", default="models/base", help="base model dir (its tokenizer measures note length)")
+    ap.add_argument("--out", default="data/prepared")
+    ap.add_argument("--metrics", default="metrics/prepare.json")
+    args = ap.parse_args(argv)
+    m = prepare(load_params("prepare"), args.base, args.out, args.metrics)
+    print(f"prepared {m['patients']} notes: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items())
+          + f"; tokens mean {m['note_tokens']['mean']}, max {m['note_tokens']['max']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""DVC stage `select_ckpt`: score every SFT checkpoint (and the zero-shot base as step 0) by extraction
+accuracy on validation notes, all in one generation pass; copy the best adapter to models/sft_best."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from .common import atomic_dir, first_records, load_params, load_prompt, write_json
+
+
+def checkpoints(sft_dir: Path) -> list[tuple[int, Path]]:
+    found = [(int(p.name.split("-")[1]), p) for p in sft_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    return sorted(found)
+
+
+def choose_best(curve: list[dict]) -> dict:
+    """Highest field accuracy; ties go to the earlier step (less training, same answer quality)."""
+    return max(curve, key=lambda c: (c["field_accuracy"], -c["step"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--base", default="models/base")
+    ap.add_argument("--sft", default="models/sft")
+    ap.add_argument("--out", default="models/sft_best")
+    ap.add_argument("--metrics", default="metrics/select_ckpt.json")
+    ap.add_argument("--curve", default="metrics/select_ckpt_curve.json")
+    args = ap.parse_args(argv)
+    params = load_params("select_ckpt")
+    prepared, sft_dir = Path(args.prepared), Path(args.sft)
+    rows = first_records(prepared / "val.jsonl", params["val_notes"])
+    run = json.loads((sft_dir / "run.json").read_text())
+    found = checkpoints(sft_dir)
+    steps = ([(0, None)] if params.get("include_zero_shot", True) else []) + found
+    names = {step: (path.name if path else "zero-shot") for step, path in steps}
+    from ..modeling.extractor import score_adapters
+
+    schema, system = load_prompt(prepared)
+    with tempfile.TemporaryDirectory() as work:
+        metrics = score_adapters(Path(args.base), {names[s]: p for s, p in steps}, rows, schema, system, prepared,
+                                 params, Path(work))
+        curve = []
+        for step, _ in steps:
+            m = metrics[names[step]]
+            curve.append({"step": step, "checkpoint": names[step], **{
+                k: m[k] for k in ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")}})
+            print(f"select_ckpt: step {step}: field accuracy {m['field_accuracy']}, json valid {m['json_valid_rate']}")
+        best = choose_best([c for c in curve if c["step"] > 0] or curve)
+        with atomic_dir(args.out) as tmp:
+            if best["step"] > 0:
+                for f in (sft_dir / best["checkpoint"]).iterdir():
+                    if f.name.startswith("adapter_") or f.name in ("README.md",):
+                        shutil.copy2(f, tmp / f.name)
+            (tmp / "selected.json").write_text(json.dumps({**best, "quantization": run["quantization"]}, indent=2)
+                                               + "\n")
+    zero = next((c for c in curve if c["step"] == 0), None)
+    write_json(args.metrics, {"val_notes": len(rows), "best": best, "zero_shot": zero,
+                              "best_detail": {k: metrics[best["checkpoint"]][k] for k in ("errors", "per_field")},
+                              "gain_over_zero_shot": None if zero is None else
+                              round(best["field_accuracy"] - zero["field_accuracy"], 4)})
+    write_json(args.curve, curve)
+
+
+if __name__ == "__main__":
+    main()

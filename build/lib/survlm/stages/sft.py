@@ -1,0 +1,27 @@
+"""DVC stage `sft`: LoRA/QLoRA SFT of models/base on data/prepared -> models/sft (checkpoints, run.json)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import load_params, write_json
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prepared", default="data/prepared")
+    ap.add_argument("--base", default="models/base")
+    ap.add_argument("--out", default="models/sft")
+    ap.add_argument("--live", default="dvclive/sft")
+    ap.add_argument("--metrics", default="metrics/sft.json")
+    args = ap.parse_args(argv)
+    from ..modeling.sft import train_sft
+
+    summary = train_sft(load_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
+    write_json(args.metrics, summary)
+    print(f"sft: {summary['steps']} steps on {summary['train_examples']} notes ({summary['quantization']}, "
+          f"{summary['device']}) in {summary['train_seconds']} s; checkpoints: {', '.join(summary['checkpoints'])}")
+
+
+if __name__ == "__main__":
+    main()
