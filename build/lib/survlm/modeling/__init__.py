@@ -1,1 +1,0 @@
-"""Model code (torch, transformers, PEFT): loading, chat formatting, trainers, backends."""
