@@ -76,7 +76,8 @@ def dpo_config(params: dict, out_dir: Path, device: str, with_eval: bool):
         data_seed=int(params["seed"]),
         logging_steps=1,
         save_strategy="no",
-        eval_strategy="steps" if with_eval else "no",
+        # eval pairs cost a policy and a reference forward each: once per epoch unless eval_steps asks for more
+        eval_strategy=("steps" if params.get("eval_steps") else "epoch") if with_eval else "no",
         eval_steps=int(params.get("eval_steps") or 1),
         gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
         gradient_checkpointing_kwargs={"use_reentrant": False},
