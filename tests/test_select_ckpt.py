@@ -14,7 +14,8 @@ def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
     prepared.mkdir()
     (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
     (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(3)))
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1"}))
+    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
+                                                      "system_prompt": "Extract the day-3 sodium as JSON."}))
     (prepared / "render_meta.jsonl").write_text("")
     train_sft({**BASE_PARAMS, "max_steps": 4}, prepared, tiny_llama_dir, tmp_path / "sft", None)
     monkeypatch.chdir(tmp_path)
@@ -32,16 +33,13 @@ def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
     assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
 
 
-def test_generation_greedy_batched_and_primed(tiny_llama_dir):
-    from survlm.modeling.generate import generate_answers
-    from survlm.modeling.loading import load_adapter_for_inference, load_tokenizer
+def test_hf_greedy_is_batch_independent_and_primed(tiny_llama_dir, schema):
+    from survlm.modeling.backends import BackendSettings, Decoding, HFBackend
 
-    tok = load_tokenizer(tiny_llama_dir)
-    model = load_adapter_for_inference(tiny_llama_dir, None, "none", "cpu")
     prompts = [_record(i)["messages"][:2] for i in range(3)]
-    free = generate_answers(model, tok, prompts, max_new_tokens=24, batch_size=2)
-    assert len(free) == 3 and all(a["prompt_tokens"] > 10 for a in free)
-    again = generate_answers(model, tok, prompts, max_new_tokens=24, batch_size=3)
-    assert [a["text"] for a in again] == [a["text"] for a in free]  # greedy, batch-size independent
-    primed = generate_answers(model, tok, prompts, max_new_tokens=8, batch_size=2, prefix='{"age":')
-    assert all(a["text"].startswith('{"age":') and a["completion_tokens"] <= 8 for a in primed)
+    free = Decoding(max_new_tokens=24, constrained=False)
+    two = HFBackend(tiny_llama_dir, {}, schema, BackendSettings(batch_size=2)).generate(prompts, free)
+    three = HFBackend(tiny_llama_dir, {}, schema, BackendSettings(batch_size=3)).generate(prompts, free)
+    assert [g[0].text for g in two] == [g[0].text for g in three]      # greedy, batch-size independent
+    assert all(g[0].text.startswith('{"age":') and g[0].completion_tokens <= 24 for g in two)  # forced opening
+    assert all(g[0].prompt_tokens > 10 for g in two)
