@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     schema, system = load_prompt(prepared)
     rows = first_records(prepared / "pairs.jsonl", params["notes"])
     rows = [r for r in rows if len(r["messages"]) == 3]  # records without a gold answer cannot give a pair
+    if not rows:
+        fail(f"{prepared / 'pairs.jsonl'}: no record with a gold answer to build preference pairs from")
     meta = render_meta(prepared, {r["id"] for r in rows})
     completions = sample_completions(Path(args.base), adapter, rows, schema, system, params)
     rates = params.get("synthetic", {})
