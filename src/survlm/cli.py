@@ -108,7 +108,7 @@ def _export(args) -> int:
     """Faithful merge of a QLoRA adapter (dequantized NF4 base + LoRA), with the logit comparison as proof."""
     from pathlib import Path
 
-    from .modeling.export import compare_routes, export_merged
+    from .modeling.export import ROUTES, adapter_quantization, compare_routes, export_merged
     from .modeling.loading import load_tokenizer, pick_device
     from .stages.common import first_records, write_json
 
@@ -117,12 +117,15 @@ def _export(args) -> int:
         print(f"{adapter}: no adapter_config.json", file=sys.stderr)
         return 1
     device = pick_device()
+    quantization = args.quantization or adapter_quantization(adapter)
     tok = load_tokenizer(base)
     rows = first_records(Path(args.prepared) / "val.jsonl", args.notes)
     prompts = [tok.apply_chat_template(r["messages"][:2], tokenize=False, add_generation_prompt=True) for r in rows]
-    report = {"adapter": str(adapter), "device": device, "reference": "unmerged NF4 base + adapter",
-              "routes": compare_routes(base, adapter, prompts, device, args.max_new_tokens)}
-    export_merged(base, adapter, Path(args.out), device, args.dtype)
+    report = {"adapter": str(adapter), "device": device, "trained_on": quantization,
+              "reference": f"{ROUTES[quantization][0]} (base as trained + adapter, not merged)",
+              "max_new_tokens": args.max_new_tokens,
+              "routes": compare_routes(base, adapter, prompts, device, args.max_new_tokens, quantization)}
+    export_merged(base, adapter, Path(args.out), device, args.dtype, quantization)
     report["exported"] = {"dir": args.out, "dtype": args.dtype}
     write_json(args.report, report)
     for route, r in report["routes"].items():
@@ -169,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--prepared", default="data/prepared")
     x.add_argument("--notes", type=int, default=4, help="validation notes for the logit comparison")
     x.add_argument("--max-new-tokens", type=int, default=64)
+    x.add_argument("--quantization", choices=["nf4", "none"], default=None,
+                   help="how the adapter's base was loaded in training (default: read from the adapter's run record)")
     x.add_argument("--report", default="metrics/export.json")
     x.set_defaults(func=_export)
     args = ap.parse_args(argv)

@@ -11,6 +11,7 @@ that has run a forward is never the one that is merged.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -24,15 +25,38 @@ def _peft(model, adapter: Path):
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
 
 
+def adapter_quantization(adapter: Path) -> str:
+    """How the base was loaded when this adapter was trained: `nf4` (QLoRA) or `none` (plain LoRA).
+
+    The sft_best (`selected.json`) and dpo (`dpo_run.json`) stages record it; an adapter from elsewhere
+    is taken to be QLoRA, the case where merging can go wrong."""
+    for name in ("selected.json", "dpo_run.json"):
+        record = adapter / name
+        if record.is_file():
+            return str(json.loads(record.read_text()).get("quantization", "nf4"))
+    return "nf4"
+
+
 def dequantized_merge(base_dir: Path, adapter: Path, device: str, dtype: torch.dtype = torch.float32):
     """The NF4 base as trained, dequantized exactly, with the adapter merged in."""
     model = load_base(base_dir, "nf4", device).dequantize(dtype=dtype).to(dtype)
     return _peft(model, adapter).merge_and_unload()
 
 
+def faithful_merge(base_dir: Path, adapter: Path, device: str, quantization: str):
+    """The merge that reproduces training: dequantized NF4 for QLoRA, the full-precision base for LoRA."""
+    if quantization == "nf4":
+        return dequantized_merge(base_dir, adapter, device)
+    return _peft(load_base(base_dir, "none", device), adapter).merge_and_unload()
+
+
 def route_models(route: str, base_dir: Path, adapter: Path, device: str):
     if route == "unmerged_4bit":
         return _peft(load_base(base_dir, "nf4", device), adapter)
+    if route == "unmerged_full":
+        return _peft(load_base(base_dir, "none", device), adapter)
+    if route == "merge_full":
+        return faithful_merge(base_dir, adapter, device, "none")
     if route == "dequantized_merge":
         return dequantized_merge(base_dir, adapter, device)
     if route == "naive_original":
@@ -42,7 +66,9 @@ def route_models(route: str, base_dir: Path, adapter: Path, device: str):
     raise ValueError(route)
 
 
-ROUTES = ("dequantized_merge", "naive_original", "naive_requant")
+# Routes compared against the unmerged model, by the adapter's training quantization.
+ROUTES = {"nf4": ("unmerged_4bit", ("dequantized_merge", "naive_original", "naive_requant")),
+          "none": ("unmerged_full", ("merge_full",))}
 
 
 @torch.inference_mode()
@@ -59,13 +85,17 @@ def _logits_and_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int
     return out
 
 
-def compare_routes(base_dir: Path, adapter: Path, prompts: list[str], device: str, max_new_tokens: int = 32) -> dict:
-    """Max |logit diff| and greedy agreement of each merge route against the unmerged 4-bit model."""
+def compare_routes(base_dir: Path, adapter: Path, prompts: list[str], device: str, max_new_tokens: int = 32,
+                   quantization: str = "nf4") -> dict:
+    """Max |logit diff| and greedy agreement of each merge route against the unmerged model as trained."""
+    if quantization not in ROUTES:
+        raise ValueError(f"quantization {quantization!r}: expected one of {', '.join(ROUTES)}")
     tokenizer = load_tokenizer(base_dir)
-    reference = _logits_and_greedy(route_models("unmerged_4bit", base_dir, adapter, device), tokenizer, prompts,
+    reference_route, routes = ROUTES[quantization]
+    reference = _logits_and_greedy(route_models(reference_route, base_dir, adapter, device), tokenizer, prompts,
                                    max_new_tokens)
     report = {}
-    for route in ROUTES:
+    for route in routes:
         got = _logits_and_greedy(route_models(route, base_dir, adapter, device), tokenizer, prompts, max_new_tokens)
         diffs = [float((a[0] - b[0]).abs().max()) for a, b in zip(reference, got)]
         report[route] = {"max_abs_logit_diff": max(diffs), "mean_max_abs_logit_diff": sum(diffs) / len(diffs),
@@ -74,8 +104,9 @@ def compare_routes(base_dir: Path, adapter: Path, prompts: list[str], device: st
     return report
 
 
-def export_merged(base_dir: Path, adapter: Path, out_dir: Path, device: str, dtype: str = "bfloat16") -> None:
-    model = dequantized_merge(base_dir, adapter, device)
+def export_merged(base_dir: Path, adapter: Path, out_dir: Path, device: str, dtype: str = "bfloat16",
+                  quantization: str = "nf4") -> None:
+    model = faithful_merge(base_dir, adapter, device, quantization)
     model = model.to(getattr(torch, dtype))
     model.config.quantization_config = None
     if hasattr(model.config, "quantization_config"):

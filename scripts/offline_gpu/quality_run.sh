@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The seven DVC stages (plus base_model and a merged export) on a GPU machine that has no DVC, in dvc.yaml's
+# order, with one params preset and optional dotted overrides; results land in results/<date>-<gpu>/.
+#   bash scripts/offline_gpu/quality_run.sh PRESET [section.key=value ...]
+# e.g. bash scripts/offline_gpu/quality_run.sh params/gpu-smollm2-h200.yaml infer.test_notes=1472
+# Needs the offline bundle installed (install_bundle.sh) and PYTHONPATH=$PWD/src:<bundle target>.
+# START_AT=<stage> skips the stages before it (their outputs must be there already).
+# Where DVC is installed, `cp PRESET params.yaml && dvc repro` does the same and records dvc.lock.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PRESET=${1:?params preset}
+shift
+python - "$PRESET" "$@" <<'PY'
+import sys
+import yaml
+preset, overrides = sys.argv[1], sys.argv[2:]
+params = yaml.safe_load(open(preset))
+for item in overrides:
+    key, _, value = item.partition("=")
+    node, *path = key.split(".")
+    target = params[node]
+    for part in path[:-1]:
+        target = target[part]
+    if path[-1] not in target:
+        sys.exit(f"{key}: not a key of {preset}")
+    target[path[-1]] = yaml.safe_load(value)
+yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
+PY
+GPU=$(python -c "import torch; print(torch.cuda.get_device_name(0).split()[-1].lower() if torch.cuda.is_available() else 'cpu')")
+RESULTS=${RESULTS:-results/$(date -u +%F)-$GPU}
+mkdir -p "$RESULTS" metrics
+STAGES=$(python -c "import yaml; print(' '.join(yaml.safe_load(open('dvc.yaml'))['stages']))")
+collect() {  # what a lease that runs out still leaves: this run's metrics and curves so far
+    cp params.yaml "$RESULTS/params.yaml"
+    # only files this run wrote: the checkout's committed CPU metrics are not results of this run
+    { find metrics dvclive -type f -newer "$RESULTS/.started" 2>/dev/null || true; } | while read -r f; do
+        mkdir -p "$RESULTS/$(dirname "$f")" && cp "$f" "$RESULTS/$f"
+    done
+}
+timed() {  # name, command...: run and append its wall seconds to timings.json
+    local name=$1 t0
+    shift
+    echo "=== $name: $* ($(date -u +%T))"
+    t0=$(date +%s)
+    "$@"
+    python - "$RESULTS/timings.json" "$name" $(( $(date +%s) - t0 )) <<'PY'
+import json, pathlib, sys
+path = pathlib.Path(sys.argv[1])
+timings = json.loads(path.read_text()) if path.is_file() else {}
+timings[sys.argv[2]] = int(sys.argv[3])
+path.write_text(json.dumps(timings, indent=2) + "\n")
+PY
+    collect
+}
+[ -z "${START_AT:-}" ] && rm -f "$RESULTS/timings.json" && touch "$RESULTS/.started"
+for stage in $STAGES; do
+    if [ -n "${START_AT:-}" ]; then
+        [ "$stage" = "$START_AT" ] && START_AT= || continue
+    fi
+    cmd=$(python -c "import sys, yaml; print(yaml.safe_load(open('dvc.yaml'))['stages'][sys.argv[1]]['cmd'])" "$stage")
+    timed "$stage" $cmd
+done
+timed export python -m survlm.cli export --adapter models/dpo --notes 8 --out models/merged --report metrics/export.json
+echo "=== done: $RESULTS"
