@@ -60,3 +60,31 @@ def test_plain_lora_adapter_is_merged_into_the_full_precision_base(tiny_lora_pai
     assert set(report) == {"merge_full"}
     assert report["merge_full"]["max_abs_logit_diff"] < 1e-3
     assert report["merge_full"]["greedy_identical"] == len(PROMPTS)
+
+
+def test_export_cli_writes_the_merged_model_and_its_proof(tiny_lora_pair, tmp_path):
+    """`survlm export` end to end: the saved fp32 export, reloaded, matches the unmerged 4-bit model; the naive
+    routes are in the same report."""
+    import json
+
+    from survlm.cli import main
+
+    base, lora = tiny_lora_pair
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    notes = ["HD1 HR 101. HD3 HR 88, T 37.2 C, Na 138.", "70 yo man, COPD. HD3 glucose 145, Cr 1.4."]
+    with open(prepared / "val.jsonl", "w") as f:
+        for i, note in enumerate(notes):
+            f.write(json.dumps({"id": f"v{i}", "messages": [{"role": "system", "content": "Extract."},
+                                                            {"role": "user", "content": note}]}) + "\n")
+    out, report_path = tmp_path / "merged", tmp_path / "export.json"
+    assert main(["export", "--adapter", str(lora), "--base", str(base), "--prepared", str(prepared), "--notes", "2",
+                 "--max-new-tokens", "8", "--dtype", "float32", "--out", str(out), "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["trained_on"] == "nf4" and (out / "config.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    routes = report["routes"]
+    assert set(routes) == {"dequantized_merge", "naive_original", "naive_requant", "saved_export"}
+    assert routes["saved_export"]["max_abs_logit_diff"] < 1e-3
+    assert routes["saved_export"]["greedy_identical"] == 2
+    assert routes["naive_requant"]["max_abs_logit_diff"] > 100 * routes["saved_export"]["max_abs_logit_diff"]

@@ -86,8 +86,9 @@ def _logits_and_greedy(model, tokenizer, prompts: list[str], max_new_tokens: int
 
 
 def compare_routes(base_dir: Path, adapter: Path, prompts: list[str], device: str, max_new_tokens: int = 32,
-                   quantization: str = "nf4") -> dict:
-    """Max |logit diff| and greedy agreement of each merge route against the unmerged model as trained."""
+                   quantization: str = "nf4", exported: Path | None = None) -> dict:
+    """Max |logit diff| and greedy agreement of each merge route against the unmerged model as trained;
+    with `exported`, also of that saved merged model as it loads from disk (route `saved_export`)."""
     if quantization not in ROUTES:
         raise ValueError(f"quantization {quantization!r}: expected one of {', '.join(ROUTES)}")
     tokenizer = load_tokenizer(base_dir)
@@ -95,8 +96,10 @@ def compare_routes(base_dir: Path, adapter: Path, prompts: list[str], device: st
     reference = _logits_and_greedy(route_models(reference_route, base_dir, adapter, device), tokenizer, prompts,
                                    max_new_tokens)
     report = {}
-    for route in routes:
-        got = _logits_and_greedy(route_models(route, base_dir, adapter, device), tokenizer, prompts, max_new_tokens)
+    for route in routes + (("saved_export",) if exported else ()):
+        model = (load_base(exported, "none", device) if route == "saved_export"
+                 else route_models(route, base_dir, adapter, device))
+        got = _logits_and_greedy(model, tokenizer, prompts, max_new_tokens)
         diffs = [float((a[0] - b[0]).abs().max()) for a, b in zip(reference, got)]
         report[route] = {"max_abs_logit_diff": max(diffs), "mean_max_abs_logit_diff": sum(diffs) / len(diffs),
                          "greedy_identical": sum(a[1] == b[1] for a, b in zip(reference, got)),
