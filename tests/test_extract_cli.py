@@ -64,3 +64,20 @@ def test_extract_bad_input_fails_cleanly(tiny_lora_pair, workdir, capsys):
     args[args.index("--fields") + 1] = "sex,nope"
     assert main(args) == 1
     assert "--fields: not in schema" in capsys.readouterr().err
+
+
+def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
+    """A researcher's own schema YAML (not the bundled one): its fields, and only those, become the columns."""
+    (workdir / "my_schema.yaml").write_text(
+        "name: my-cohort\nversion: 1\nday_label: admission\nfields:\n"
+        "  pulse:\n    type: number\n    unit: bpm\n    decimals: 0\n    range: [20, 250]\n"
+        "    description: Heart rate.\n    rule: Heart rate at admission.\n    units: {bpm: 1, /min: 1}\n"
+        "  smoker:\n    type: bool\n    description: Current smoker.\n    rule: true if the note says the patient smokes.\n")
+    (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES))
+    base, lora = tiny_lora_pair
+    assert main(["extract", "notes.jsonl", "--adapter", str(lora), "--base", str(base), "--out", "c.csv",
+                 "--backend", "hf", "--schema", "my_schema.yaml", "--max-new-tokens", "200", "--batch-size", "3",
+                 "--quiet"]) == 0
+    rows = list(csv.DictReader(open(workdir / "c.csv")))
+    assert [r["id"] for r in rows] == ["n0", "n1", "n2"]
+    assert set(rows[0]) == {"id", "pulse", "pulse_status", "smoker", "smoker_status"}
