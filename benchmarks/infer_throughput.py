@@ -25,7 +25,8 @@ def run(backend_name: str, args, records, schema, system) -> dict:
     from survlm.modeling.backends import BackendSettings, Decoding, make_backend
 
     settings = BackendSettings(max_model_len=args.max_model_len, batch_size=args.hf_batch,
-                               enforce_eager=args.enforce_eager)
+                               enforce_eager=args.enforce_eager,
+                               quantization=None if args.quantization == "none" else args.quantization)
     t0 = time.perf_counter()
     backend = make_backend(backend_name, args.base, {"adapter": args.adapter}, schema, settings)
     start_s = time.perf_counter() - t0
@@ -54,6 +55,8 @@ def main() -> None:
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--hf-batch", type=int, default=64)
     ap.add_argument("--enforce-eager", action="store_true", help="vLLM without CUDA graphs (always on for CPU)")
+    ap.add_argument("--quantization", default="none",
+                    help="base weights for both: none, or bitsandbytes (NF4, as a QLoRA adapter was trained)")
     ap.add_argument("--backends", nargs="+", default=["vllm", "hf"])
     ap.add_argument("--out", default="benchmarks/results/infer_throughput.json")
     args = ap.parse_args()
@@ -70,7 +73,8 @@ def main() -> None:
     by = {r["backend"]: r for r in rows}
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     result = {"device": device, "date": dt.date.today().isoformat(), "machine": platform.machine(),
-              "adapter": args.adapter, "max_new_tokens": args.max_new_tokens, "decoding": "greedy, JSON-constrained",
+              "adapter": args.adapter, "max_new_tokens": args.max_new_tokens, "quantization": args.quantization,
+              "vllm_cuda_graphs": not args.enforce_eager, "decoding": "greedy, JSON-constrained",
               "runs": [{k: v for k, v in r.items() if k != "texts"} for r in rows]}
     if "vllm" in by and "hf" in by:
         result["ratio"] = round(by["vllm"]["notes_per_s"] / by["hf"]["notes_per_s"], 3)

@@ -4,7 +4,7 @@
 #   bash scripts/offline_gpu/quality_run.sh PRESET [section.key=value ...]
 # e.g. bash scripts/offline_gpu/quality_run.sh params/gpu-smollm2-h200.yaml infer.test_notes=1472
 # Needs the offline bundle installed (install_bundle.sh) and PYTHONPATH=$PWD/src:<bundle target>.
-# START_AT=<stage> skips the stages before it (their outputs must be there already).
+# START_AT=<stage> skips the stages before it (their outputs must be there already); EXPORT=0 skips the export.
 # Where DVC is installed, `cp PRESET params.yaml && dvc repro` does the same and records dvc.lock.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,5 +60,5 @@ for stage in $STAGES; do
     cmd=$(python -c "import sys, yaml; print(yaml.safe_load(open('dvc.yaml'))['stages'][sys.argv[1]]['cmd'])" "$stage")
     timed "$stage" $cmd
 done
-timed export python -m survlm.cli export --adapter models/dpo --notes 8 --out models/merged --report metrics/export.json
+[ "${EXPORT:-1}" = 1 ] && timed export python -m survlm.cli export --adapter models/dpo --notes 8 --out models/merged --report metrics/export.json
 echo "=== done: $RESULTS"
