@@ -73,3 +73,17 @@ def test_dates_only_styles_never_number_days(schema, support2_rows):
     for style in ("progress", "nursing"):
         text = render_patient(row, schema, style, 0, row["id"], n_days=6).text
         assert "HD" not in text and "hospital day" not in text.lower()
+
+
+def test_decoding_grammar_accepts_every_target_and_only_compact_json(schema, support2_rows):
+    """The grammar both backends decode with (vLLM's own JSON-schema path forced `, ` and `: ` in vllm 0.24)."""
+    xgr = pytest.importorskip("xgrammar")
+    from survlm.modeling.backends import compact_json_grammar
+
+    compiled = xgr.GrammarCompiler(xgr.TokenizerInfo(["{", "}"])).compile_grammar(
+        compact_json_grammar(target_json_schema(schema)))
+    for i, row in enumerate(support2_rows[:100]):
+        target = compact_json(render_patient(row, schema, STYLES[i % len(STYLES)], 0, row["id"]).target)
+        assert xgr.GrammarMatcher(compiled).accept_string(target), row["id"]
+        spaced = json.dumps(json.loads(target))
+        assert not xgr.GrammarMatcher(compiled).accept_string(spaced), row["id"]

@@ -44,7 +44,10 @@ if [ "$WITH_VLLM" = 1 ]; then
     # vllm 0.24.0 pins torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0, the image's own. Its other
     # requirements that the image lacks, found by walking the wheels' Requires-Dist against the image's package
     # list (2026-11-28). Left out on purpose: flashinfer, tilelang, cutlass-dsl, quack/humming/tokenspeed
-    # kernels, fastsafetensors, cudnn-frontend: optional kernel libraries, imported only when a model needs them.
+    # kernels, fastsafetensors, cudnn-frontend: optional kernel libraries, imported only when a model needs them
+    # (survlm turns vLLM's FlashInfer sampler off where FlashInfer is missing). Also pydantic-extra-types: with it
+    # but without pycountry, importing mistral_common raises RuntimeError instead of ImportError, and gguf (which
+    # tries that import) breaks; without it vLLM and gguf skip mistral_common (seen on the H200, 2026-11-28).
     pip download -q --no-deps --only-binary=:all: --python-version "$PY_TAG" --platform manylinux_2_28_x86_64 \
         -d "$OUT/raw" vllm==0.24.0
     $PY scripts/offline_gpu/trim_wheel.py "$OUT"/raw/vllm-*.whl "$OUT/wheels" --stored \
@@ -65,7 +68,7 @@ if [ "$WITH_VLLM" = 1 ]; then
         opentelemetry_exporter_otlp_proto_grpc==1.45.2 opentelemetry_exporter_otlp_proto_http==1.45.2 \
         opentelemetry_proto==1.45.2 opentelemetry_sdk==1.45.2 opentelemetry_semantic_conventions==0.66b2 \
         opentelemetry_semantic_conventions_ai==0.5.1 outlines_core==0.2.14 partial_json_parser==0.2.1.1.post7 \
-        prometheus_fastapi_instrumentator==8.1.0 pybase64==1.5.1 pydantic_extra_types==2.11.1 pyjwt==2.15.1 \
+        prometheus_fastapi_instrumentator==8.1.0 pybase64==1.5.1 pyjwt==2.15.1 \
         python_json_logger==4.2.0 python_multipart==0.0.34 pyzmq==27.3.0 referencing==0.37.0 rpds_py==2026.9.1 \
         setproctitle==1.3.8 sniffio==1.3.1 sse_starlette==3.7.0 starlette==1.10.0 supervisor==4.3.0 \
         truststore==0.10.5 uvicorn==0.54.0 watchfiles==1.3.0

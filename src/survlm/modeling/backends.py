@@ -3,9 +3,10 @@ server. Every backend takes chat prompts and an adapter *name* (None = the base 
 adapters are always applied unmerged (vLLM LoRARequest, PEFT adapter switching, server-side LoRA modules).
 
 Constrained decoding: with `Decoding.constrained`, every backend restricts tokens to the JSON schema generated
-from our extraction schema (vLLM: StructuredOutputsParams(json=...); hf: an xgrammar logits processor; server:
-`response_format` json_schema). Unconstrained decoding instead forces the answer's opening (`{"age":`) into
-the prompt, so a weak model still starts the object.
+from our extraction schema, written compactly as in training (`compact_json_grammar`: vLLM gets it as
+StructuredOutputsParams(grammar=...), hf as an xgrammar logits processor; a server gets `response_format`
+json_schema). Unconstrained decoding instead forces the answer's opening (`{"age":`) into the prompt, so a weak
+model still starts the object.
 """
 from __future__ import annotations
 
@@ -99,6 +100,18 @@ def resolve_backend(name: str) -> str:
     return "vllm" if torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None else "hf"
 
 
+def compact_json_grammar(json_schema: dict) -> str:
+    """The JSON schema as an xgrammar EBNF grammar that allows no whitespace: `,` and `:` with nothing after.
+
+    Our answers are trained compact. Handing vLLM the schema itself (StructuredOutputsParams(json=...)) is not
+    enough: vllm 0.24's xgrammar backend turns `disable_any_whitespace` into json.dumps-style separators, `, `
+    and `: `, forcing a token the model never saw at every key (H200, 2026-11-28: field accuracy 0.61 and
+    every null field filled). A grammar pins the separators on every vLLM version, and hf uses the same one."""
+    import xgrammar as xgr
+
+    return str(xgr.Grammar.from_json_schema(json.dumps(json_schema), any_whitespace=False, separators=(",", ":")))
+
+
 def adapter_rank(path: str | Path) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
 
@@ -115,9 +128,16 @@ class Backend:
         self.base_dir = str(base_dir)
         self.adapters = {k: str(v) for k, v in adapters.items()}
         self.json_schema = target_json_schema(schema)
+        self._grammar_text: str | None = None
         self.answer_prefix = answer_prefix(schema)
         self.settings = settings
         self.tokenizer = load_tokenizer(base_dir)
+
+    @property
+    def grammar_text(self) -> str:
+        if self._grammar_text is None:
+            self._grammar_text = compact_json_grammar(self.json_schema)
+        return self._grammar_text
 
     @property
     def max_context(self) -> int:
@@ -185,11 +205,12 @@ class VLLMBackend(Backend):
 
         s = self.settings
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        _cuda_engine_environment()
         kwargs: dict[str, Any] = dict(model=self.base_dir, tokenizer=self.base_dir, dtype=_vllm_dtype(s.dtype),
                                       max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
                                       enforce_eager=s.enforce_eager, tensor_parallel_size=s.tensor_parallel_size,
                                       seed=s.seed,
-                                      # compact JSON, as trained: otherwise a weak model may emit whitespace forever
+                                      # xgrammar compiles our compact grammar (compact_json_grammar)
                                       structured_outputs_config={"backend": "xgrammar",
                                                                  "disable_any_whitespace": True})
         if s.quantization:
@@ -233,7 +254,7 @@ class VLLMBackend(Backend):
         if decoding.uses_constraint:
             from vllm.sampling_params import StructuredOutputsParams
 
-            kw["structured_outputs"] = StructuredOutputsParams(json=self.json_schema)
+            kw["structured_outputs"] = StructuredOutputsParams(grammar=self.grammar_text)
         return SamplingParams(**kw)
 
     def _generate(self, prompts, decoding, adapter):
@@ -274,6 +295,23 @@ class VLLMBackend(Backend):
 
 def decoding_is_beam(decoding) -> bool:
     return any(d.strategy == "beam" for d in (decoding if isinstance(decoding, (list, tuple)) else [decoding]))
+
+
+def _cuda_engine_environment() -> None:
+    """vLLM settings a CUDA machine needs before the engine starts (setdefault: the user's own values win).
+
+    Seen on the H200 with vllm 0.24.0 (2026-11-28): the engine process is forked by default and cannot use CUDA
+    once the stage has touched it ("Cannot re-initialize CUDA in forked subprocess"), so spawn it; and the
+    sampler imports FlashInfer unless told not to, which is an optional kernel library the GPU image lacks."""
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    if importlib.util.find_spec("flashinfer") is None:
+        os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 
 def _vllm_dtype(dtype: str) -> str:
@@ -318,8 +356,7 @@ class HFBackend(Backend):
 
             vocab = self.model.config.vocab_size if hasattr(self.model.config, "vocab_size") else len(self.tokenizer)
             info = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=vocab)
-            self._grammar = xgr.GrammarCompiler(info).compile_json_schema(
-                json.dumps(self.json_schema), any_whitespace=False, separators=(",", ":"))  # compact, as trained
+            self._grammar = xgr.GrammarCompiler(info).compile_grammar(self.grammar_text)
         return self._grammar
 
     def generate(self, prompts, decoding, adapter=None):
