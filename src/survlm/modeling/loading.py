@@ -7,6 +7,7 @@ took 39.6 GiB against 8.8 GiB for ours (H200, benchmarks/results/sft_memory.json
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -16,6 +17,16 @@ QUANTIZATIONS = ("nf4", "none", "auto")
 
 def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# Under `accelerate launch` / torchrun (DDP) every process runs the whole stage; these say which one it is.
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main_process() -> bool:
+    """Rank 0 alone writes run files, metrics and dvclive logs (the Trainer guards its own checkpoints)."""
+    return int(os.environ.get("RANK", 0)) == 0
 
 
 def resolve_quantization(setting: str, device: str) -> str:
@@ -47,10 +58,10 @@ def load_base(base_dir: str | Path, quantization: str, device: str, attn_impleme
     kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
     if quantization == "nf4":
         kwargs["quantization_config"] = nf4_config(dtype)
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        kwargs["device_map"] = {"": local_rank() if device == "cuda" else "cpu"}  # this process's GPU
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
     if quantization != "nf4":
-        model.to(device)
+        model.to(f"cuda:{local_rank()}" if device == "cuda" else device)
     model.config.use_cache = False
     return model
 

@@ -165,6 +165,7 @@ def build_trainer(model, tokenizer, params: dict, train: list[dict], val: list[d
 
 def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, live_dir: Path | None) -> dict:
     """Train (or resume) and return a summary; `live_dir` None skips dvclive."""
+    from accelerate import PartialState
     from transformers.trainer_utils import get_last_checkpoint
 
     device = pick_device()
@@ -176,11 +177,15 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     resume = None
     if previous.get("fingerprint") == fingerprint and out_dir.is_dir():
         resume = get_last_checkpoint(str(out_dir))
-    else:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_file.write_text(json.dumps({"fingerprint": fingerprint, "quantization": quantization, "device": device,
-                                    "base": str(base_dir), "complete": False}, indent=2) + "\n")
+    state = PartialState()  # joins the process group when launched on several GPUs (DDP); else one process
+    main_process = state.is_main_process
+    if main_process:
+        if resume is None:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(json.dumps({"fingerprint": fingerprint, "quantization": quantization, "device": device,
+                                        "base": str(base_dir), "complete": False}, indent=2) + "\n")
+    state.wait_for_everyone()
 
     torch.manual_seed(int(params["seed"]))
     tokenizer = load_tokenizer(base_dir)
@@ -192,7 +197,7 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
 
     model = load_base(base_dir, quantization, device, str(params.get("attn_implementation", "sdpa")))
     live = None
-    if live_dir is not None:
+    if live_dir is not None and main_process:
         from dvclive import Live
 
         live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False,
@@ -213,8 +218,10 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
                                  if "eval_loss" in h), None),
         "train_seconds": round(time.perf_counter() - t0, 1), "peak_mem_gib": round(_peak_memory_gib(device), 3),
         "checkpoints": sorted((p.name for p in out_dir.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1])),
+        "processes": trainer.accelerator.num_processes,
     }
-    info = json.loads(run_file.read_text())
-    info.update({"complete": True, "summary": summary})
-    run_file.write_text(json.dumps(info, indent=2) + "\n")
+    if main_process:
+        info = json.loads(run_file.read_text())
+        info.update({"complete": True, "summary": summary})
+        run_file.write_text(json.dumps(info, indent=2) + "\n")
     return summary

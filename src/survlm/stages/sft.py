@@ -1,4 +1,6 @@
-"""DVC stage `sft`: LoRA/QLoRA SFT of models/base on data/prepared -> models/sft (checkpoints, run.json)."""
+"""DVC stage `sft`: LoRA/QLoRA SFT of models/base on data/prepared -> models/sft (checkpoints, run.json).
+
+Several GPUs: `accelerate launch --num_processes N -m survlm.stages.sft` (DDP; `sft.batch_size` is per GPU)."""
 from __future__ import annotations
 
 import argparse
@@ -15,9 +17,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--live", default="dvclive/sft")
     ap.add_argument("--metrics", default="metrics/sft.json")
     args = ap.parse_args(argv)
+    from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
 
     summary = train_sft(load_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
+    if not is_main_process():  # DDP (accelerate launch): rank 0 writes
+        return
     write_json(args.metrics, summary)
     print(f"sft: {summary['steps']} steps on {summary['train_examples']} notes ({summary['quantization']}, "
           f"{summary['device']}) in {summary['train_seconds']} s; checkpoints: {', '.join(summary['checkpoints'])}")
