@@ -118,7 +118,7 @@ def _run_stage(cmd: list[str], cwd: Path) -> dict:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads((cwd / "sft" / "checkpoint-4" / "trainer_state.json").read_text())
-    return {"summary": json.loads((cwd / "sft.json").read_text()),
+    return {"summary": json.loads((cwd / "sft.json").read_text()), "stdout": done.stdout,
             "losses": [h["loss"] for h in state["log_history"] if "loss" in h]}
 
 
@@ -141,7 +141,7 @@ def test_sft_stage_under_ddp_matches_one_process(tiny_llama_dir, prepared, tmp_p
         (work / "params.yaml").write_text(yaml.safe_dump({"sft": params}))
         runs[name] = _run_stage(launcher, work)
     one, ddp = runs["one"], runs["ddp"]
-    assert one["summary"]["processes"] == 1 and ddp["summary"]["processes"] == 2
+    assert "DDP over 2 processes" in ddp["stdout"] and "DDP" not in one["stdout"]
     assert ddp["summary"]["steps"] == one["summary"]["steps"] == 4
     assert len(ddp["losses"]) == len(one["losses"]) == 4
     # 2026-11-28: the curves agreed to 4e-4 while falling by 0.16 over the 4 steps

@@ -4,7 +4,8 @@
 #   bash scripts/offline_gpu/quality_run.sh PRESET [section.key=value ...]
 # e.g. bash scripts/offline_gpu/quality_run.sh params/gpu-smollm2-h200.yaml infer.test_notes=1472
 # Needs the offline bundle installed (install_bundle.sh) and PYTHONPATH=$PWD/src:<bundle target>.
-# START_AT=<stage> skips the stages before it (their outputs must be there already); EXPORT=0 skips the export.
+# START_AT=<stage> skips the stages before it (their outputs must be there already); EXPORT=0 skips the export;
+# GPUS=N trains sft and dpo with DDP over N GPUs (torchrun; batch sizes are per GPU).
 # Where DVC is installed, `cp PRESET params.yaml && dvc repro` does the same and records dvc.lock.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -58,6 +59,9 @@ for stage in $STAGES; do
         [ "$stage" = "$START_AT" ] && START_AT= || continue
     fi
     cmd=$(python -c "import sys, yaml; print(yaml.safe_load(open('dvc.yaml'))['stages'][sys.argv[1]]['cmd'])" "$stage")
+    if [ "${GPUS:-1}" -gt 1 ] && { [ "$stage" = sft ] || [ "$stage" = dpo ]; }; then
+        cmd=${cmd/python -m/python -m torch.distributed.run --nproc_per_node $GPUS -m}
+    fi
     timed "$stage" $cmd
 done
 [ "${EXPORT:-1}" = 1 ] && timed export python -m survlm.cli export --adapter models/dpo --notes 8 --out models/merged --report metrics/export.json

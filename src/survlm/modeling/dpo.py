@@ -121,7 +121,12 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], base_dir: Path, sft_adapter: Path,
               quantization: str, out_dir: Path, live_dir: Path | None) -> dict:
-    """Train and save the policy adapter (only `default`) to out_dir; returns a summary incl. the ref check."""
+    """Train and save the policy adapter (only `default`) to out_dir; returns a summary incl. the ref check.
+
+    Under DDP (torchrun / `accelerate launch --multi_gpu`) every process trains; rank 0 alone logs and saves."""
+    from accelerate import PartialState
+
+    state = PartialState()  # joins the process group when launched as several processes
     device = pick_device()
     torch.manual_seed(int(params["seed"]))
     tokenizer = load_tokenizer(base_dir)
@@ -135,7 +140,7 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
     model = load_policy(base_dir, sft_adapter, quantization, device, str(params.get("attn_implementation", "sdpa")))
     sft_weights = adapter_state(model, "default")
     live = None
-    if live_dir is not None:
+    if live_dir is not None and state.is_main_process:
         from dvclive import Live
 
         live = Live(dir=str(live_dir), report=None, save_dvc_exp=False,
@@ -151,7 +156,10 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
     policy = trainer.model
     ref_diff = max_abs_diff(adapter_state(policy, "ref"), sft_weights)
     policy_change = max_abs_diff(adapter_state(policy, "default"), sft_weights)
-    policy.save_pretrained(str(out_dir), selected_adapters=["default"])
+    if state.num_processes > 1:
+        print(f"dpo: DDP over {state.num_processes} processes")
+    if state.is_main_process:
+        policy.save_pretrained(str(out_dir), selected_adapters=["default"])
     logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
     last = logs[-1] if logs else {}
     return {

@@ -29,6 +29,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+def leave_process_group() -> None:
+    """After DDP training, before rank 0 generates alone: close the process group and drop the launcher's
+    variables, which a vLLM engine would otherwise read as its own world size."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
+
+
 def resolve_quantization(setting: str, device: str) -> str:
     """`auto`: QLoRA (NF4) on CUDA, plain LoRA in fp32 on CPU (faster there, and bnb's CPU path repacks)."""
     if setting not in QUANTIZATIONS:

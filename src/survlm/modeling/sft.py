@@ -218,8 +218,9 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
                                  if "eval_loss" in h), None),
         "train_seconds": round(time.perf_counter() - t0, 1), "peak_mem_gib": round(_peak_memory_gib(device), 3),
         "checkpoints": sorted((p.name for p in out_dir.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1])),
-        "processes": trainer.accelerator.num_processes,
     }
+    if state.num_processes > 1:
+        print(f"sft: DDP over {state.num_processes} processes")
     if main_process:
         info = json.loads(run_file.read_text())
         info.update({"complete": True, "summary": summary})

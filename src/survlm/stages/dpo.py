@@ -1,5 +1,8 @@
 """DVC stage `dpo`: DPO of the selected SFT adapter on data/pairs (reference = frozen copy of the same adapter),
--> models/dpo; then SFT and DPO side by side on validation notes in one generation pass -> metrics/dpo.json."""
+-> models/dpo; then SFT and DPO side by side on validation notes in one generation pass -> metrics/dpo.json.
+
+Several GPUs: `torchrun --nproc_per_node N -m survlm.stages.dpo` (DDP; `dpo.batch_size` is per GPU); rank 0
+saves the adapter and runs the report."""
 from __future__ import annotations
 
 import argparse
@@ -38,8 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     from ..modeling.dpo import train_dpo
     from ..modeling.extractor import score_adapters
 
+    from ..modeling.loading import is_main_process, leave_process_group
+
     train_pairs = list(read_jsonl(Path(args.pairs) / "train.jsonl"))
     eval_pairs = list(read_jsonl(Path(args.pairs) / "eval.jsonl"))
+    if not is_main_process():  # DDP: the other ranks train alongside rank 0 and write nothing
+        with tempfile.TemporaryDirectory() as scratch:
+            train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, Path(scratch), None)
+        return
     with atomic_dir(args.out) as tmp:
         summary = train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, tmp,
                             Path(args.live))
@@ -48,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
           f"ref adapter max |diff| from SFT {summary['ref_adapter_max_abs_diff_from_sft']}, "
           f"policy moved {summary['policy_max_abs_change']:.3g}")
     report = {"train": summary}
+    leave_process_group()  # the report's generation engine must not see the DDP job's ranks
     if int(params.get("val_notes") or 0) > 0:
         schema, system = load_prompt(prepared)
         rows = first_records(prepared / "val.jsonl", params["val_notes"])
