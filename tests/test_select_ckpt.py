@@ -43,3 +43,33 @@ def test_hf_greedy_is_batch_independent_and_primed(tiny_llama_dir, schema):
     assert [g[0].text for g in two] == [g[0].text for g in three]      # greedy, batch-size independent
     assert all(g[0].text.startswith('{"age":') and g[0].completion_tokens <= 24 for g in two)  # forced opening
     assert all(g[0].prompt_tokens > 10 for g in two)
+
+
+def test_infer_stage_decoding_comparison_alone(tiny_llama_dir, tmp_path, monkeypatch):
+    """test_notes/heldout_notes 0: infer runs only the decoding comparison (greedy, sample, beam) on validation."""
+    from survlm.modeling.sft import train_sft
+    from survlm.stages import infer
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
+    (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
+    for split in ("test", "test_heldout"):
+        (prepared / f"{split}.jsonl").write_text(json.dumps(_record(9)) + "\n")
+    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
+                                                      "system_prompt": "Extract the day-3 sodium as JSON."}))
+    (prepared / "render_meta.jsonl").write_text("")
+    train_sft({**BASE_PARAMS, "max_steps": 2, "save_steps": 2}, prepared, tiny_llama_dir, tmp_path / "sft", None)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"infer": {
+        "adapter": str(tmp_path / "sft" / "checkpoint-2"), "baselines": [], "test_notes": 0, "heldout_notes": 0,
+        "backend": "hf", "max_new_tokens": 12, "constrained": True, "batch_size": 8, "chunk_overlap": 16, "seed": 0,
+        "decoding_comparison": {"val_notes": 2, "strategies": ["greedy", "sample", "beam"], "temperature": 0.7,
+                                "top_p": 0.95, "beam_width": 2}}}))
+    infer.main(["--prepared", str(prepared), "--base", str(tiny_llama_dir), "--out", "pred", "--metrics", "m.json"])
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert sorted(metrics["tasks"]) == ["decoding/beam", "decoding/greedy", "decoding/sample"]
+    assert not (tmp_path / "pred" / "test.jsonl").exists()
+    comparison = metrics["decoding_comparison"]
+    assert sorted(comparison) == ["beam", "greedy", "sample"]
+    assert all(c["notes"] == 2 and 0.0 <= c["field_accuracy"] <= 1.0 for c in comparison.values())

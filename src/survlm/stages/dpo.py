@@ -1,8 +1,8 @@
 """DVC stage `dpo`: DPO of the selected SFT adapter on data/pairs (reference = frozen copy of the same adapter),
 -> models/dpo; then SFT and DPO side by side on validation notes in one generation pass -> metrics/dpo.json.
 
-Several GPUs: `torchrun --nproc_per_node N -m survlm.stages.dpo` (DDP; `dpo.batch_size` is per GPU); rank 0
-saves the adapter and runs the report."""
+Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stages.dpo` (DDP; `dpo.batch_size` is
+per GPU); rank 0 saves the adapter and runs the report."""
 from __future__ import annotations
 
 import argparse
@@ -40,7 +40,6 @@ def main(argv: list[str] | None = None) -> None:
     quantization = json.loads((sft / "selected.json").read_text())["quantization"]
     from ..modeling.dpo import train_dpo
     from ..modeling.extractor import score_adapters
-
     from ..modeling.loading import is_main_process, leave_process_group
 
     train_pairs = list(read_jsonl(Path(args.pairs) / "train.jsonl"))

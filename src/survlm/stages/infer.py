@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     tasks = []
     for split, key in SPLITS.items():
         records = [{"id": r["id"], "note": note_of(r)} for r in first_records(prepared / f"{split}.jsonl", params[key])]
+        if not records:  # e.g. test_notes: 0 to run only the decoding comparison
+            continue
         for model, path in models.items():
             tasks.append(Task(f"{model}/{split}", None if path is None else model, records,
                               prediction_path(out, model, split)))

@@ -1,6 +1,7 @@
 """DVC stage `sft`: LoRA/QLoRA SFT of models/base on data/prepared -> models/sft (checkpoints, run.json).
 
-Several GPUs: `accelerate launch --num_processes N -m survlm.stages.sft` (DDP; `sft.batch_size` is per GPU)."""
+Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stages.sft`, or `accelerate launch
+--multi_gpu` (DDP; `sft.batch_size` is per GPU)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..modeling.sft import train_sft
 
     summary = train_sft(load_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
-    if not is_main_process():  # DDP (accelerate launch): rank 0 writes
+    if not is_main_process():  # DDP: rank 0 writes
         return
     write_json(args.metrics, summary)
     print(f"sft: {summary['steps']} steps on {summary['train_examples']} notes ({summary['quantization']}, "
