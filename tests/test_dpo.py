@@ -3,7 +3,7 @@ frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
 
 
-from test_sft import BASE_PARAMS, _record
+from test_sft import BASE_PARAMS, TORCHRUN_2, _record, run_stage
 
 DPO_PARAMS = {"beta": 0.1, "loss_type": "sigmoid", "lr": 5e-3, "epochs": 1, "max_steps": 3, "batch_size": 1,
               "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
@@ -18,10 +18,8 @@ def _pair(i, rejected_value):
             "chosen": r["messages"][2:], "rejected": [{"role": "assistant", "content": bad}]}
 
 
-def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    from survlm.modeling import dpo as dpo_mod
+def _sft_adapter(tiny_llama_dir, tmp_path):
+    """A 2-step SFT adapter to start DPO from; returns (prepared dir, adapter dir)."""
     from survlm.modeling.sft import train_sft
 
     prepared = tmp_path / "prepared"
@@ -30,7 +28,15 @@ def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, tmp_path, monkeypa
     (prepared / "val.jsonl").write_text("")
     train_sft({**BASE_PARAMS, "max_steps": 2, "save_steps": 2, "eval_notes": 0}, prepared, tiny_llama_dir,
               tmp_path / "sft", None)
-    sft_adapter = tmp_path / "sft" / "checkpoint-2"
+    return prepared, tmp_path / "sft" / "checkpoint-2"
+
+
+def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from survlm.modeling import dpo as dpo_mod
+
+    _, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
     sft_tensors = load_file(str(sft_adapter / "adapter_model.safetensors"))
 
     loads = []
@@ -68,40 +74,24 @@ def test_dpo_pair_lengths_follow_chat_template(tiny_llama_dir):
 
 def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, tmp_path):
     """torchrun with 2 processes (gloo on CPU, NCCL on GPUs), batch 1 each, against one process with batch 2."""
-    import os
     import shutil
-    import subprocess
-    import sys
-    from pathlib import Path
 
     import yaml
 
-    from survlm.modeling.sft import train_sft
-
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
-    (prepared / "val.jsonl").write_text("")
-    train_sft({**BASE_PARAMS, "max_steps": 2, "save_steps": 2, "eval_notes": 0}, prepared, tiny_llama_dir,
-              tmp_path / "sft", None)
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    prepared, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
     curves, summaries, stdout = {}, {}, {}
-    for name, per_device, launcher in (("one", 2, []), ("ddp", 1, ["-m", "torch.distributed.run",
-                                                                   "--nproc_per_node", "2"])):
+    for name, per_device, launcher in (("one", 2, []), ("ddp", 1, TORCHRUN_2)):
         work = tmp_path / name
         (work / "pairs").mkdir(parents=True)
         (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(_pair(i, f"14{i}")) + "\n" for i in range(8)))
         (work / "pairs" / "eval.jsonl").write_text("")
-        shutil.copytree(tmp_path / "sft" / "checkpoint-2", work / "sft_best")
+        shutil.copytree(sft_adapter, work / "sft_best")
         (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
         params = {**DPO_PARAMS, "max_steps": 4, "batch_size": per_device, "val_notes": 0}
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
-        done = subprocess.run([sys.executable, *launcher, "-m", "survlm.stages.dpo", "--prepared", str(prepared),
-                               "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft_best", "--out", "dpo",
-                               "--live", "live", "--metrics", "dpo.json"], cwd=work, env=env, capture_output=True,
-                              text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
+        done = run_stage(launcher, "dpo", ["--prepared", str(prepared), "--pairs", "pairs", "--base",
+                                           str(tiny_llama_dir), "--sft", "sft_best", "--out", "dpo", "--live", "live",
+                                           "--metrics", "dpo.json"], work)
         summaries[name], stdout[name] = json.loads((work / "dpo.json").read_text())["train"], done.stdout
         rows = (work / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
         curves[name] = [float(r.split("\t")[-1]) for r in rows]

@@ -106,17 +106,26 @@ def test_choose_best_prefers_accuracy_then_earlier_step():
     assert choose_best([{"step": 5, "field_accuracy": 0.2}, {"step": 9, "field_accuracy": 0.3}])["step"] == 9
 
 
-def _run_stage(cmd: list[str], cwd: Path) -> dict:
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]  # 2 processes; DDP over gloo on CPU
+
+
+def run_stage(launcher: list[str], stage: str, args: list[str], cwd: Path):
+    """`python [launcher] -m survlm.stages.<stage> args` in cwd, on CPU, with this checkout's code."""
     import os
     import subprocess
     import sys
 
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    args = ["--prepared", "prepared", "--base", "base", "--out", "sft", "--live", "live", "--metrics", "sft.json"]
-    done = subprocess.run([sys.executable, *cmd, "-m", "survlm.stages.sft", *args], cwd=cwd, env=env,
+    done = subprocess.run([sys.executable, *launcher, "-m", f"survlm.stages.{stage}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _run_sft_stage(launcher: list[str], cwd: Path) -> dict:
+    args = ["--prepared", "prepared", "--base", "base", "--out", "sft", "--live", "live", "--metrics", "sft.json"]
+    done = run_stage(launcher, "sft", args, cwd)
     state = json.loads((cwd / "sft" / "checkpoint-4" / "trainer_state.json").read_text())
     return {"summary": json.loads((cwd / "sft.json").read_text()), "stdout": done.stdout,
             "losses": [h["loss"] for h in state["log_history"] if "loss" in h]}
@@ -132,14 +141,14 @@ def test_sft_stage_under_ddp_matches_one_process(tiny_llama_dir, prepared, tmp_p
 
     runs = {}
     for name, per_device, launcher in (("one", 2, []),
-                                        ("ddp", 1, ["-m", "torch.distributed.run", "--nproc_per_node", "2"])):
+                                        ("ddp", 1, TORCHRUN_2)):
         work = tmp_path / name
         work.mkdir()
         shutil.copytree(prepared, work / "prepared")
         (work / "base").symlink_to(tiny_llama_dir)
         params = {**BASE_PARAMS, "max_steps": 4, "batch_size": per_device, "save_steps": 4, "eval_steps": 4}
         (work / "params.yaml").write_text(yaml.safe_dump({"sft": params}))
-        runs[name] = _run_stage(launcher, work)
+        runs[name] = _run_sft_stage(launcher, work)
     one, ddp = runs["one"], runs["ddp"]
     assert "DDP over 2 processes" in ddp["stdout"] and "DDP" not in one["stdout"]
     assert ddp["summary"]["steps"] == one["summary"]["steps"] == 4

@@ -14,6 +14,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -132,16 +133,13 @@ class Backend:
         self.base_dir = str(base_dir)
         self.adapters = {k: str(v) for k, v in adapters.items()}
         self.json_schema = target_json_schema(schema)
-        self._grammar_text: str | None = None
         self.answer_prefix = answer_prefix(schema)
         self.settings = settings
         self.tokenizer = load_tokenizer(base_dir)
 
-    @property
+    @cached_property
     def grammar_text(self) -> str:
-        if self._grammar_text is None:
-            self._grammar_text = compact_json_grammar(self.json_schema)
-        return self._grammar_text
+        return compact_json_grammar(self.json_schema)
 
     @property
     def max_context(self) -> int:
