@@ -102,3 +102,22 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, tmp_path):
     assert curves["ddp"][0] - curves["ddp"][-1] > 0.1, curves  # 2026-11-28: agreed to 1e-6, fell by 0.17
     for a, b in zip(curves["one"], curves["ddp"]):
         assert abs(a - b) <= 0.01, curves
+
+
+def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, tmp_path):
+    """DPO alone can widen the margin while the gold answer itself gets less likely (on the H200, 2026-11-28:
+    -59 nats, and the DPO model then filled every null field). `loss_type: [sigmoid, sft]` adds the gold
+    answer's NLL; `gold_logp_change` reports the effect."""
+    from survlm.modeling.dpo import train_dpo
+
+    _, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
+    pairs, eval_pairs = [_pair(i, f"14{i}") for i in range(3)], [_pair(5, "145")]
+
+    def run(name, **params):
+        return train_dpo({**DPO_PARAMS, "max_steps": 6, **params}, pairs, eval_pairs, tiny_llama_dir, sft_adapter,
+                         "none", tmp_path / name, None)
+
+    plain = run("sigmoid")
+    with_sft = run("sigmoid_sft", loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])
+    assert plain["gold_logp_change_on"] == with_sft["gold_logp_change_on"] == "eval"
+    assert with_sft["gold_logp_change"] > plain["gold_logp_change"] + 1.0

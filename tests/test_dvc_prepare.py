@@ -35,6 +35,8 @@ def test_dvc_repro_prepare(repo_copy, tiny_llama_dir):
             assert set(r["labels"]) == set(metrics["null_rate"])
             ids.setdefault(r["id"], split)
         assert len(rows) == metrics["splits"][split]
+        if split == "train":  # written in a seeded random order (heads are samples), not the source's
+            assert [r["id"] for r in rows] != sorted(r["id"] for r in rows)
     assert len(ids) == 60  # patient-level split: each patient in exactly one split
     held = [json.loads(line)["style"] for line in (out / "test_heldout.jsonl").read_text().splitlines()]
     train = [json.loads(line)["style"] for line in (out / "train.jsonl").read_text().splitlines()]

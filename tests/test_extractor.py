@@ -51,3 +51,7 @@ def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, 
     summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM,
                         Decoding(max_new_tokens=4, constrained=False), batch_size=5, progress=False)
     assert summary["t"]["resumed"] == 0 and len(list(read_rows(cut))) == 5
+    # fewer (or other) records, same run: rows of records the task no longer has are dropped, the rest kept
+    summary = run_tasks(backend, [Task("t", None, records[:2] + _records(7)[6:], cut)], sub, SYSTEM,
+                        Decoding(max_new_tokens=4, constrained=False), batch_size=5, progress=False)
+    assert summary["t"]["resumed"] == 2 and [r["id"] for r in read_rows(cut)] == ["r0", "r1", "r6"]

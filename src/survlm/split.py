@@ -26,3 +26,13 @@ def assign_splits(ids: Sequence[str], events: Sequence[int], fractions: dict[str
                 out[i] = name
             start += n
     return out
+
+
+def record_order(ids: Sequence[str], seed: int) -> list[str]:
+    """The order a split file is written in: seeded and random, so that the first N records of any split are a
+    random sample of it. Stages take heads (`sft.max_train_notes`, `select_ckpt.val_notes`, `infer.test_notes`,
+    ...), and a source's own order is rarely random: SUPPORT2's rows follow its study phases, and glucose, BUN
+    and urine output are missing for every one of its first ~800 patients."""
+    order = sorted(ids)
+    random.Random(f"{seed}:order").shuffle(order)
+    return order

@@ -61,6 +61,8 @@ def dpo_config(params: dict, out_dir: Path, device: str, with_eval: bool):
         output_dir=str(out_dir),
         beta=float(params["beta"]),
         loss_type=[loss] if isinstance(loss, str) else list(loss),
+        # [sigmoid, sft] with weights [1, w]: DPO plus w x the gold answer's NLL (RPO), against displacement
+        loss_weights=[float(w) for w in params["loss_weights"]] if params.get("loss_weights") else None,
         learning_rate=float(params["lr"]),
         num_train_epochs=float(params["epochs"]),
         max_steps=int(params.get("max_steps") or -1),
@@ -162,6 +164,10 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
         policy.save_pretrained(str(out_dir), selected_adapters=["default"])
     logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
     last = logs[-1] if logs else {}
+    evals = [h for h in trainer.state.log_history if "eval_rewards/chosen" in h]
+    # Likelihood displacement: the margin can grow while the gold answer itself becomes less likely. A chosen
+    # reward is beta * (policy - reference) log-prob of the gold answer, so this is that change in nats.
+    gold_logp = evals[-1]["eval_rewards/chosen"] if evals else last.get("rewards/chosen")
     return {
         "device": device, "quantization": quantization, "train_pairs": len(train), "eval_pairs": len(val),
         "dropped_too_long": {"train": dropped_train, "eval": dropped_val},
@@ -174,4 +180,6 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
         # the reference is the SFT adapter, bit for bit; the policy moved away from it
         "ref_adapter_max_abs_diff_from_sft": ref_diff, "policy_max_abs_change": policy_change,
         "adapters_in_model": sorted(policy.peft_config),
+        "gold_logp_change": None if gold_logp is None else round(float(gold_logp) / float(params["beta"]), 3),
+        "gold_logp_change_on": "eval" if evals else "last train step",
     }

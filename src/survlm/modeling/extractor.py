@@ -72,8 +72,9 @@ def _meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".run.json")
 
 
-def _done_ids(out: Path, fp: str) -> set[str]:
-    """Ids already answered by the same run; drops a torn last line left by a kill mid-write."""
+def _done_ids(out: Path, fp: str, wanted: set[str]) -> set[str]:
+    """Ids already answered by the same run; drops a torn last line left by a kill mid-write, and rows of
+    records the task no longer has (fewer notes asked for, or another sample of them)."""
     meta = _meta_path(out)
     if not out.is_file() or not meta.is_file() or json.loads(meta.read_text()).get("fingerprint") != fp:
         out.unlink(missing_ok=True)
@@ -85,8 +86,9 @@ def _done_ids(out: Path, fp: str) -> set[str]:
                 row = json.loads(line)
             except ValueError:
                 break
-            good.append(line if line.endswith("\n") else line + "\n")
-            ids.add(row["id"])
+            if row["id"] in wanted:
+                good.append(line if line.endswith("\n") else line + "\n")
+                ids.add(row["id"])
     out.write_text("".join(good), encoding="utf-8")
     return ids
 
@@ -112,7 +114,7 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
     for t, task in enumerate(tasks):
         fp = fingerprint(backend, task.adapter, decodings[t], system_prompt, schema)
         task.out_path.parent.mkdir(parents=True, exist_ok=True)
-        done = _done_ids(task.out_path, fp)
+        done = _done_ids(task.out_path, fp, {r["id"] for r in task.records})
         _meta_path(task.out_path).write_text(json.dumps({"fingerprint": fp, "task": task.name}) + "\n")
         todo = [(i, r) for i, r in enumerate(task.records) if r["id"] not in done]
         chunked = 0

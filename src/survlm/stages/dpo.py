@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         (tmp / "dpo_run.json").write_text(json.dumps({**summary, "sft_adapter": str(sft)}, indent=2) + "\n")
     print(f"dpo: {summary['steps']} steps on {summary['train_pairs']} pairs in {summary['train_seconds']} s; "
           f"ref adapter max |diff| from SFT {summary['ref_adapter_max_abs_diff_from_sft']}, "
-          f"policy moved {summary['policy_max_abs_change']:.3g}")
+          f"policy moved {summary['policy_max_abs_change']:.3g}; gold answers' log-prob changed by "
+          f"{summary['gold_logp_change']} nats ({summary['gold_logp_change_on']})")
     report = {"train": summary}
     leave_process_group()  # the report's generation engine must not see the DDP job's ranks
     if int(params.get("val_notes") or 0) > 0:

@@ -19,7 +19,7 @@ from ..extraction import compact_json
 from ..notes.checks import check_note, trap_stats
 from ..notes.render import STYLES, RenderError, render_to_budget
 from ..schema import SchemaError, load_schema, system_prompt, target_json_schema
-from ..split import SPLITS, assign_splits
+from ..split import SPLITS, assign_splits, record_order
 from .common import atomic_dir, fail, load_params, write_json, write_jsonl
 
 HELDOUT_SPLIT = "test_heldout"
@@ -177,10 +177,11 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
     except SchemaError as exc:
         fail(f"params.yaml: prepare.prompt: {exc}")
     metrics = _metrics(records, schema, params, info)
+    rank = {i: k for k, i in enumerate(record_order([r["id"] for r in records], int(params.get("seed", 42))))}
     with atomic_dir(out_dir) as tmp:
         for split in OUTPUT_SPLITS:
             rows = []
-            for r in records:
+            for r in sorted(records, key=lambda r: rank[r["id"]]):  # any head of a split is a random sample
                 if r["split"] != split:
                     continue
                 messages = [{"role": "system", "content": prompt}, {"role": "user", "content": r["text"]}]
