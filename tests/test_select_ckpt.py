@@ -69,6 +69,7 @@ def test_infer_stage_decoding_comparison_alone(tiny_llama_dir, tmp_path, monkeyp
     infer.main(["--prepared", str(prepared), "--base", str(tiny_llama_dir), "--out", "pred", "--metrics", "m.json"])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert sorted(metrics["tasks"]) == ["decoding/beam", "decoding/greedy", "decoding/sample"]
+    assert 0 < metrics["beam_search_s"] < metrics["generation_s"]  # beam is timed apart from the batched tasks
     assert not (tmp_path / "pred" / "test.jsonl").exists()
     comparison = metrics["decoding_comparison"]
     assert sorted(comparison) == ["beam", "greedy", "sample"]
