@@ -89,5 +89,8 @@ def test_evaluate_on_known_predictions(project):
     assert {"time", "gold_low", "gold_high", "extracted_low", "extracted_high"} <= set(km[0])
     report = open("metrics/report.md").read()
     assert "C-index(DPO) - C-index(gold) = 0.0" in report and "| sft |" in report
+    assert test["sft"]["per_field_errors"]["sex"] == {"wrong_category": n_female}
+    assert f"| sex | {test['sft']['per_field']['sex']} | wrong_category {n_female} |" in report
+    assert "## Errors by field: dpo" not in report          # dpo is right everywhere: no table
     for r in project["test"][:3]:                             # no note text leaves the stage
         assert r["messages"][1]["content"][:40] not in report + json.dumps(ev)

@@ -70,3 +70,8 @@ def test_score_rates(schema):
     assert m["last_value_rate"] == pytest.approx(2 / 9, abs=1e-4)
     assert m["errors"]["last_value"] == 2 and m["errors"]["fabricated"] == 1
     assert m["errors"]["invalid_json"] == n_fields
+    # the same tags, split by field: each field's own mistakes, adding up to the totals
+    assert m["per_field_errors"]["sodium_meq_l"] == {"last_value": 1, "invalid_json": 1}
+    assert m["per_field_errors"]["glucose_mg_dl"] == {"fabricated": 1, "last_value": 1, "invalid_json": 1}
+    for tag, n in m["errors"].items():
+        assert sum(e.get(tag, 0) for e in m["per_field_errors"].values()) == n

@@ -106,6 +106,7 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
     correct = Counter()
     total = Counter()
     tags = Counter()
+    field_tags: dict[str, Counter] = defaultdict(Counter)
     null_gold = answered_null_gold = 0
     last_trap = last_taken = first_trap = first_taken = 0
     statuses = Counter()
@@ -122,6 +123,7 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
             errs = field_errors(f, gold.get(f.name), r, mentions.get(f.name, []))
             correct[f.name] += not errs
             tags.update(errs)
+            field_tags[f.name].update(errs)
             g = gold.get(f.name)
             if g is not None:
                 gold_present += 1
@@ -159,5 +161,8 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
         "unit_errors": tags.get("unit_wrong", 0) + statuses.get("unknown_unit", 0),
         "grounding_failures": statuses.get("ungrounded", 0),
         "errors": {t: tags.get(t, 0) for t in ERROR_TAGS},
+        # which error a field makes (omission vs a wrong day vs a wrong value) decides the fix
+        "per_field_errors": {f.name: {t: field_tags[f.name][t] for t in ERROR_TAGS if field_tags[f.name][t]}
+                             for f in schema},
         "statuses": dict(sorted(statuses.items())),
     }

@@ -96,6 +96,16 @@ def report_md(ev: dict) -> str:
         for model, m in by_model.items():
             lines.append(f"| {model} | " + " | ".join(str(m[k]) for k in HEADLINE) + " |")
         lines.append("")
+    for model in ("dpo", "sft"):  # the trained models: where their errors are decides the next fix
+        m = ev["extraction_by_model"].get("test", {}).get(model)
+        wrong = {name: tags for name, tags in (m or {}).get("per_field_errors", {}).items() if tags}
+        if not wrong:
+            continue
+        lines += [f"## Errors by field: {model} on test", "", "| field | accuracy | error tags |", "|---|---|---|"]
+        for name, tags in wrong.items():
+            ranked = sorted(tags.items(), key=lambda kv: -kv[1])
+            lines.append(f"| {name} | {m['per_field'][name]} | " + ", ".join(f"{t} {n}" for t, n in ranked) + " |")
+        lines.append("")
     s = ev["survival"]
     lines += ["## Survival (models fit on train gold covariates)", "",
               f"Extracted test notes: {s['notes']}. Headline: C-index(DPO) - C-index(gold) = {s['cindex_gap_dpo']}.",
@@ -178,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     main_model = "dpo" if "dpo" in primary else "regex"
     m = primary.get(main_model, {})
     ev["extraction"] = {"model": main_model, **{k: m.get(k) for k in HEADLINE + ("per_field", "mae", "errors",
-                                                                                 "notes")}}
+                                                                                 "per_field_errors", "notes")}}
     held = ev["extraction_by_model"].get("test_heldout", {}).get(main_model)
     ev["extraction_heldout"] = None if held is None else {k: held.get(k) for k in HEADLINE + ("notes",)}
     ev["survival"] = survival
