@@ -55,9 +55,23 @@ def faithful_merge(base_dir: Path, adapter: Path, device: str, quantization: str
     return full_precision_merge(base_dir, adapter, device)
 
 
+def _nf4_base(base_dir: Path, device: str):
+    """The NF4 base, computing its inference forward the way the training forward did.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights on the first eval-mode forward and then
+    multiplies in bf16 (its fused CPU kernel), while training dequantized and multiplied in the compute dtype
+    (fp32 on CPU). That bf16 rounding alone moved the tiny test model's logits by 1e-2: as much as a small
+    adapter delta. The layers' own switch turns the fused path off; on GPUs it does nothing."""
+    model = load_base(base_dir, "nf4", device)
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def route_models(route: str, base_dir: Path, adapter: Path, device: str):
     if route == "unmerged_4bit":
-        return _peft(load_base(base_dir, "nf4", device), adapter)
+        return _peft(_nf4_base(base_dir, device), adapter)
     if route == "unmerged_full":
         return _peft(load_base(base_dir, "none", device), adapter)
     if route in ("merge_full", "naive_original"):  # one merge; faithful or naive by how the adapter was trained
@@ -65,7 +79,7 @@ def route_models(route: str, base_dir: Path, adapter: Path, device: str):
     if route == "dequantized_merge":
         return dequantized_merge(base_dir, adapter, device)
     if route == "naive_requant":
-        return _peft(load_base(base_dir, "nf4", device), adapter).merge_and_unload()
+        return _peft(_nf4_base(base_dir, device), adapter).merge_and_unload()
     raise ValueError(route)
 
 
