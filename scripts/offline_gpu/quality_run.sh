@@ -5,8 +5,8 @@
 # e.g. bash scripts/offline_gpu/quality_run.sh params/gpu-smollm2-h200.yaml infer.test_notes=1472
 # Needs the offline bundle installed (install_bundle.sh) and PYTHONPATH=$PWD/src:<bundle target>.
 # START_AT=<stage> skips the stages before it (their outputs must be there already); EXPORT=0 skips the export;
-# STOP_AFTER=<stage> ends the stages there; THROUGHPUT=1 then runs benchmarks/infer_throughput.py (64 test notes, vLLM vs HF, the selected SFT adapter on the
-# NF4 base) into $RESULTS/infer_throughput.json;
+# STOP_AFTER=<stage> ends the stages there; THROUGHPUT=1 then runs benchmarks/infer_throughput.py (64 test
+# notes, vLLM vs HF, the selected SFT adapter on the NF4 base) into $RESULTS/infer_throughput.json;
 # GPUS=N trains sft and dpo with DDP over N GPUs (torchrun; batch sizes are per GPU).
 # Where DVC is installed, `cp PRESET params.yaml && dvc repro` does the same and records dvc.lock.
 set -euo pipefail
