@@ -37,21 +37,21 @@ def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, 
     dec = Decoding(max_new_tokens=10, constrained=False)
     records = _records(5)
     clean = tmp_path / "clean.jsonl"
-    run_tasks(backend, [Task("t", None, records, clean)], sub, SYSTEM, dec, batch_size=2, progress=False)
+    run_tasks(backend, [Task("t", None, records, clean)], sub, SYSTEM, dec, progress=False)
     # an interrupted run: two rows written, then a torn third line
     cut = tmp_path / "cut.jsonl"
     lines = clean.read_text().splitlines(keepends=True)
     cut.write_text("".join(lines[:2]) + lines[2][:15])
     (tmp_path / "cut.jsonl.run.json").write_text((tmp_path / "clean.jsonl.run.json").read_text())
-    summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM, dec, batch_size=2, progress=False)
+    summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM, dec, progress=False)
     assert summary["t"]["resumed"] == 2
     strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
     assert strip(read_rows(cut)) == strip(read_rows(clean))
     # a different decoding is a different run: the file starts over
     summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM,
-                        Decoding(max_new_tokens=4, constrained=False), batch_size=5, progress=False)
+                        Decoding(max_new_tokens=4, constrained=False), progress=False)
     assert summary["t"]["resumed"] == 0 and len(list(read_rows(cut))) == 5
     # fewer (or other) records, same run: rows of records the task no longer has are dropped, the rest kept
     summary = run_tasks(backend, [Task("t", None, records[:2] + _records(7)[6:], cut)], sub, SYSTEM,
-                        Decoding(max_new_tokens=4, constrained=False), batch_size=5, progress=False)
+                        Decoding(max_new_tokens=4, constrained=False), progress=False)
     assert summary["t"]["resumed"] == 2 and [r["id"] for r in read_rows(cut)] == ["r0", "r1", "r6"]

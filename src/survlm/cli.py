@@ -75,7 +75,7 @@ def _extract(args) -> int:
         run_tasks(backend, [Task("extract", served,
                                  [{"id": r["id"], "note": r["text"]} for r in records], raw)],
                   schema, system, Decoding(max_new_tokens=args.max_new_tokens, constrained=True),
-                  batch_size=args.batch_size, progress=not args.quiet)
+                  progress=not args.quiet)
     finally:
         backend.close()
     rows = {row["id"]: row for row in read_rows(raw)}

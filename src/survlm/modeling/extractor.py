@@ -105,7 +105,7 @@ def plan_chunks(backend: Backend, system_prompt: str, note: str, decoding: Decod
 
 
 def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt: str, decoding: Decoding,
-              batch_size: int = 32, chunk_overlap: int = 128, progress: bool = True) -> dict[str, dict]:
+              chunk_overlap: int = 128, progress: bool = True) -> dict[str, dict]:
     """Run every task to completion (resuming where possible); returns per-task counters."""
     jobs: list[tuple[int, int, int, str]] = []          # (task, record, chunk index, chunk text)
     n_chunks: dict[tuple[int, int], int] = {}
@@ -129,28 +129,25 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc="extract", unit="chunk")
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
-        prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
-                   for _, _, _, text in batch]
-        gens = backend.generate(prompts, [decodings[t] for t, _, _, _ in batch],
-                                [tasks[t].adapter for t, _, _, _ in batch])
-        for (t, i, c, text), g in zip(batch, gens):
-            answers.setdefault((t, i), {})[c] = (g, text)
-        finished = [key for key in dict.fromkeys((t, i) for t, i, _, _ in batch)
-                    if len(answers.get(key, {})) == n_chunks[key]]
-        by_task: dict[int, list[dict]] = {}
-        for t, i in finished:
-            by_task.setdefault(t, []).append(_row(tasks[t], i, answers.pop((t, i)), schema))
-        for t, rows in by_task.items():
-            with open(tasks[t].out_path, "a", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+        bar = tqdm(total=sum(len(task.records) for task in tasks), initial=sum(s["resumed"] for s in summary.values()),
+                   desc="extract", unit="note")
+    prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
+               for _, _, _, text in jobs]
+    # The backend answers in its own order (vLLM: as each request finishes); a note's row is written and
+    # synced as soon as its last chunk is answered, so an interrupted run loses at most the notes in flight.
+    answered = backend.stream(prompts, [decodings[t] for t, _, _, _ in jobs], [tasks[t].adapter for t, _, _, _ in jobs])
+    for k, gens in answered:
+        t, i, c, text = jobs[k]
+        answers.setdefault((t, i), {})[c] = (gens, text)
+        if len(answers[(t, i)]) < n_chunks[(t, i)]:
+            continue
+        row = _row(tasks[t], i, answers.pop((t, i)), schema)
+        with open(tasks[t].out_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(1)
     if bar is not None:
         bar.close()
     return summary
@@ -201,8 +198,7 @@ def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[
     try:
         tasks = [Task(name, name if path is not None else None, records, work_dir / f"{name}.jsonl")
                  for name, path in adapters.items()]
-        run_tasks(backend, tasks, schema, system_prompt, decoding, batch_size=max(1, len(tasks) * len(records)),
-                  progress=False)
+        run_tasks(backend, tasks, schema, system_prompt, decoding, progress=False)
     finally:
         backend.close()
     labels = {r["id"]: r["labels"] for r in rows}

@@ -7,7 +7,10 @@ took 39.6 GiB against 8.8 GiB for ours (H200, benchmarks/results/sft_memory.json
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -73,8 +76,69 @@ def load_base(base_dir: str | Path, quantization: str, device: str, attn_impleme
     model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
     if quantization != "nf4":
         model.to(f"cuda:{local_rank()}" if device == "cuda" else device)
+    else:
+        # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights on the first eval-mode forward and then
+        # multiplies in bf16 (its fused CPU kernel), while a training forward dequantizes and multiplies in the
+        # compute dtype. Inference must compute like training did: the layers' own switch keeps the training
+        # path (1e-2 logit noise on a tiny model otherwise, as large as a small adapter delta); GPUs ignore it.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model.config.use_cache = False
     return model
+
+
+def save_plain(model, out_dir: str | Path, tokenizer_dir: str | Path) -> None:
+    """Save a model as an ordinary HF checkpoint (no quantization config) with the base's tokenizer."""
+    model.config.quantization_config = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(out_dir))
+    load_tokenizer(tokenizer_dir).save_pretrained(str(out_dir))
+
+
+def trained_quantization(adapter_dir: str | Path) -> str | None:
+    """How the base was loaded when this adapter was trained (`nf4` or `none`), from the run record that the
+    sft (`run.json`, beside its checkpoints), select_ckpt (`selected.json`) and dpo (`dpo_run.json`) stages
+    write; None for an adapter with no record."""
+    adapter_dir = Path(adapter_dir)
+    for record in (adapter_dir / "dpo_run.json", adapter_dir / "selected.json", adapter_dir / "run.json",
+                   adapter_dir.parent / "run.json"):
+        if record.is_file():
+            value = json.loads(record.read_text()).get("quantization")
+            if value in ("nf4", "none"):
+                return value
+    return None
+
+
+SERVED_DIR = ".served"   # beside the base dir: dequantized copies an inference engine loads
+
+
+def dequantized_base(base_dir: str | Path, device: str) -> Path:
+    """The NF4 base exactly as a QLoRA adapter was trained against, dequantized to the compute dtype and saved
+    as a plain checkpoint, so that an inference engine serves the adapter unmerged on those very weights with
+    its fast full-precision kernels instead of 4-bit ones. Made once per base weights (a digest names it)."""
+    base_dir = Path(base_dir)
+    dtype = compute_dtype(device)
+    digest = hashlib.sha256()
+    for f in sorted(base_dir.glob("*.safetensors")) + [base_dir / "config.json"]:
+        digest.update(f.name.encode())
+        digest.update(hashlib.sha256(f.read_bytes()).digest())
+    digest.update(repr(nf4_config(dtype).to_dict()).encode())
+    out = base_dir.parent / SERVED_DIR / f"{base_dir.name}-nf4-{str(dtype).split('.')[-1]}-{digest.hexdigest()[:12]}"
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model = load_base(base_dir, "nf4", device).dequantize(dtype=dtype).to(dtype)
+        save_plain(model, tmp, base_dir)
+        del model
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def load_tokenizer(base_dir: str | Path):
@@ -93,21 +157,3 @@ def lora_config(params: dict):
     return LoraConfig(r=int(params["r"]), lora_alpha=int(params["alpha"]), lora_dropout=float(params["dropout"]),
                       target_modules=targets if isinstance(targets, str) else list(targets),
                       bias="none", task_type="CAUSAL_LM")
-
-
-def load_adapter_for_inference(base_dir: str | Path, adapter_dir: str | Path | None, quantization: str = "none",
-                               device: str | None = None):
-    """A fresh base (with the quantization the adapter was trained on) plus the adapter, in eval mode.
-
-    Always a new model object: bitsandbytes repacks 4-bit weights on an eval-mode forward, so a model
-    that generates must never be the one that trains or merges.
-    """
-    device = device or pick_device()
-    model = load_base(base_dir, quantization, device)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    model.config.use_cache = True
-    model.eval()
-    return model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
 import time
@@ -143,6 +144,9 @@ def sft_config(params: dict, out_dir: Path, device: str, with_eval: bool):
         use_liger_kernel=liger,
         report_to="none",
         dataloader_num_workers=0,
+        # Tokenizing thousands of 3k-16k-token notes is CPU work a GPU machine's cores can share; on a small
+        # CPU machine the training itself needs them.
+        dataset_num_proc=min(8, os.cpu_count() or 1) if on_cuda else None,
         use_cpu=not on_cuda,
         disable_tqdm=True,
     )
