@@ -33,7 +33,7 @@ GPU=$(python -c "import torch; print(torch.cuda.get_device_name(0).split()[-1].l
 RESULTS=${RESULTS:-results/$(date -u +%F)-$GPU}
 mkdir -p "$RESULTS" metrics
 STAGES=$(python -c "import yaml; print(' '.join(yaml.safe_load(open('dvc.yaml'))['stages']))")
-collect() {  # what a lease that runs out still leaves: this run's metrics and curves so far
+collect() {  # after every stage, so a run cut short still leaves its metrics and curves so far
     cp params.yaml "$RESULTS/params.yaml"
     # only files this run wrote: the checkout's committed CPU metrics are not results of this run
     { find metrics dvclive -type f -newer "$RESULTS/.started" 2>/dev/null || true; } | while read -r f; do
