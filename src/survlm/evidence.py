@@ -45,6 +45,7 @@ _DATE = (r"(?P<iso>(?P<iy>\d{4})-(?P<im>\d{1,2})-(?P<id>\d{1,2}))"
 _DATE_RE = re.compile(r"(?<![\d/.])(?:" + _DATE + r")(?![\d]|/\d)")
 _ADMISSION_RE = re.compile(r"(?i:admission date|admit date|date of admission|admitted(?: on)?|adm\.?|admission)"
                            r"\s*[:\-]?\s*(?:" + _DATE + r")(?![\d]|/\d)")
+_FEB29 = re.compile(r"(?<![\d/])0?2/29(?!\d)|\bFeb[a-z]*\.? 29\b|-02-29\b")
 _DAY_RE = re.compile(r"(?i:\bHD\s*#?\s*|\bhospital day\s*#?\s*|\bday\s*#?\s*)(\d{1,2})(?!\d)")
 _NUM = r"-?\d+(?:\.\d+)?"
 _GAP = r"\s*(?:[:=#]|\bwas\b|\bof\b|\bis\b)?\s*"
@@ -116,8 +117,12 @@ def _date(m: re.Match, year: int | None) -> dt.date | None:
 def day_markers(text: str) -> list[tuple[int, int]]:
     """(offset, hospital day) of every day marker, in note order; day 1 is the admission day."""
     adm = _ADMISSION_RE.search(text)
-    # A year-less admission date is placed in a leap year; later year-less dates count from it.
-    admission = None if adm is None else _date(adm, 2000)
+    # A year-less admission date gets a common year, or the year before a leap year when the note
+    # dates a February 29; later year-less dates count from it.
+    year = 2001
+    if adm is not None and _FEB29.search(text):
+        year = 2000 if (_date(adm, 2000) or dt.date(2000, 12, 31)).month <= 2 else 1999
+    admission = None if adm is None else _date(adm, year)
     markers = [(m.start(), int(m.group(1))) for m in _DAY_RE.finditer(text)]
     if admission is not None:
         for m in _DATE_RE.finditer(text):
@@ -236,7 +241,7 @@ def number_mentions(f: Field, text: str, markers: list[tuple[int, int]]) -> list
             if unit is not None and unit.strip():
                 add(v.start(), v.start(), v.group(1), unit, end)
         if f.unit == "years":  # the clinical shorthand for age and sex: "67M", "67 F"
-            for v in re.finditer(r"(?<![\d.,/])(\d{1,3})(?= ?[MF]\b)", text):
+            for v in re.finditer(r"(?<![A-Za-z] )(?<![\d.,/])(\d{1,3})(?= ?[MF]\b)", text):  # not "T 99 F"
                 add(v.start(), v.start(), v.group(1), None, v.end())
     return sorted(out, key=lambda m: m.start)
 
