@@ -64,7 +64,7 @@ def _notes(n: int = 24) -> list[dict]:
         row = {"id": f"u{i:02d}", "text": text, "time": time, "event": int(rng.random() < 0.6),
                "mrn": f"MRN-{1000 + i}", "age": age, "diabetes": "yes" if dm else "no",
                "sodium_meq_l": na[2], "heart_rate_bpm": hr[2]}
-        if i % 4 == 1:
+        if i % 4 == 1 or i == 6:
             row["heart_rate_bpm"] = ""          # unlabelled: unknown, never trained or scored as null
         if i == 2:
             row["sodium_meq_l"] = na[2] + 9     # the note says otherwise: reported, not trained
@@ -115,7 +115,7 @@ def test_user_notes_through_every_stage(repo_copy, tiny_llama_dir):
     assert ev["unlocated"] == "value_only" and ev["records_dropped"] == 0
     assert ev["totals"]["located"] == sum(1 for r in rows for k in ("age", "diabetes", "sodium_meq_l", "heart_rate_bpm")
                                           if r[k] != "") - 3
-    assert prepare["labelled_rate"]["heart_rate_bpm"] == 0.75 and prepare["null_rate"]["heart_rate_bpm"] == 0.0
+    assert prepare["labelled_rate"]["heart_rate_bpm"] == round(17 / 24, 4) and prepare["null_rate"]["heart_rate_bpm"] == 0.0
     assert "u02: sodium_meq_l: the note contradicts the label" in run.stderr
 
     out = repo_copy / "data" / "prepared"
@@ -133,10 +133,11 @@ def test_user_notes_through_every_stage(repo_copy, tiny_llama_dir):
              .read_text().splitlines()]
     assert pairs, "make_pairs gave no pair"
     by_id = {json.loads(line)["id"]: json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()}
-    for pair in pairs:   # a pair differs only where the label is known and trained
-        untrained = by_id[pair["id"]].get("untrained", [])
+    with_placeholders = [p for p in pairs if by_id[p["id"]].get("untrained")]
+    for pair in with_placeholders:   # such a pair differs only where the label is known and trained
         chosen, rejected = (json.loads(pair[k][0]["content"]) for k in ("chosen", "rejected"))
-        assert all(chosen[n] == rejected[n] for n in untrained)
+        assert all(chosen[n] == rejected[n] for n in by_id[pair["id"]]["untrained"])
+    assert with_placeholders   # u06 (heart rate unlabelled) is in the seeded pairs split
 
     evaluate = json.loads((repo_copy / "metrics" / "evaluate.json").read_text())
     test = [json.loads(line) for line in (out / "test.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ value, unit and a verbatim span, so the span has to be found:
   such mentions that are written differently make the label ambiguous; none is `not_found`; a mention on
   that day with another value and none with the label's makes the label `contradicted`.
 - Category and bool fields are located by the names of their values; a negative finding (false, or a
-  category field's first category) needs no quote. A count field is located by its list (`PMH: a; b, c`)
+  category such as "no") needs no quote. A count field is located by its list (`PMH: a; b, c`)
   when the list has as many items as the label.
 
 The target has the answer format of the rendered SUPPORT2 notes (survlm.notes.render). A field that the
@@ -35,6 +35,8 @@ STATUSES = ("located", "null", "ambiguous", "not_found", "contradicted")
 UNLOCATED_POLICIES = ("value_only", "drop_field", "drop_record")
 # Names that announce a derived form's parts rather than the field itself.
 DERIVED_ANCHORS = {"blood_pressure": ("BP", "blood pressure")}
+# Category values that state the absence of a finding ("no" cancer): nothing in the note needs quoting.
+NEGATIVE_CATEGORIES = ("no", "none", "absent", "negative")
 MENTION_COLUMNS = ("field", "kind", "day", "value", "unit", "canonical", "start", "end")
 
 _MONTHS = {m: i for i, m in enumerate(("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov",
@@ -306,7 +308,6 @@ def _prefer(hits: list[tuple[int, int]], text: str, claimed: list[tuple[int, int
 
 
 def _locate_category(f: Field, label: Any, text: str, claimed: list[tuple[int, int]] = ()) -> Located:
-    negative = label == f.categories[0]
     if label is None:
         return Located("null", item=None)
     own = _prefer(_name_hits(_category_names(f, label), text), text, claimed)
@@ -318,7 +319,7 @@ def _locate_category(f: Field, label: Any, text: str, claimed: list[tuple[int, i
     if others:
         s, e = min(others)
         return Located("contradicted", conflict=(s, e))
-    if negative:  # "no cancer" is the absence of a finding: nothing to quote
+    if str(label).lower() in NEGATIVE_CATEGORIES:  # "no cancer" is the absence of a finding: nothing to quote
         return Located("located", item={"value": label, "evidence": None})
     return Located("not_found")
 

@@ -158,10 +158,10 @@ def _path_records(params: dict, schema, base_dir: str) -> tuple[list[dict], dict
                         "answer": None if target is None else target.text,
                         "loss_mask": [] if target is None else target.masked,
                         "n_tokens": count(u["text"]), "meta": {"labelled": u["labelled"], **evidence}, "traps": {}})
-    contradicted = [(r["id"], n) for r in records for n, st in r["meta"]["status"].items() if st == "contradicted"]
-    for rid, name in contradicted[:20]:
-        print(f"prepare: {path}: record {rid}: {name}: the note contradicts the label (characters "
-              f"{'-'.join(map(str, next(r for r in records if r['id'] == rid)['meta']['conflict'][name]))}); "
+    contradicted = [(r, n) for r in records for n, st in r["meta"]["status"].items() if st == "contradicted"]
+    for r, name in contradicted[:20]:  # offsets, never the note's words
+        start, end = r["meta"]["conflict"][name]
+        print(f"prepare: {path}: record {r['id']}: {name}: the note contradicts the label (characters {start}-{end}); "
               "not trained", file=sys.stderr)
     if len(contradicted) > 20:
         print(f"prepare: {len(contradicted) - 20} more contradicted labels (metrics/prepare.json lists all)",
