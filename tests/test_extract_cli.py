@@ -82,4 +82,4 @@ def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
                  "--quiet"]) == 0
     rows = list(csv.DictReader(open(workdir / "c.csv")))
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"]
-    assert set(rows[0]) == {"id", "pulse", "pulse_status", "smoker", "smoker_status"}
+    assert set(rows[0]) == {"id", "mrn", "pulse", "pulse_status", "smoker", "smoker_status"}
