@@ -7,7 +7,8 @@ import pytest
 
 from survlm.cli import main
 
-NOTES = [{"id": f"n{i}", "text": f"6{i} yo woman. HD3: HR 8{i}, T 37.{i} C. No diabetes."} for i in range(3)]
+NOTES = [{"id": f"n{i}", "text": f"6{i} yo woman. HD3: HR 8{i}, T 37.{i} C. No diabetes.", "mrn": f"M-{i}"}
+         for i in range(3)]
 FIELDS = "sex,diabetes,heart_rate_bpm"
 
 
@@ -32,8 +33,9 @@ def test_extract_csv_and_jsonl_give_the_same_table(tiny_lora_pair, workdir, caps
     a = list(csv.DictReader(open(workdir / "a.csv")))
     b = list(csv.DictReader(open(workdir / "b.csv")))
     assert [r["id"] for r in a] == ["n0", "n1", "n2"] and a == b
-    assert set(a[0]) == {"id", "sex", "diabetes", "heart_rate_bpm", "sex_status", "diabetes_status",
+    assert set(a[0]) == {"id", "mrn", "sex", "diabetes", "heart_rate_bpm", "sex_status", "diabetes_status",
                          "heart_rate_bpm_status", "sex_evidence", "diabetes_evidence", "heart_rate_bpm_evidence"}
+    assert list(a[0])[:2] == ["id", "mrn"] and [r["mrn"] for r in a] == ["M-0", "M-1", "M-2"]  # metadata passes through
     assert all(r["sex_status"] in ("ok", "null", "ungrounded", "invalid_category") for r in a)
     out = capsys.readouterr().out
     assert "3 notes x 3 fields; statuses:" in out and NOTES[0]["text"] not in out   # no note text logged
@@ -80,4 +82,4 @@ def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
                  "--quiet"]) == 0
     rows = list(csv.DictReader(open(workdir / "c.csv")))
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"]
-    assert set(rows[0]) == {"id", "pulse", "pulse_status", "smoker", "smoker_status"}
+    assert set(rows[0]) == {"id", "mrn", "pulse", "pulse_status", "smoker", "smoker_status"}

@@ -46,7 +46,7 @@ def test_every_problem_is_reported_with_file_line_field(tmp_path, schema):
         {**GOOD, "id": "c", "time": "soon"},           # 4 non-numeric time
         {**GOOD, "id": "d", "time": -3},               # 5 negative time
         {**GOOD, "id": "e", "event": 2},               # 6 event not 0/1
-        {**GOOD, "id": "f", "lactate": 2.1},           # 7 unknown field
+        {**GOOD, "id": "f", "labels": {"lactate": 2.1}},  # 7 unknown field (a column of its own is metadata)
         {**GOOD, "id": "g", "sodium_meq_l": 400},      # 8 out of range
         {**GOOD, "id": "h", "sex": "unknown"},         # 9 bad category
     ]
@@ -95,3 +95,24 @@ def test_cli_validate(tmp_path, schema, capsys):
     bad.write_text('{"id": "x", "text": "t", "time": 1, "event": 5}\n')
     assert main(["validate", str(bad)]) == 1
     assert capsys.readouterr().err.strip() == f"{bad}:1: event: must be 0 or 1 (got 5)"
+
+
+def test_extra_columns_are_metadata_and_a_blank_cell_is_no_label(tmp_path, schema, capsys):
+    from survlm.cli import main
+
+    rows = [{**GOOD, "mrn": "A-1", "note_date": "2024-03-01", "sodium_meq_l": "null", "ph": None,
+             "heart_rate_bpm": 88},
+            {**GOOD, "id": "a2", "mrn": "A-2", "note_date": None, "sodium_meq_l": 139, "ph": 7.3,
+             "heart_rate_bpm": None}]
+    p = tmp_path / "notes.csv"
+    pd.DataFrame(rows).to_csv(p, index=False)
+    recs = load_user_records(p, schema)
+    assert recs[0]["metadata"] == {"mrn": "A-1", "note_date": "2024-03-01"}
+    assert recs[1]["metadata"] == {"mrn": "A-2", "note_date": None}
+    # "null": the note has no value; an empty cell: nobody said (unknown, never trained or scored as null)
+    assert recs[0]["labelled"] == ["heart_rate_bpm", "sodium_meq_l"] and recs[0]["labels"]["sodium_meq_l"] is None
+    assert recs[1]["labelled"] == ["ph", "sodium_meq_l"]
+    assert main(["validate", str(p)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("metadata columns (kept and passed through to `survlm extract`): mrn, note_date") == 1
+    assert "labels in their notes: " in out and "HD3 Na 140" not in out

@@ -18,7 +18,27 @@ def _validate(args) -> int:
         return 1
     labelled = sum(bool(r["labelled"]) for r in records)
     print(f"{args.file}: {len(records)} records OK ({labelled} with labels; schema {schema.name} v{schema.version})")
+    extra = metadata_columns(records)
+    if extra:
+        print(f"{args.file}: metadata columns (kept and passed through to `survlm extract`): {', '.join(extra)}")
+    if labelled:
+        from collections import Counter
+
+        from .evidence import STATUSES, locate
+
+        found = Counter(loc.status for r in records
+                        for loc in locate(schema, r["text"], {n: r["labels"][n] for n in r["labelled"]}).fields.values())
+        print(f"{args.file}: labels in their notes: " + ", ".join(f"{found.get(s, 0)} {s.replace('_', ' ')}"
+                                                                    for s in STATUSES))
     return 0
+
+
+def metadata_columns(records: list[dict]) -> list[str]:
+    """Columns that are neither id/text/time/event nor schema fields, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in records:
+        seen.update(dict.fromkeys(r.get("metadata", {})))
+    return list(seen)
 
 
 def _schema(args) -> int:
@@ -84,11 +104,13 @@ def _extract(args) -> int:
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         cols = ["id"] + schema.names + [f"{n}_status" for n in schema.names]
         cols += [f"{n}_evidence" for n in schema.names] if args.evidence else []
+        meta_cols = [c for c in metadata_columns(records) if c not in cols]
+        cols[1:1] = meta_cols   # the user's own columns (MRN, note date) right after id
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         for r in records:
             fields = rows[r["id"]]["fields"]
-            line = {"id": r["id"]}
+            line = {"id": r["id"], **{c: r.get("metadata", {}).get(c) for c in meta_cols}}
             for name in schema.names:
                 f = fields[name]
                 statuses[f["status"]] += 1

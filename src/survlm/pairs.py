@@ -26,11 +26,14 @@ SYNTHETIC_TYPES = ("last_value", "first_value", "fabricated", "unit_wrong")
 
 
 def answer_errors(schema: Schema, gold: dict, text: str, note: str, meta: dict | None) -> dict[str, list[str]]:
-    """Field -> error tags for one answer ({} when every field is correct)."""
+    """Field -> error tags for one answer ({} when every field is correct); unlabelled fields (not in gold)
+    are not judged."""
     results = parse_answer(text, schema, note)
     mentions = mentions_by_field(meta)
     out = {}
     for f in schema:
+        if f.name not in gold:
+            continue
         tags = field_errors(f, gold.get(f.name), results[f.name], mentions.get(f.name, []))
         if tags:
             out[f.name] = tags
@@ -140,7 +143,35 @@ def pair_is_valid(schema: Schema, pair: dict, gold: dict, note: str) -> bool:
     if chosen == rejected:
         return False
     results = parse_answer(rejected, schema, note)
-    return not all(is_correct(f, gold.get(f.name), results[f.name]) for f in schema)
+    return not all(is_correct(f, gold[f.name], results[f.name]) for f in schema if f.name in gold)
+
+
+def fill_untrained(pair: dict, names: list[str], source: str) -> dict | None:
+    """A pair whose chosen answer has placeholders (a user's unlabelled or unlocated fields): those fields are
+    copied from `source`, a model answer, into chosen (and into a synthetic rejected, the chosen answer with
+    one field changed), so the pair differs only where the label is known and never teaches a placeholder.
+    None when `source` is no JSON object with those fields."""
+    if not names:
+        return pair
+    obj = _json_object(source)
+    if obj is None or not all(n in obj for n in names):
+        return None
+    out = dict(pair)
+    for side in ("chosen", "rejected") if pair["source"] == "synthetic" else ("chosen",):
+        answer = _json_object(pair[side][0]["content"])
+        if answer is None:
+            return None
+        answer.update({n: obj[n] for n in names})
+        out[side] = [{"role": "assistant", "content": compact_json(answer)}]
+    return None if out["chosen"][0]["content"] == out["rejected"][0]["content"] else out
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def summarize(pairs: list[dict]) -> dict[str, Any]:

@@ -51,6 +51,10 @@ class Field:
     units: dict[str, Conversion] = field(default_factory=dict)
     implicit_unit: str | None = None
     derived: str | None = None
+    # How notes name the field (number, bool, count) or each category (category: category -> names);
+    # the evidence locator reads a user's labelled notes with them (survlm.evidence).
+    aliases: tuple[str, ...] = ()
+    category_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def is_physiology(self) -> bool:
@@ -110,7 +114,7 @@ def _field(name: str, spec: dict, where: str) -> Field:
     if not isinstance(spec, dict):
         raise SchemaError(f"{where}: must be a mapping")
     allowed = {"type", "description", "rule", "source", "unit", "day", "decimals", "range",
-               "categories", "units", "implicit_unit", "derived"}
+               "categories", "units", "implicit_unit", "derived", "aliases"}
     extra = set(spec) - allowed
     if extra:
         raise SchemaError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
@@ -143,12 +147,33 @@ def _field(name: str, spec: dict, where: str) -> Field:
     day = spec.get("day")
     if day is not None and (not isinstance(day, int) or day < 1):
         raise SchemaError(f"{where}: day must be a positive integer")
+    aliases, category_aliases = _aliases(spec.get("aliases"), ftype, cats, where)
     return Field(
         name=name, type=ftype, description=spec["description"].strip(), rule=spec["rule"].strip(),
         source=spec.get("source"), unit=None if spec.get("unit") is None else str(spec["unit"]),
         day=day, decimals=int(spec.get("decimals", 0)), range=rng, categories=cats, units=units,
         implicit_unit=None if implicit is None else str(implicit), derived=derived,
+        aliases=aliases, category_aliases=category_aliases,
     )
+
+
+def _aliases(spec, ftype: str, cats: tuple[str, ...], where: str) -> tuple[tuple[str, ...], dict]:
+    """`aliases`: a list of names (number, bool, count) or, for a category field, category -> list of names."""
+    def names(v, at: str) -> tuple[str, ...]:
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise SchemaError(f"{at}: aliases must be a list of non-empty strings")
+        return tuple(x.strip() for x in v)
+
+    if spec is None:
+        return (), {}
+    if ftype != "category":
+        return names(spec, where), {}
+    if not isinstance(spec, dict):
+        raise SchemaError(f"{where}: aliases of a category field map each category to a list of names")
+    unknown = [str(c) for c in spec if str(c) not in cats]
+    if unknown:
+        raise SchemaError(f"{where}: aliases for unknown categor(ies) {', '.join(unknown)}")
+    return (), {str(c): names(v, f"{where}: aliases {c}") for c, v in spec.items()}
 
 
 def load_schema(path: str | Path = DEFAULT_SCHEMA) -> Schema:

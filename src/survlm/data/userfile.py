@@ -1,5 +1,9 @@
 """A researcher's own notes: JSONL, CSV or Parquet with id, text, time, event (+ optional labels).
 
+A column named after a schema field is a label: an empty cell (or a missing key) leaves the field
+unlabelled, the word `null` says the note has no value for it. Any other column is metadata, kept
+with the record and passed through to extraction output.
+
 Every problem becomes one line `file:line: field: problem`; all problems are collected and
 reported together, and nothing is written when there is any.
 """
@@ -16,6 +20,7 @@ from ..schema import Schema
 
 REQUIRED = ("id", "text", "time", "event")
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes"}, {"0", "false", "no"}
+NULL_WORD = "null"   # a label saying the note has no value for the field (an empty cell is no label)
 
 
 class UserDataError(ValueError):
@@ -96,9 +101,29 @@ def _number(v: Any) -> float | None:
     return None if math.isnan(x) or math.isinf(x) else x
 
 
+def _plain(v: Any) -> Any:
+    """A metadata cell as a JSON scalar (Parquet dates and numpy numbers become text or numbers)."""
+    if _blank(v):
+        return None
+    if isinstance(v, (str, bool, int, float)):
+        return v
+    if hasattr(v, "item"):
+        try:
+            x = v.item()
+            if isinstance(x, (str, bool, int, float)):
+                return x
+        except (ValueError, TypeError):
+            pass
+    return str(v)
+
+
+def _blank(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or (isinstance(v, str) and not v.strip())
+
+
 def _label(schema: Schema, name: str, v: Any) -> tuple[Any, str | None]:
     """Parse one label cell; returns (value, problem)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+    if _blank(v) or (isinstance(v, str) and v.strip().lower() == NULL_WORD):
         return None, None
     f = schema[name]
     if f.type in ("number", "count"):
@@ -124,7 +149,9 @@ def _label(schema: Schema, name: str, v: Any) -> tuple[Any, str | None]:
 
 
 def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = True) -> list[dict]:
-    """Validated records `{id, text, time, event, labels}`; raises UserDataError listing every problem."""
+    """Validated records `{id, text, time, event, labels, labelled, metadata}`; raises UserDataError listing
+    every problem. `labels` has every schema field (None: null or unlabelled); `labelled` names the fields
+    that have a label; `metadata` holds the columns that are neither required nor schema fields."""
     path = Path(path)
     if not path.is_file():
         raise UserDataError([f"{path}: file: not found"])
@@ -164,9 +191,11 @@ def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = 
             else:
                 problems.append(f"{loc}: event: must be 0 or 1 (got {_show(ev)})")
         labels: dict[str, Any] = {}
+        metadata = {k: _plain(v) for k, v in flat_labels.items() if k not in schema.fields and k not in (labels_obj or {})}
         for name, v in flat_labels.items():
             if name not in schema.fields:
-                problems.append(f"{loc}: {name}: label of unknown field (schema {schema.name} v{schema.version})")
+                if name in (labels_obj or {}):
+                    problems.append(f"{loc}: {name}: label of unknown field (schema {schema.name} v{schema.version})")
                 continue
             value, problem = _label(schema, name, v)
             if problem:
@@ -174,7 +203,8 @@ def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = 
             labels[name] = value
         records.append({"id": rid, "text": text, "time": time, "event": event,
                         "labels": {n: labels.get(n) for n in schema.names},
-                        "labelled": sorted(n for n in flat_labels if n in schema.fields)})
+                        "labelled": sorted(n for n, v in flat_labels.items() if n in schema.fields and not _blank(v)),
+                        "metadata": metadata})
     if not records and not problems:
         problems.append(f"{path}: file: no records")
     if problems:

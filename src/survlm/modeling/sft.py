@@ -37,6 +37,38 @@ def example_lengths(tokenizer, example: dict) -> tuple[int, int]:
     return n_prompt, len(tokenizer(full, add_special_tokens=False)["input_ids"])
 
 
+def mask_placeholders(tokenizer, example: dict, spans: list) -> dict:
+    """A prompt/completion example tokenized as TRL tokenizes it, with the answer's placeholder characters
+    (`loss_mask` spans of a user record: unlabelled fields, evidence that was not located) out of the loss."""
+    messages = example["prompt"] + example["completion"]
+    prompt_ids = tokenizer.apply_chat_template(example["prompt"], tokenize=True, return_dict=True,
+                                               add_generation_prompt=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) != list(ids):
+        raise ValueError(f"record {example['id']}: the chat template's text does not tokenize to its ids; "
+                         "cannot place the answer's masked spans")
+    n_prompt = 0
+    while n_prompt < min(len(prompt_ids), len(ids)) and prompt_ids[n_prompt] == ids[n_prompt]:
+        n_prompt += 1
+    at = text.rfind(example["completion"][0]["content"])
+    spans = [(at + a, at + b) for a, b in spans]
+    mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
+    for k, (s, e) in enumerate(enc["offset_mapping"]):
+        if k >= n_prompt and any(s < b and a < e for a, b in spans):
+            mask[k] = 0
+    return {"id": example["id"], "input_ids": list(ids), "completion_mask": mask}
+
+
+def _with_masks(tokenizer, examples: list[dict], rows: list[dict]) -> list[dict]:
+    """All examples pre-tokenized when any record masks part of its answer (a dataset is tokenized or not)."""
+    spans = {r["id"]: r.get("loss_mask") or [] for r in rows}
+    if not any(spans.values()):
+        return examples
+    return [mask_placeholders(tokenizer, ex, spans[ex["id"]]) for ex in examples]
+
+
 def _fingerprint(params: dict, quantization: str, files: list[Path]) -> str:
     h = hashlib.sha256(json.dumps({"params": params, "quantization": quantization}, sort_keys=True).encode())
     for f in files:
@@ -194,8 +226,14 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     torch.manual_seed(int(params["seed"]))
     tokenizer = load_tokenizer(base_dir)
     max_length = int(params["max_length"])
-    train, dropped_train = select_examples(tokenizer, _read(train_path, params.get("max_train_notes")), max_length)
-    val, dropped_val = select_examples(tokenizer, _read(val_path, params.get("eval_notes")), max_length)
+    # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
+    train_rows, val_rows = _read(train_path, params.get("max_train_notes")), _read(val_path, params.get("eval_notes"))
+    no_target = sum(len(r["messages"]) != 3 for r in train_rows)
+    train_rows = [r for r in train_rows if len(r["messages"]) == 3]
+    val_rows = [r for r in val_rows if len(r["messages"]) == 3]
+    train, dropped_train = select_examples(tokenizer, train_rows, max_length)
+    val, dropped_val = select_examples(tokenizer, val_rows, max_length)
+    train, val = _with_masks(tokenizer, train, train_rows), _with_masks(tokenizer, val, val_rows)
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
 
@@ -217,6 +255,7 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
         "device": device, "quantization": quantization, "liger": trainer.args.use_liger_kernel,
         "resumed_from": resume and Path(resume).name,
         "train_examples": len(train), "dropped_too_long": {"train": dropped_train, "val": dropped_val},
+        "without_target": no_target,
         "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
         "final_eval_loss": next((round(h["eval_loss"], 5) for h in reversed(trainer.state.log_history)
                                  if "eval_loss" in h), None),

@@ -91,3 +91,14 @@ def first_records(path: str | Path, limit: int | None) -> list[dict]:
             break
         rows.append(row)
     return rows
+
+
+def labelled_records(path: str | Path, limit: int | None) -> list[dict]:
+    """The first `limit` records that carry a label: a user's unlabelled notes cannot score a model."""
+    rows = []
+    for row in read_jsonl(path):
+        if limit is not None and len(rows) >= int(limit):
+            break
+        if row.get("labels"):
+            rows.append(row)
+    return rows
