@@ -8,6 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..selection import choose_checkpoint
 from .common import atomic_dir, labelled_records, load_params, load_prompt, write_json
 
 
@@ -17,8 +18,8 @@ def checkpoints(sft_dir: Path) -> list[tuple[int, Path]]:
 
 
 def choose_best(curve: list[dict]) -> dict:
-    """Highest field accuracy; ties go to the earlier step (less training, same answer quality)."""
-    return max(curve, key=lambda c: (c["field_accuracy"], -c["step"]))
+    """Highest field accuracy; ties go to the earlier step (the rule dpo applies too)."""
+    return choose_checkpoint(curve)
 
 
 def main(argv: list[str] | None = None) -> None:
