@@ -4,10 +4,12 @@
 - A note whose prompt would not leave `max_new_tokens` of room in the context is split into overlapping
   chunks (survlm.chunking) and the per-chunk answers are merged per field; such notes are counted. Nothing
   is ever silently truncated.
-- Rows are appended as soon as a note's last chunk is answered; a rerun skips ids already in the output,
-  provided the run's fingerprint (base, adapter files, decoding, prompt, schema) is unchanged. A different
-  fingerprint starts the file over.
-- Rows hold ids, raw answers, parsed fields, statuses, token counts and latency. Never the note text.
+- Rows are appended as soon as a note's last chunk is answered; a rerun skips a note only when a row with
+  its id *and* the SHA-256 of its text is in the output, and the run's fingerprint (the base model's
+  weights, tokenizer and config, the adapter's files, decoding, prompt, schema, context, chunk overlap) is
+  unchanged. A different fingerprint starts the file over; an edited note is asked again.
+- Rows hold ids, the note text's digest, raw answers, parsed fields, statuses, token counts and latency.
+  Never the note text.
 """
 from __future__ import annotations
 
@@ -25,6 +27,10 @@ from ..schema import Schema
 from .backends import Backend, Decoding
 
 CHUNK_MARGIN_TOKENS = 16   # chat-template tokens that the note-less prompt count can miss at the join
+
+
+class ContextTooSmall(ValueError):
+    """The model context cannot hold the prompt, the answer and any part of a note."""
 
 
 @dataclass
@@ -50,21 +56,56 @@ def row_results(row: dict) -> dict[str, FieldResult]:
     return {name: result_from_json(d) for name, d in row["fields"].items()}
 
 
-def _file_digest(path: Path) -> str:
+_DIGESTS: dict[tuple, str] = {}   # (path, size, mtime_ns) -> content digest, so a run hashes each file once
+
+
+def _content_digest(f: Path) -> str:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def _dir_digest(path: Path, keep=lambda f: True) -> str:
+    """Names and contents of the files under `path` (or of `path` itself) that `keep` selects."""
     h = hashlib.sha256()
-    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if f.is_file() and (f.name.startswith("adapter_") or f.name == "config.json"):
-            h.update(f.name.encode())
-            h.update(hashlib.sha256(f.read_bytes()).digest())
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    for f in files:
+        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts) and keep(f):
+            h.update(str(rel).encode())
+            h.update(_content_digest(f).encode())
     return h.hexdigest()[:16]
 
 
-def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema) -> str:
-    parts = {"base": _file_digest(Path(backend.base_dir) / "config.json") if Path(backend.base_dir).exists()
-             else backend.base_dir,
-             "adapter": _file_digest(Path(backend.adapters[adapter])) if adapter else None,
+def _adapter_file(f: Path) -> bool:
+    return f.name.startswith("adapter_") or f.name == "config.json"
+
+
+def note_digest(text: str) -> str:
+    """What a row remembers of its note: enough to tell an edited note (or another file's) from the one answered."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def base_digest(base_dir: str) -> str:
+    """Every file of the base model's directory (weights, config, tokenizer); a name that is no directory (an
+    openai backend's served model) stands for itself."""
+    path = Path(base_dir)
+    return _dir_digest(path) if path.exists() else base_dir
+
+
+def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema,
+                chunk_overlap: int = 128) -> str:
+    parts = {"base": base_digest(backend.base_dir),
+             "adapter": _dir_digest(Path(backend.adapters[adapter]), _adapter_file) if adapter else None,
              "decoding": asdict(decoding), "prompt": system_prompt, "schema": schema.names,
-             "max_context": backend.max_context, "backend": backend.name}
+             "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
+             "chunk_overlap": chunk_overlap}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -72,25 +113,59 @@ def _meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".run.json")
 
 
-def _done_ids(out: Path, fp: str, wanted: set[str]) -> set[str]:
-    """Ids already answered by the same run; drops a torn last line left by a kill mid-write, and rows of
-    records the task no longer has (fewer notes asked for, or another sample of them)."""
-    meta = _meta_path(out)
-    if not out.is_file() or not meta.is_file() or json.loads(meta.read_text()).get("fingerprint") != fp:
-        out.unlink(missing_ok=True)
-        return set()
-    good, ids = [], set()
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _run_fingerprint(out: Path) -> str | None:
+    try:
+        return json.loads(_meta_path(out).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):   # absent, or torn by a kill mid-write
+        return None
+
+
+def _answered(out: Path, fp: str, wanted: dict[str, str]) -> list[str]:
+    """Lines of `out` answered by the same run for a note still wanted with the same text (id and note digest).
+    Reads only. Stops at a torn last line left by a kill mid-write; drops rows of records the task no longer
+    has (fewer notes asked for, another sample of them) or whose text changed."""
+    if not out.is_file() or _run_fingerprint(out) != fp:
+        return []
+    good, seen = [], set()
     with open(out, encoding="utf-8") as fh:
         for line in fh:
             try:
                 row = json.loads(line)
             except ValueError:
                 break
-            if row["id"] in wanted:
+            rid = row.get("id") if isinstance(row, dict) else None
+            if rid in wanted and rid not in seen and row.get("note_sha256") == wanted[rid]:
                 good.append(line if line.endswith("\n") else line + "\n")
-                ids.add(row["id"])
-    out.write_text("".join(good), encoding="utf-8")
-    return ids
+                seen.add(rid)
+    return good
+
+
+def _start_file(out: Path, kept: list[str]) -> None:
+    """Make `out` hold exactly the kept rows of this run, and its run record say so."""
+    if not kept:
+        out.unlink(missing_ok=True)
+        _meta_path(out).unlink(missing_ok=True)
+        return
+    text = "".join(kept)
+    if out.read_text(encoding="utf-8") != text:
+        _write_atomic(out, text)
+
+
+def _open_rows(out: Path, fp: str, task_name: str):
+    """Append handle for `out`; its run record is written first, so rows never exist without one."""
+    if _run_fingerprint(out) != fp:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(_meta_path(out), json.dumps({"fingerprint": fp, "task": task_name}) + "\n")
+    return open(out, "a", encoding="utf-8")
 
 
 def plan_chunks(backend: Backend, system_prompt: str, note: str, decoding: Decoding, overlap: int) -> list[str]:
@@ -99,31 +174,41 @@ def plan_chunks(backend: Backend, system_prompt: str, note: str, decoding: Decod
                                                      {"role": "user", "content": ""}], decoding))
     budget = backend.max_context - decoding.max_new_tokens - bare - CHUNK_MARGIN_TOKENS
     if budget <= overlap:
-        raise ValueError(f"context {backend.max_context} leaves no room for a note chunk: prompt {bare} tokens, "
+        raise ContextTooSmall(f"context {backend.max_context} leaves no room for a note chunk: prompt {bare} tokens, "
                          f"answer {decoding.max_new_tokens}, overlap {overlap}")
     return [c.text for c in split_note(note, backend.count_tokens, budget, overlap)]
 
 
 def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt: str, decoding: Decoding,
               batch_size: int = 32, chunk_overlap: int = 128, progress: bool = True) -> dict[str, dict]:
-    """Run every task to completion (resuming where possible); returns per-task counters."""
+    """Run every task to completion (resuming where possible); returns per-task counters.
+
+    Every note is planned (digested, chunked) before any file is touched, so a note that cannot be planned
+    changes nothing on disk."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1 (got {batch_size})")
     jobs: list[tuple[int, int, int, str]] = []          # (task, record, chunk index, chunk text)
     n_chunks: dict[tuple[int, int], int] = {}
     summary: dict[str, dict] = {}
     decodings = [task.decoding or decoding for task in tasks]
+    fps = [fingerprint(backend, task.adapter, decodings[t], system_prompt, schema, chunk_overlap)
+           for t, task in enumerate(tasks)]
+    digests = [[note_digest(r["note"]) for r in task.records] for task in tasks]
+    kept: list[list[str]] = []
     for t, task in enumerate(tasks):
-        fp = fingerprint(backend, task.adapter, decodings[t], system_prompt, schema)
-        task.out_path.parent.mkdir(parents=True, exist_ok=True)
-        done = _done_ids(task.out_path, fp, {r["id"] for r in task.records})
-        _meta_path(task.out_path).write_text(json.dumps({"fingerprint": fp, "task": task.name}) + "\n")
-        todo = [(i, r) for i, r in enumerate(task.records) if r["id"] not in done]
+        kept.append(_answered(task.out_path, fps[t], {r["id"]: d for r, d in zip(task.records, digests[t])}))
+        done = {json.loads(line)["id"] for line in kept[t]}
         chunked = 0
-        for i, rec in todo:
+        for i, rec in enumerate(task.records):
+            if rec["id"] in done:
+                continue
             chunks = plan_chunks(backend, system_prompt, rec["note"], decodings[t], chunk_overlap)
             chunked += len(chunks) > 1
             n_chunks[(t, i)] = len(chunks)
             jobs.extend((t, i, c, text) for c, text in enumerate(chunks))
         summary[task.name] = {"notes": len(task.records), "resumed": len(done), "chunked_notes": chunked}
+    for t, task in enumerate(tasks):
+        _start_file(task.out_path, kept[t])
     answers: dict[tuple[int, int], dict[int, object]] = {}
     bar = None
     if progress:
@@ -142,9 +227,10 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
                     if len(answers.get(key, {})) == n_chunks[key]]
         by_task: dict[int, list[dict]] = {}
         for t, i in finished:
-            by_task.setdefault(t, []).append(_row(tasks[t], i, answers.pop((t, i)), schema))
+            row = _row(tasks[t], i, answers.pop((t, i)), schema)
+            by_task.setdefault(t, []).append({**row, "note_sha256": digests[t][i]})
         for t, rows in by_task.items():
-            with open(tasks[t].out_path, "a", encoding="utf-8") as fh:
+            with _open_rows(tasks[t].out_path, fps[t], tasks[t].name) as fh:
                 for row in rows:
                     fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
                 fh.flush()
@@ -153,6 +239,8 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
             bar.update(len(batch))
     if bar is not None:
         bar.close()
+    for t, task in enumerate(tasks):   # a task with nothing to answer still leaves its (empty) file
+        _open_rows(task.out_path, fps[t], task.name).close()
     return summary
 
 
