@@ -102,3 +102,21 @@ def test_a_note_that_cannot_be_planned_changes_nothing_on_disk(tiny_llama_dir, s
     with pytest.raises(ContextTooSmall):
         run_tasks(small, [Task("t", None, records, out)], sub, SYSTEM, Decoding(max_new_tokens=8), progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_one_line_note_is_planned_from_one_tokenizer_pass(tiny_llama_dir, schema):
+    """A note of one long line (no newlines at all) is cut on whitespace at token offsets: the tokenizer reads the
+    note once, not once per word."""
+    sub = schema.subset(["sex", "diabetes"])
+    backend = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=1))
+    note = " ".join(f"HR {80 + i % 20} T 37.{i % 10} C" for i in range(6000))   # ~36k tokens on one line
+    calls = []
+    real = backend.count_tokens
+    backend.count_tokens = lambda text: calls.append(len(text)) or real(text)
+    chunks = plan_chunks(backend, SYSTEM, note, Decoding(max_new_tokens=64), overlap=32)
+    assert len(calls) <= 2                                  # the note-less prompt, nothing per word
+    assert len(chunks) > 30 and all(c in note for c in chunks)
+    assert note.startswith(chunks[0]) and note.endswith(chunks[-1])
+    prompts = [backend.prompt_text([{"role": "system", "content": SYSTEM}, {"role": "user", "content": c}],
+                                   Decoding(max_new_tokens=64)) for c in chunks]
+    assert max(real(p) for p in prompts) + 64 <= 1024        # every chunk's prompt leaves room for the answer

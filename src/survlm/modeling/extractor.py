@@ -6,8 +6,9 @@
   is ever silently truncated.
 - Rows are appended as soon as a note's last chunk is answered; a rerun skips a note only when a row with
   its id *and* the SHA-256 of its text is in the output, and the run's fingerprint (the base model's
-  weights, tokenizer and config, the adapter's files, decoding, prompt, schema, context, chunk overlap) is
-  unchanged. A different fingerprint starts the file over; an edited note is asked again.
+  weights, tokenizer and config and how they are quantized, the adapter's files, decoding, prompt, schema,
+  context, chunk overlap) is unchanged. A different fingerprint starts the file over; an edited note is
+  asked again.
 - Rows hold ids, the note text's digest, raw answers, parsed fields, statuses, token counts and latency.
   Never the note text.
 """
@@ -25,6 +26,7 @@ from ..extraction import FieldResult, answer_is_valid_json, parse_answer
 from ..metrics import tolerance
 from ..schema import Schema
 from .backends import Backend, Decoding
+from .loading import model_digest
 
 CHUNK_MARGIN_TOKENS = 16   # chat-template tokens that the note-less prompt count can miss at the join
 
@@ -56,33 +58,6 @@ def row_results(row: dict) -> dict[str, FieldResult]:
     return {name: result_from_json(d) for name, d in row["fields"].items()}
 
 
-_DIGESTS: dict[tuple, str] = {}   # (path, size, mtime_ns) -> content digest, so a run hashes each file once
-
-
-def _content_digest(f: Path) -> str:
-    st = f.stat()
-    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 24), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
-    return _DIGESTS[key]
-
-
-def _dir_digest(path: Path, keep=lambda f: True) -> str:
-    """Names and contents of the files under `path` (or of `path` itself) that `keep` selects."""
-    h = hashlib.sha256()
-    files = sorted(path.rglob("*")) if path.is_dir() else [path]
-    for f in files:
-        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
-        if f.is_file() and not any(part.startswith(".") for part in rel.parts) and keep(f):
-            h.update(str(rel).encode())
-            h.update(_content_digest(f).encode())
-    return h.hexdigest()[:16]
-
-
 def _adapter_file(f: Path) -> bool:
     return f.name.startswith("adapter_") or f.name == "config.json"
 
@@ -96,15 +71,16 @@ def base_digest(base_dir: str) -> str:
     """Every file of the base model's directory (weights, config, tokenizer); a name that is no directory (an
     openai backend's served model) stands for itself."""
     path = Path(base_dir)
-    return _dir_digest(path) if path.exists() else base_dir
+    return model_digest(path) if path.exists() else base_dir
 
 
 def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema,
                 chunk_overlap: int = 128) -> str:
     parts = {"base": base_digest(backend.base_dir),
-             "adapter": _dir_digest(Path(backend.adapters[adapter]), _adapter_file) if adapter else None,
+             "adapter": model_digest(Path(backend.adapters[adapter]), _adapter_file) if adapter else None,
              "decoding": asdict(decoding), "prompt": system_prompt, "schema": schema.names,
              "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
+             "quantization": backend.settings.quantization,
              "chunk_overlap": chunk_overlap}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -176,7 +152,16 @@ def plan_chunks(backend: Backend, system_prompt: str, note: str, decoding: Decod
     if budget <= overlap:
         raise ContextTooSmall(f"context {backend.max_context} leaves no room for a note chunk: prompt {bare} tokens, "
                          f"answer {decoding.max_new_tokens}, overlap {overlap}")
-    return [c.text for c in split_note(note, backend.count_tokens, budget, overlap)]
+    return [c.text for c in split_note(note, backend.count_tokens, budget, overlap, _token_starts(backend, note))]
+
+
+def _token_starts(backend: Backend, note: str) -> list[int] | None:
+    """Where each token of the note starts, from one tokenizer pass (None for a tokenizer without offsets)."""
+    tok = backend.tokenizer
+    if not getattr(tok, "is_fast", False):
+        return None
+    offsets = tok(note, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return sorted(start for start, _ in offsets)
 
 
 def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt: str, decoding: Decoding,
