@@ -25,16 +25,19 @@ def _peft(model, adapter: Path):
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
 
 
-def adapter_quantization(adapter: Path) -> str:
-    """How the base was loaded when this adapter was trained: `nf4` (QLoRA) or `none` (plain LoRA).
-
-    The sft_best (`selected.json`) and dpo (`dpo_run.json`) stages record it; an adapter from elsewhere
-    is taken to be QLoRA, the case where merging can go wrong."""
+def recorded_quantization(adapter: Path) -> str | None:
+    """How the base was loaded when this adapter was trained, `nf4` (QLoRA) or `none` (plain LoRA), as the
+    sft_best (`selected.json`) and dpo (`dpo_run.json`) stages record it; None for an adapter with no record."""
     for name in ("selected.json", "dpo_run.json"):
-        record = adapter / name
+        record = Path(adapter) / name
         if record.is_file():
             return str(json.loads(record.read_text()).get("quantization", "nf4"))
-    return "nf4"
+    return None
+
+
+def adapter_quantization(adapter: Path) -> str:
+    """`recorded_quantization`; an adapter from elsewhere is taken to be QLoRA, the case where merging can go wrong."""
+    return recorded_quantization(adapter) or "nf4"
 
 
 def dequantized_merge(base_dir: Path, adapter: Path, device: str, dtype: torch.dtype = torch.float32):
