@@ -80,6 +80,9 @@ def test_csv_line_numbers_and_bytes(tmp_path, schema):
 
 def test_unsupported_and_missing_files(tmp_path, schema):
     assert _problems(tmp_path / "nope.jsonl", schema) == [f"{tmp_path / 'nope.jsonl'}: file: not found"]
+    (tmp_path / "adir.jsonl").mkdir()
+    assert _problems(tmp_path / "adir.jsonl", schema) == [
+        f"{tmp_path / 'adir.jsonl'}: file: is a directory, not a notes file"]
     p = tmp_path / "notes.txt"
     p.write_text("x")
     assert _problems(p, schema)[0].endswith("unsupported extension '.txt' (use .jsonl, .csv or .parquet)")

@@ -90,7 +90,11 @@ def _rows(path: Path, problems: list[str]) -> Iterator[tuple[str, dict]]:
         for i, rec in enumerate(frame.to_dict(orient="records"), start=1):
             yield f"row {i}", rec
         return
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        problems.append(f"{path}: file: cannot read it ({exc.strerror})")
+        return
     if suffix == ".jsonl":
         for lineno, line in enumerate(raw.split(b"\n"), start=1):
             if not line.strip():
@@ -189,6 +193,8 @@ def _label(schema: Schema, name: str, v: Any) -> tuple[Any, str | None]:
 def load_user_records(path: str | Path, schema: Schema, require_outcome: bool = True) -> list[dict]:
     """Validated records `{id, text, time, event, labels}`; raises UserDataError listing every problem."""
     path = Path(path)
+    if path.is_dir():
+        raise UserDataError([f"{path}: file: is a directory, not a notes file"])
     if not path.is_file():
         raise UserDataError([f"{path}: file: not found"])
     problems: list[str] = []
