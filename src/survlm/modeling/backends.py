@@ -480,8 +480,8 @@ class OpenAIBackend(Backend):
         try:
             resp = self.client.chat.completions.create(**kw)
         except openai.APIStatusError as exc:
-            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url} answered "
-                                     f"{exc.status_code} for model {kw['model']!r}: {_first_line(exc.message)}") from None
+            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url} answered {exc.status_code} "
+                                     f"for model {kw['model']!r}: {_first_line(exc.message)}") from None
         except openai.APIError as exc:   # connection refused, timeout: after the client's retries
             raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url}: {type(exc).__name__} "
                                      f"after {self.settings.openai_retries} retries") from None
