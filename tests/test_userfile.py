@@ -80,6 +80,9 @@ def test_csv_line_numbers_and_bytes(tmp_path, schema):
 
 def test_unsupported_and_missing_files(tmp_path, schema):
     assert _problems(tmp_path / "nope.jsonl", schema) == [f"{tmp_path / 'nope.jsonl'}: file: not found"]
+    (tmp_path / "adir.jsonl").mkdir()
+    assert _problems(tmp_path / "adir.jsonl", schema) == [
+        f"{tmp_path / 'adir.jsonl'}: file: is a directory, not a notes file"]
     p = tmp_path / "notes.txt"
     p.write_text("x")
     assert _problems(p, schema)[0].endswith("unsupported extension '.txt' (use .jsonl, .csv or .parquet)")
@@ -116,3 +119,34 @@ def test_extra_columns_are_metadata_and_a_blank_cell_is_no_label(tmp_path, schem
     out = capsys.readouterr().out
     assert out.count("metadata columns (kept and passed through to `survlm extract`): mrn, note_date") == 1
     assert "labels in their notes: " in out and "HD3 Na 140" not in out
+
+
+HEAD = b"id,text,time,event\n"
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize("name,body,expected", [
+    # an unclosed quote must not swallow the rest of the file into one cell
+    ("notes.csv", HEAD + b'x,ok,1,0\ny,"open,2,1\nz,ok,3,0\nw,ok,4,1\n', ':3: record: bad CSV'),
+    ("notes.csv", b"id,text,time,event,text\nx,a,1,0\n", ":1: header: duplicate column 'text'"),
+    ("notes.jsonl", b'{"id": "a", "text": "x", "time": 1, "event": 0, "text": "y"}\n', ":1: record: duplicate key 'text'"),
+    ("notes.jsonl", b'{"id": "a", "text": "x", "time": 1' + b"0" * 400 + b', "event": 0}\n', ":1: time: not a number"),
+    ("notes.jsonl", b'{"id": "a", "text": "x", "time": 1, "event": 0, "sodium_meq_l": 1' + b"0" * 400 + b"}\n",
+     ":1: sodium_meq_l: not a number"),
+    ("notes.jsonl", b'{"id": "a", "text": "x", "time": 1' + b"0" * 5000 + b', "event": 0}\n',
+     ":1: record: bad JSON (a number with too many digits)"),
+    ("notes.jsonl", b'{"id": "a", "text": "x", "time": 1, "event": 0, "extra": ' + DEEP + b"}\n",
+     ":1: record: bad JSON (nested too deeply)"),
+    ("notes.jsonl", b'{"id": "a", "text": "x\\ud800y", "time": 1, "event": 0}\n',
+     ":1: text: not valid Unicode (a lone surrogate at character 2)"),
+    ("notes.jsonl", b'{"id": "\\udfff", "text": "x", "time": 1, "event": 0}\n', ":1: id: not valid Unicode"),
+    ("notes.jsonl", b'{"id": {"a": 1}, "text": "x", "time": 1, "event": 0}\n', ":1: id: must be text or a number"),
+])
+def test_hostile_files_give_one_line_and_no_traceback(tmp_path, capsys, name, body, expected):
+    from survlm.cli import main
+
+    p = tmp_path / name
+    p.write_bytes(body)
+    assert main(["validate", str(p)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{p}{expected}"), err

@@ -541,14 +541,18 @@ class OpenAIBackend(Backend):
         super().__init__(base_dir, adapters, schema, settings)
         from openai import OpenAI
 
+        # The client retries what can succeed on a second try (connection errors, 408, 409, 429, 5xx) with
+        # exponential backoff; a 400 (a bad request) fails at once.
         self.client = OpenAI(base_url=settings.openai_base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
-                             timeout=settings.openai_timeout_s, max_retries=0)
+                             timeout=settings.openai_timeout_s, max_retries=int(settings.openai_retries))
         self.model_name = settings.openai_model or self.base_dir
         if settings.openai_constraint not in OPENAI_CONSTRAINTS:
             raise ValueError(f"openai_constraint must be one of {', '.join(OPENAI_CONSTRAINTS)} "
                              f"(got {settings.openai_constraint!r})")
 
     def _one(self, messages: list[dict], decoding: Decoding, adapter: str | None) -> list[Generation]:
+        import openai
+
         kw: dict[str, Any] = dict(model=adapter or self.model_name, messages=messages,
                                   max_tokens=decoding.max_new_tokens, seed=decoding.seed)
         if decoding.strategy == "beam":
@@ -562,30 +566,36 @@ class OpenAIBackend(Backend):
         elif decoding.constrained:
             kw["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "extraction", "schema": self.json_schema}}
-        delay = 1.0
-        for attempt in range(self.settings.openai_retries + 1):
-            try:
-                t0 = time.perf_counter()
-                resp = self.client.chat.completions.create(**kw)
-                latency = time.perf_counter() - t0
-                usage = resp.usage
-                return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
-                                   (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
-                                   round(latency, 4), c.finish_reason) for c in resp.choices]
-            except Exception as exc:  # noqa: BLE001 - network/server errors are retried, then re-raised
-                if attempt == self.settings.openai_retries:
-                    raise RuntimeError(f"openai backend: request failed after {attempt + 1} tries: "
-                                       f"{type(exc).__name__}") from exc
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        t0 = time.perf_counter()
+        try:
+            resp = self.client.chat.completions.create(**kw)
+        except openai.APIStatusError as exc:
+            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url} answered {exc.status_code} "
+                                     f"for model {kw['model']!r}: {_first_line(exc.message)}") from None
+        except openai.APIError as exc:   # connection refused, timeout: after the client's retries
+            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url}: {type(exc).__name__} "
+                                     f"after {self.settings.openai_retries} retries") from None
+        latency = time.perf_counter() - t0
+        usage = resp.usage
+        return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
+                           (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
+                           round(latency, 4), c.finish_reason) for c in resp.choices]
 
     def generate(self, prompts, decoding, adapter=None):
         from concurrent.futures import ThreadPoolExecutor
 
         adapters = self._per_prompt(adapter, len(prompts))
+        decodings = self._per_prompt_decoding(decoding, len(prompts))
         with ThreadPoolExecutor(max_workers=max(1, int(self.settings.batch_size))) as pool:
-            return list(pool.map(lambda job: self._one(job[0], decoding, job[1]), zip(prompts, adapters)))
+            return list(pool.map(lambda job: self._one(*job), zip(prompts, decodings, adapters)))
+
+
+class OpenAIBackendError(RuntimeError):
+    """A request the server refused, or could not be reached for; the message is one line."""
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0][:200]
 
 
 def make_backend(name: str, base_dir: str | Path, adapters: dict[str, str | Path], schema,

@@ -64,16 +64,64 @@ def nf4_config(dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
 
 
+_DIGESTS: dict[tuple, str] = {}   # (path, size, mtime_ns) -> content digest, so a run hashes each file once
+
+
+def _content_digest(f: Path) -> str:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def model_digest(path: Path, keep=lambda f: True) -> str:
+    """Names and contents of the files under `path` (or of `path` itself) that `keep` selects."""
+    h = hashlib.sha256()
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    for f in files:
+        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts) and keep(f):
+            h.update(str(rel).encode())
+            h.update(_content_digest(f).encode())
+    return h.hexdigest()[:16]
+
+
+class ModelNotFound(OSError):
+    """A model name that is neither a directory nor in the local HF cache; the message is one line."""
+
+
+def local_model(base_dir: str | Path) -> str:
+    """A model directory, or an HF id resolved to its snapshot in the local cache; never a hub request.
+
+    Only the `base_model` stage downloads, and only with `model.allow_download: true`; everything after it loads
+    what is on this machine, so a mistyped name fails here at once instead of asking the hub."""
+    path = Path(base_dir)
+    if path.is_dir():
+        return str(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(str(base_dir), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, or not a valid repo id at all
+        raise ModelNotFound(f"{base_dir}: no such model directory, and not in the local Hugging Face cache "
+                            "(run `dvc repro base_model`, or pass a local model directory)") from None
+
+
 def load_base(base_dir: str | Path, quantization: str, device: str, attn_implementation: str = "sdpa"):
     """The base model as training and inference both see it (same quantized weights for both)."""
     from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(device)
-    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation, "local_files_only": True}
     if quantization == "nf4":
         kwargs["quantization_config"] = nf4_config(dtype)
         kwargs["device_map"] = {"": local_rank() if device == "cuda" else "cpu"}  # this process's GPU
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(local_model(base_dir), **kwargs)
     if quantization != "nf4":
         model.to(f"cuda:{local_rank()}" if device == "cuda" else device)
     else:
@@ -120,12 +168,9 @@ def dequantized_base(base_dir: str | Path, device: str) -> Path:
     its fast full-precision kernels instead of 4-bit ones. Made once per base weights (a digest names it)."""
     base_dir = Path(base_dir)
     dtype = compute_dtype(device)
-    digest = hashlib.sha256()
-    for f in sorted(base_dir.glob("*.safetensors")) + [base_dir / "config.json"]:
-        digest.update(f.name.encode())
-        digest.update(hashlib.sha256(f.read_bytes()).digest())
-    digest.update(repr(nf4_config(dtype).to_dict()).encode())
-    out = base_dir.parent / SERVED_DIR / f"{base_dir.name}-nf4-{str(dtype).split('.')[-1]}-{digest.hexdigest()[:12]}"
+    weights = model_digest(base_dir, keep=lambda f: f.suffix == ".safetensors" or f.name == "config.json")
+    digest = hashlib.sha256((weights + repr(nf4_config(dtype).to_dict())).encode()).hexdigest()[:12]
+    out = base_dir.parent / SERVED_DIR / f"{base_dir.name}-nf4-{str(dtype).split('.')[-1]}-{digest}"
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -144,7 +189,7 @@ def dequantized_base(base_dir: str | Path, device: str) -> Path:
 def load_tokenizer(base_dir: str | Path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    tok = AutoTokenizer.from_pretrained(local_model(base_dir), local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
