@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from ..selection import dpo_selection
-from .common import atomic_dir, fail, labelled_records, load_params, load_prompt, read_jsonl, write_json
+from .common import (atomic_dir, fail, labelled_records, load_params, load_prompt, read_jsonl, scratch_dir,
+                     write_json)
 from .select_ckpt import checkpoints
 
 REPORT_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "first_value_rate", "json_valid_rate")
@@ -69,8 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-train-") as train_dir:
-        train_dir = Path(train_dir)
+    with scratch_dir(out.with_name(out.name + "-train")) as train_dir:   # a killed run's is removed next time
         summary = train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, train_dir,
                             Path(args.live))
         print(f"dpo: {summary['steps']} steps on {summary['train_pairs']} pairs in {summary['train_seconds']} s; "
