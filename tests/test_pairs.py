@@ -139,3 +139,75 @@ def test_answer_tokens_are_classed_by_field_and_null():
     assert fab["structure"]["change_per_pair"] == 0.5 and fab["answer"]["change_per_pair"] == -1.5
     assert out["all"]["chosen"]["null_values"]["change_per_pair"] == -1.0
     assert out["last_value"]["rejected"]["answer"]["change_per_token"] == 0.0
+
+
+def test_single_field_pairs_differ_in_exactly_one_field(schema, cases):
+    from survlm.pairs import differing_fields, pair_direction
+
+    rec, text, meta = cases[0]
+    gold_text = rec["messages"][2]["content"]
+    m = mentions_by_field(meta)
+    name = next(f.name for f in schema if f.type == "number" and f.is_physiology and rec["labels"][f.name] is not None
+                and [x for x in m[f.name] if x.kind == "day"][-1].day != GOLD_DAY)
+    last = [x for x in m[name] if x.kind == "day"][-1]
+    ends = {(r[0], r[6]): r[7] for r in meta["mentions"]}
+    omitted = next(f.name for f in schema if f.is_physiology and rec["labels"][f.name] is not None and f.name != name)
+    answer = json.loads(_with_field(rec, name, {"value": last.value, "unit": last.unit,
+                                                "evidence": text[last.start:ends[(name, last.start)]]}))
+    answer[omitted] = None
+    two_wrong = compact_json(answer)
+    assert set(answer_errors(schema, rec["labels"], two_wrong, text, meta)) == {name, omitted}
+    cut_off = two_wrong[:two_wrong.index(f'"{omitted}"')]   # stops before the omitted field: only `name` is usable
+    pairs, _ = build_pairs(schema, rec, text, meta, [two_wrong, two_wrong, cut_off], rates={}, seed=0,
+                           single_field=True)
+    assert sorted(p["fields"][0] for p in pairs) == sorted([name, omitted])    # k wrong fields -> k pairs, no copy
+    for p in pairs:
+        rejected = p["rejected"][0]["content"]
+        assert rejected != gold_text and pair_is_valid(schema, p, rec["labels"], text)
+        assert list(answer_errors(schema, rec["labels"], rejected, text, meta)) == p["fields"]
+        assert differing_fields(gold_text, rejected) == set(p["fields"])
+    by_field = {p["fields"][0]: p for p in pairs}
+    assert by_field[omitted]["direction"] == "value_to_null" and by_field[omitted]["type"] == "omitted"
+    assert by_field[name]["direction"] == "value_to_value" and by_field[name]["type"] == "last_value"
+    assert pair_direction(gold_text, two_wrong) == "value_to_null"
+    capped, _ = build_pairs(schema, rec, text, meta, [two_wrong], rates={}, seed=0, max_model_rejections=1,
+                            single_field=True)
+    assert len(capped) == 1
+
+
+def _fake(i, direction, type_, source="model"):
+    return {"id": f"n{i}", "source": source, "direction": direction, "type": type_, "tags": [type_]}
+
+
+def test_balance_caps_types_then_directions():
+    from survlm.pairs import balance_pairs
+
+    pairs = ([_fake(i, "value_to_null", "omitted", "synthetic" if i < 4 else "model") for i in range(10)]
+             + [_fake(10 + i, "null_to_value", "fabricated") for i in range(3)]
+             + [_fake(20 + i, "value_to_value", "last_value") for i in range(4)] + [_fake(30, "value_to_value", "unit_wrong")])
+    kept, report = balance_pairs(pairs, max_type_ratio=2.0, max_direction_ratio=1.0, seed=0)
+    assert report["before"]["by_type"] == {"fabricated": 3, "last_value": 4, "omitted": 10, "unit_wrong": 1}
+    # types: median count 3 -> at most 6 a type; directions: value_to_null at most 1.0 x 3 null_to_value
+    assert report["after"]["by_direction"] == {"null_to_value": 3, "value_to_null": 3, "value_to_value": 5}
+    assert report["dropped"] == 7 and len(kept) == 11
+    assert all(p["source"] == "model" for p in kept if p["type"] == "omitted")   # synthetic pairs go first
+    assert [p["id"] for p in kept] == [p["id"] for p in pairs if p in kept]       # order kept
+    assert balance_pairs(pairs, None, None, 0)[0] == pairs
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_balance_holds_on_random_pools(seed):
+    import random
+
+    from survlm.pairs import DIRECTIONS, balance_pairs
+
+    rng = random.Random(seed)
+    types = ["omitted", "fabricated", "last_value", "wrong_value", "unit_wrong"]
+    pairs = [_fake(i, rng.choice(DIRECTIONS[:3]), rng.choices(types, weights=[8, 1, 3, 2, 1])[0],
+                   rng.choice(["model", "synthetic"])) for i in range(rng.randint(20, 200))]
+    kept, report = balance_pairs(pairs, max_type_ratio=1.5, max_direction_ratio=1.2, seed=seed)
+    by_dir = report["after"]["by_direction"]
+    v2n, n2v = by_dir.get("value_to_null", 0), by_dir.get("null_to_value", 0)
+    assert max(v2n, n2v) <= -(-1.2 * max(min(v2n, n2v), 1) // 1)
+    counts = sorted(report["before"]["by_type"].values())
+    assert max(report["after"]["by_type"].values()) <= -(-1.5 * counts[(len(counts) - 1) // 2] // 1)

@@ -10,10 +10,16 @@ Chosen is always the gold answer (the SFT target). Rejected answers come from tw
   pair teaches exactly that error. Synthetic types are added only where the model did not already make
   that error on that note, at the rates given in params.
 No pair has rejected == chosen, as text or as parsed values.
+
+`single_field`: a model answer with k wrong fields gives k pairs instead of one, each rejected answer being the
+gold answer with one field replaced by the model's own (wrong) value, so chosen and rejected differ in exactly one
+field and the shared fields carry no gradient. `balance_pairs` then caps error types against each other and the
+two null directions (value -> null, null -> value) against each other.
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 from typing import Any
 
@@ -89,12 +95,39 @@ def synthetic_candidates(schema: Schema, gold: dict, target: dict, note: str, me
     return options
 
 
+def single_field_rejections(schema: Schema, gold: dict, target: dict, text: str, note: str, meta: dict | None
+                            ) -> list[tuple[str, list[str], str]]:
+    """(field, error tags, rejected text) for each wrong field of a model answer: the gold answer with that one
+    field as the model wrote it. Kept only where scoring gives an error on that field alone; a field the answer
+    never got to (cut off) gives none."""
+    spans = value_spans(text)
+    out = []
+    for name in answer_errors(schema, gold, text, note, meta):
+        if name not in spans:
+            continue
+        answer = dict(target)
+        answer[name] = spans[name][2]
+        rejected = compact_json(answer)
+        errors = answer_errors(schema, gold, rejected, note, meta)
+        if set(errors) == {name}:
+            out.append((name, sorted(errors[name]), rejected))
+    return out
+
+
+def _pair(record: dict, source: str, tags: list[str], fields: list[str], chosen: str, rejected: str) -> dict:
+    return {"id": record["id"], "source": source, "tags": tags, "fields": fields,
+            "direction": pair_direction(chosen, rejected), "type": primary_type(tags),
+            "prompt": record["messages"][:2], "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
 def build_pairs(schema: Schema, record: dict, note: str, meta: dict | None, completions: list[str],
-                rates: dict[str, float], seed: int, max_model_rejections: int = 4) -> tuple[list[dict], dict]:
-    """Pairs for one note from the model's completions plus synthetic traps. Returns (pairs, counters)."""
+                rates: dict[str, float], seed: int, max_model_rejections: int = 4, single_field: bool = False
+                ) -> tuple[list[dict], dict]:
+    """Pairs for one note from the model's completions plus synthetic traps. Returns (pairs, counters).
+    `max_model_rejections` caps the model-made pairs of the note (whole answers, or one-field mistakes)."""
     gold = record["labels"]
     chosen = record["messages"][2]["content"]
-    prompt = record["messages"][:2]
     target = json.loads(chosen)
     rng = random.Random(f"{seed}:{record['id']}")
     pairs, seen = [], {chosen}
@@ -105,14 +138,15 @@ def build_pairs(schema: Schema, record: dict, note: str, meta: dict | None, comp
         if not errors:
             counters["fully_correct"] += 1
             continue
-        if text in seen or len([p for p in pairs if p["source"] == "model"]) >= max_model_rejections:
-            continue
-        seen.add(text)
-        tags = sorted({t for ts in errors.values() for t in ts})
-        made_by_model.update(tags)
-        pairs.append({"id": record["id"], "source": "model", "tags": tags, "fields": sorted(errors),
-                      "prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
-                      "rejected": [{"role": "assistant", "content": text}]})
+        options = (single_field_rejections(schema, gold, target, text, note, meta) if single_field else
+                   [(sorted(errors), sorted({t for ts in errors.values() for t in ts}), text)])
+        for fields, tags, rejected in options:
+            if rejected in seen or len(pairs) >= max_model_rejections:
+                continue
+            seen.add(rejected)
+            made_by_model.update(tags)
+            pairs.append(_pair(record, "model", tags, [fields] if isinstance(fields, str) else fields, chosen,
+                               rejected))
     if meta:
         for kind in SYNTHETIC_TYPES:
             if kind in made_by_model or rng.random() >= float(rates.get(kind, 0.0)):
@@ -129,10 +163,7 @@ def build_pairs(schema: Schema, record: dict, note: str, meta: dict | None, comp
                 if set(errors) != {name} or kind not in errors[name]:
                     continue  # the trap must produce exactly the intended error, on that field only
                 seen.add(text)
-                pairs.append({"id": record["id"], "source": "synthetic", "tags": sorted(errors[name]),
-                              "fields": [name], "prompt": prompt,
-                              "chosen": [{"role": "assistant", "content": chosen}],
-                              "rejected": [{"role": "assistant", "content": text}]})
+                pairs.append(_pair(record, "synthetic", sorted(errors[name]), [name], chosen, text))
                 break
     return pairs, counters
 
@@ -174,6 +205,69 @@ def _json_object(text: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+# Most specific first: a fabricated value that is another day's reading counts as that day's error.
+TYPE_PRIORITY = ("last_value", "first_value", "wrong_day", "unit_wrong", "fabricated", "omitted", "wrong_category",
+                 "wrong_value", "unparsed", "invalid_json")
+DIRECTIONS = ("value_to_null", "null_to_value", "value_to_value", "mixed")
+
+
+def primary_type(tags: list[str]) -> str:
+    return next((t for t in TYPE_PRIORITY if t in tags), tags[0] if tags else "none")
+
+
+def pair_direction(chosen: str, rejected: str) -> str:
+    """value_to_null: where they differ, the rejected answer writes null for a value the gold has (such pairs
+    push `null` down); null_to_value: it writes a value where the gold is null (they push `null` up); mixed:
+    both; value_to_value: neither (a wrong value, unit, category, or an answer cut off)."""
+    a, b = value_spans(chosen), value_spans(rejected)
+    drop = add = False
+    for k in differing_fields(chosen, rejected):
+        if k in a and k in b:
+            drop |= a[k][2] is not None and b[k][2] is None
+            add |= a[k][2] is None and b[k][2] is not None
+    return "mixed" if drop and add else "value_to_null" if drop else "null_to_value" if add else "value_to_value"
+
+
+def _counts(pairs: list[dict], key: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in pairs:
+        out[p[key]] = out.get(p[key], 0) + 1
+    return dict(sorted(out.items()))
+
+
+def balance_pairs(pairs: list[dict], max_type_ratio: float | None, max_direction_ratio: float | None, seed: int
+                  ) -> tuple[list[dict], dict]:
+    """Cap each error type at `max_type_ratio` x the median type's count, then the larger of value_to_null and
+    null_to_value at `max_direction_ratio` x the smaller (at least 1). Synthetic pairs go before the model's
+    own mistakes; among those, a seeded random choice. Returns (kept pairs in their order, counts)."""
+    rng = random.Random(seed)
+    drop_order = sorted(range(len(pairs)), key=lambda i: (pairs[i]["source"] == "model", rng.random()))
+    kept = set(range(len(pairs)))
+
+    def cap(key: str, value: str, limit: int) -> None:
+        excess = sum(pairs[i][key] == value for i in kept) - limit
+        for i in drop_order:
+            if excess <= 0:
+                break
+            if i in kept and pairs[i][key] == value:
+                kept.discard(i)
+                excess -= 1
+
+    if max_type_ratio and pairs:
+        by_type = sorted(_counts(pairs, "type").values())
+        median = by_type[(len(by_type) - 1) // 2]
+        for t in _counts(pairs, "type"):
+            cap("type", t, math.ceil(float(max_type_ratio) * median))
+    if max_direction_ratio:
+        n = {d: sum(pairs[i]["direction"] == d for i in kept) for d in ("value_to_null", "null_to_value")}
+        big, small = sorted(n, key=lambda d: -n[d])
+        cap("direction", big, math.ceil(float(max_direction_ratio) * max(n[small], 1)))
+    out = [p for i, p in enumerate(pairs) if i in kept]
+    return out, {"before": {"by_direction": _counts(pairs, "direction"), "by_type": _counts(pairs, "type")},
+                 "after": {"by_direction": _counts(out, "direction"), "by_type": _counts(out, "type")},
+                 "dropped": len(pairs) - len(out)}
+
+
 def summarize(pairs: list[dict]) -> dict[str, Any]:
     by_tag: dict[str, int] = {}
     for p in pairs:
@@ -181,7 +275,8 @@ def summarize(pairs: list[dict]) -> dict[str, Any]:
             by_tag[t] = by_tag.get(t, 0) + 1
     n = len(pairs)
     model = sum(p["source"] == "model" for p in pairs)
-    return {"pairs": n, "by_error_type": dict(sorted(by_tag.items())), "model_made": model,
+    return {"pairs": n, "by_error_type": dict(sorted(by_tag.items())), "by_primary_type": _counts(pairs, "type"),
+            "by_direction": _counts(pairs, "direction"), "model_made": model,
             "synthetic": n - model, "model_made_share": round(model / n, 4) if n else None}
 
 

@@ -7,7 +7,7 @@ import argparse
 import random
 from pathlib import Path
 
-from ..pairs import build_pairs, fill_untrained, pair_is_valid, summarize
+from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, summarize
 from .common import (atomic_dir, fail, first_records, load_params, load_prompt, note_of, render_meta, write_json,
                      write_jsonl)
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     for r, texts in zip(rows, completions):
         r = _trained_labels(r)
         got, counters = build_pairs(schema, r, note_of(r), meta.get(r["id"]), texts, rates, int(params["seed"]),
-                                    int(params["max_model_rejections"]))
+                                    int(params["max_model_rejections"]), bool(params.get("single_field", False)))
         if r.get("untrained"):  # placeholders come from the model's answer, or the pair is dropped (counted)
             filled = [fill_untrained(p, r["untrained"], p["rejected"][0]["content"] if p["source"] == "model"
                                      else texts[0]) for p in got]
@@ -74,6 +74,10 @@ def main(argv: list[str] | None = None) -> None:
         pairs.extend(got)
         fully_correct += counters["fully_correct"]
         n_completions += counters["completions"]
+    pairs, balance = balance_pairs(pairs, params.get("max_type_ratio"), params.get("max_direction_ratio"),
+                                   int(params["seed"]))
+    # a seeded order, so that dpo.max_pairs takes a random sample and not the first notes
+    random.Random(int(params["seed"])).shuffle(pairs)
     # eval pairs: whole notes held out, so no prompt is in both files
     ids = sorted({p["id"] for p in pairs})
     random.Random(int(params["seed"])).shuffle(ids)
@@ -86,12 +90,14 @@ def main(argv: list[str] | None = None) -> None:
     summary.update({"notes": len(rows), "completions": n_completions, "fully_correct_completions": fully_correct,
                     "dropped_unfilled_placeholders": unfilled,
                     "train_pairs": sum(p["id"] not in eval_ids for p in pairs),
-                    "eval_pairs": sum(p["id"] in eval_ids for p in pairs),
+                    "eval_pairs": sum(p["id"] in eval_ids for p in pairs), "balance": balance,
+                    "single_field": bool(params.get("single_field", False)),
                     "by_source_and_type": {src: summarize([p for p in pairs if p["source"] == src])["by_error_type"]
                                            for src in ("model", "synthetic")}})
     write_json(args.metrics, summary)
     print(f"make_pairs: {summary['pairs']} pairs from {len(rows)} notes ({summary['model_made']} model-made, "
-          f"{summary['synthetic']} synthetic); by type {summary['by_error_type']}")
+          f"{summary['synthetic']} synthetic, {balance['dropped']} dropped to balance); by type "
+          f"{summary['by_primary_type']}; by direction {summary['by_direction']}")
 
 
 if __name__ == "__main__":
