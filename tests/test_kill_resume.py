@@ -21,7 +21,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 def _start(args: list[str], cwd: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    # SIGINT as at a terminal even when the tests run in the background (where a shell ignores it)
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:

@@ -150,8 +150,8 @@ def plan_chunks(backend: Backend, system_prompt: str, note: str, decoding: Decod
                                                      {"role": "user", "content": ""}], decoding))
     budget = backend.max_context - decoding.max_new_tokens - bare - CHUNK_MARGIN_TOKENS
     if budget <= overlap:
-        raise ContextTooSmall(f"context {backend.max_context} leaves no room for a note chunk: prompt {bare} tokens, "
-                         f"answer {decoding.max_new_tokens}, overlap {overlap}")
+        raise ContextTooSmall(f"context {backend.max_context} leaves no room for a note chunk: prompt {bare} "
+                              f"tokens, answer {decoding.max_new_tokens}, overlap {overlap}")
     return [c.text for c in split_note(note, backend.count_tokens, budget, overlap, _token_starts(backend, note))]
 
 
