@@ -80,7 +80,8 @@ def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, syste
              "adapter": model_digest(Path(backend.adapters[adapter]), _adapter_file) if adapter else None,
              "decoding": asdict(decoding), "prompt": system_prompt, "schema": schema.names,
              "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
-             "quantization": backend.settings.quantization,
+             # the base as served: `auto` resolved from the adapters' run records where the backend did so
+             "quantization": getattr(backend, "quantization", backend.settings.quantization),
              "chunk_overlap": chunk_overlap}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
