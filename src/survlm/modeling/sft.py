@@ -90,6 +90,17 @@ def _read(path: Path, limit: int | None) -> list[dict]:
     return rows
 
 
+def training_rows(prepared_dir: Path, limit: int | None) -> list[dict]:
+    """The first `limit` training patients (train.jsonl), then prepare's further renderings of those same
+    patients (train_renderings.jsonl, written when prepare.renderings_per_patient > 1)."""
+    rows = _read(prepared_dir / "train.jsonl", limit)
+    extra = prepared_dir / "train_renderings.jsonl"
+    if extra.is_file():
+        ids = {r["id"] for r in rows}
+        rows += [r for r in _read(extra, None) if r["patient"] in ids]
+    return rows
+
+
 def select_examples(tokenizer, rows: list[dict], max_length: int) -> tuple[list[dict], int]:
     """Examples that fit `max_length` whole; the rest are dropped and counted, never truncated."""
     kept, dropped = [], 0
@@ -250,7 +261,9 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     device = pick_device()
     quantization = resolve_quantization(str(params.get("quantization", "auto")), device)
     train_path, val_path = prepared_dir / "train.jsonl", prepared_dir / "val.jsonl"
-    fingerprint = _fingerprint(params, quantization, [train_path, val_path], base_dir)
+    renderings = prepared_dir / "train_renderings.jsonl"
+    fingerprint = _fingerprint(params, quantization, [train_path, val_path]
+                               + ([renderings] if renderings.is_file() else []), base_dir)
     run_file = out_dir / RUN_FILE
     previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
     resume = None
@@ -270,7 +283,8 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     tokenizer = load_tokenizer(base_dir)
     max_length = int(params["max_length"])
     # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
-    train_rows, val_rows = _read(train_path, params.get("max_train_notes")), _read(val_path, params.get("eval_notes"))
+    train_rows = training_rows(prepared_dir, params.get("max_train_notes"))
+    val_rows = _read(val_path, params.get("eval_notes"))
     no_target = sum(len(r["messages"]) != 3 for r in train_rows)
     train_rows = [r for r in train_rows if len(r["messages"]) == 3]
     val_rows = [r for r in val_rows if len(r["messages"]) == 3]

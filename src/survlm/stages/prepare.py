@@ -80,31 +80,41 @@ def _support2_records(params: dict, schema_path: str, base_dir: str, workers: in
     split_of = assign_splits([r["id"] for r in rows], [r["event"] for r in rows], params["split"], seed)
     styles, heldout = _styles_for(params)
     train_styles = [s for s in styles if s not in heldout]
-    jobs = []
+    renderings = int(params.get("renderings_per_patient", 1) or 1)
+    if renderings < 1:
+        fail("params.yaml: prepare.renderings_per_patient: must be 1 or more")
+    jobs = []       # (row, style, render seed, rendering index)
     for r in rows:
         pool = styles if split_of[r["id"]] == "test" else train_styles
-        jobs.append((r, random.Random(f"{seed}:style:{r['id']}").choice(pool), seed))
+        first = random.Random(f"{seed}:style:{r['id']}").choice(pool)
+        jobs.append((r, first, seed, 0))
+        if split_of[r["id"]] == "train" and renderings > 1:
+            # further renderings of a training patient: the other training styles first, each with its own
+            # render seed (other days charted, other distractors, other order); the labels stay the patient's
+            others = [st for st in train_styles if st != first]
+            random.Random(f"{seed}:renderings:{r['id']}").shuffle(others)
+            cycle = others + [first]
+            jobs += [(r, cycle[(k - 1) % len(cycle)], seed + k, k) for k in range(1, renderings)]
     kwargs = {"note_tokens": int(params["note_tokens"]), "alt_unit_rate": float(params.get("alt_unit_rate", 0.3)),
               "derived_rate": float(params.get("derived_rate", 0.3))}
-    rendered: dict[str, dict] = {}
     problems: list[str] = []
+    records = []
     with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
                              initargs=(schema_path, base_dir, kwargs)) as pool_:
-        for rid, out, violations in pool_.map(_render_one, jobs, chunksize=64):
-            rendered[rid] = out
-            problems += [f"support2:{rid}: {v}" for v in violations]
+        results = pool_.map(_render_one, [job[:3] for job in jobs], chunksize=64)
+        for (r, style, _, k), (rid, out, violations) in zip(jobs, results):
+            note_id = rid if k == 0 else f"{rid}/r{k}"
+            problems += [f"support2:{note_id}: {v}" for v in violations]
+            split = split_of[rid]
+            if split == "test" and style in heldout:
+                split = HELDOUT_SPLIT
+            records.append({"id": note_id, "patient": rid, "rendering": k, "split": split, "style": style,
+                            "time": r["time"], "event": r["event"], "text": out["text"], "labels": out["labels"],
+                            "target": out["target"], "n_tokens": out["n_tokens"], "meta": out["meta"],
+                            "traps": out["traps"]})
     if problems:
         shown = "\n".join(problems[:20])
         fail(f"renderer invariants violated in {len(problems)} place(s); nothing written:\n{shown}")
-    records = []
-    for r, style, _ in jobs:
-        out = rendered[r["id"]]
-        split = split_of[r["id"]]
-        if split == "test" and style in heldout:
-            split = HELDOUT_SPLIT
-        records.append({"id": r["id"], "split": split, "style": style, "time": r["time"], "event": r["event"],
-                        "text": out["text"], "labels": out["labels"], "target": out["target"],
-                        "n_tokens": out["n_tokens"], "meta": out["meta"], "traps": out["traps"]})
     return records, {"styles": styles, "heldout_styles": heldout}
 
 
@@ -153,8 +163,9 @@ def _path_records(params: dict, schema, base_dir: str) -> tuple[list[dict], dict
     for u in users:
         labels = {n: u["labels"][n] for n in u["labelled"]}  # an unlabelled field is unknown, not null
         evidence, target = user_target(schema, labels, u["text"], policy)
-        records.append({"id": u["id"], "split": split_of[u["id"]], "style": "user", "time": u["time"],
-                        "event": u["event"], "text": u["text"], "labels": labels, "target": None,
+        records.append({"id": u["id"], "patient": u["id"], "rendering": 0, "split": split_of[u["id"]],
+                        "style": "user", "time": u["time"], "event": u["event"], "text": u["text"], "labels": labels,
+                        "target": None,
                         "answer": None if target is None else target.text,
                         "loss_mask": [] if target is None else target.masked,
                         "n_tokens": count(u["text"]), "meta": {"labelled": u["labelled"], **evidence}, "traps": {}})
@@ -249,24 +260,34 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
         prompt = system_prompt(schema, str(params.get("prompt", "full")))
     except SchemaError as exc:
         fail(f"params.yaml: prepare.prompt: {exc}")
-    metrics = _metrics(records, schema, params, info)
-    rank = {i: k for k, i in enumerate(record_order([r["id"] for r in records], int(params.get("seed", 42))))}
+    primary = [r for r in records if r["rendering"] == 0]
+    metrics = _metrics(primary, schema, params, info)
+    extra = [r for r in records if r["rendering"] > 0]
+    metrics["train_renderings"] = {"notes": len(extra),
+                                   "styles": dict(sorted(Counter(r["style"] for r in extra).items())),
+                                   "over_budget": sum(r["n_tokens"] > int(params["note_tokens"]) for r in extra)}
+    rank = {i: k for k, i in enumerate(record_order([r["id"] for r in primary], int(params.get("seed", 42))))}
+    ordered = sorted(records, key=lambda r: (rank[r["patient"]], r["rendering"]))  # any head: a random sample
+
+    def row(r: dict, split: str) -> dict:
+        messages = [{"role": "system", "content": prompt}, {"role": "user", "content": r["text"]}]
+        answer = _answer(r)
+        if answer is not None:
+            messages.append({"role": "assistant", "content": answer})
+        out = {"id": r["id"], "split": split, "style": r["style"], "time": r["time"], "event": r["event"],
+               "n_tokens": r["n_tokens"], "messages": messages, "labels": r["labels"]}
+        if r.get("loss_mask"):  # answer characters that are placeholders, never trained
+            out.update(loss_mask=r["loss_mask"], untrained=r["meta"]["untrained"])
+        return out
+
     with atomic_dir(out_dir) as tmp:
         for split in OUTPUT_SPLITS:
-            rows = []
-            for r in sorted(records, key=lambda r: rank[r["id"]]):  # any head of a split is a random sample
-                if r["split"] != split:
-                    continue
-                messages = [{"role": "system", "content": prompt}, {"role": "user", "content": r["text"]}]
-                answer = _answer(r)
-                if answer is not None:
-                    messages.append({"role": "assistant", "content": answer})
-                row = {"id": r["id"], "split": split, "style": r["style"], "time": r["time"], "event": r["event"],
-                       "n_tokens": r["n_tokens"], "messages": messages, "labels": r["labels"]}
-                if r.get("loss_mask"):  # answer characters that are placeholders, never trained
-                    row.update(loss_mask=r["loss_mask"], untrained=r["meta"]["untrained"])
-                rows.append(row)
-            write_jsonl(tmp / f"{split}.jsonl", rows)
+            write_jsonl(tmp / f"{split}.jsonl", (row(r, split) for r in ordered
+                                                 if r["split"] == split and r["rendering"] == 0))
+        # training-only renderings of the train patients, kept apart so that train.jsonl stays one row per
+        # patient (the survival fit reads it); sft trains on both
+        write_jsonl(tmp / "train_renderings.jsonl", ({**row(r, "train"), "patient": r["patient"]}
+                                                     for r in ordered if r["rendering"] > 0))
         write_jsonl(tmp / "render_meta.jsonl", ({"id": r["id"], **r["meta"]} for r in records))
         write_json(tmp / "prompt.json", {"system_prompt": prompt, "json_schema": target_json_schema(schema),
                                          "schema": {"name": schema.name, "version": schema.version, "digest": schema.digest},

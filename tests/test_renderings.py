@@ -1,0 +1,53 @@
+"""prepare.renderings_per_patient: every training patient as several notes (other styles, other render seeds),
+each checked against the renderer invariants; train.jsonl stays one row per patient, and sft reads both."""
+import json
+
+
+def _prepare(tmp_path, tiny_llama_dir, name, renderings):
+    from survlm.stages.prepare import prepare
+
+    params = {
+        "source": "support2", "schema": "bundled:support2-v1", "seed": 42, "note_tokens": 600, "prompt": "brief",
+        "styles": ["flowsheet", "discharge", "signout", "progress", "nursing"], "heldout_styles": ["nursing"],
+        "split": {"train": 0.6, "val": 0.1, "pairs": 0.1, "test": 0.2}, "alt_unit_rate": 0.3, "derived_rate": 0.3,
+        "max_patients": 40, "renderings_per_patient": renderings, "workers": 1}
+    out = tmp_path / name
+    metrics = prepare(params, str(tiny_llama_dir), str(out), str(tmp_path / f"{name}.json"))
+    return out, metrics
+
+
+def _rows(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_renderings_per_patient(tiny_llama_dir, tmp_path, schema):
+    from survlm.metrics import tolerance, values_match
+    from survlm.modeling.sft import training_rows
+
+    one, m1 = _prepare(tmp_path, tiny_llama_dir, "one", 1)
+    three, m3 = _prepare(tmp_path, tiny_llama_dir, "three", 3)
+    for split in ("train", "val", "pairs", "test", "test_heldout"):       # the one-per-patient files do not change
+        assert (one / f"{split}.jsonl").read_bytes() == (three / f"{split}.jsonl").read_bytes()
+    assert (one / "train_renderings.jsonl").read_text() == "" and m1["train_renderings"]["notes"] == 0
+    assert m3["patients"] == m1["patients"] == 40 and m3["splits"] == m1["splits"]
+    train = {r["id"]: r for r in _rows(three / "train.jsonl")}
+    extra = _rows(three / "train_renderings.jsonl")
+    assert len(extra) == 2 * len(train) == m3["train_renderings"]["notes"]
+    meta = {m["id"] for m in _rows(three / "render_meta.jsonl")}
+    for r in extra:
+        first = train[r["patient"]]
+        assert r["id"].startswith(r["patient"] + "/r") and r["id"] in meta
+        for f in schema:  # the same patient's values; each note's label is computed from its own written unit
+            a, b = r["labels"][f.name], first["labels"][f.name]
+            assert (a is None) == (b is None)
+            assert a == b if a is None or f.type != "number" else values_match(a, b, tolerance(f)), f.name
+        assert r["messages"][1]["content"] != first["messages"][1]["content"]
+        assert r["messages"][2] != first["messages"][2]                    # evidence spans follow the note
+        assert r["style"] != "nursing"                                    # the held-out style stays held out
+    styles = {}
+    for r in extra:
+        styles.setdefault(r["patient"], {train[r["patient"]]["style"]}).add(r["style"])
+    assert all(len(s) == 3 for s in styles.values())                     # three training styles per patient
+    head = training_rows(three, 2)
+    assert [r["id"] for r in head[:2]] == list(train)[:2]
+    assert sorted(r["id"] for r in head[2:]) == sorted(f"{p}/r{k}" for p in list(train)[:2] for k in (1, 2))
