@@ -81,3 +81,12 @@ def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
     rows = list(csv.DictReader(open(workdir / "c.csv")))
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"]
     assert set(rows[0]) == {"id", "pulse", "pulse_status", "smoker", "smoker_status"}
+
+
+def test_review_page_only_when_asked(tiny_lora_pair, workdir):
+    (workdir / "notes.jsonl").write_text(json.dumps(NOTES[0]) + "\n")
+    assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "a.csv")) == 0
+    assert [p.name for p in workdir.glob("*.html")] == []                 # never by default: it shows note text
+    assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "a.csv", "--review-html", "r.html")) == 0
+    page = (workdir / "r.html").read_text()
+    assert NOTES[0]["text"] in page and page.count("<tr class=") == 3     # the note, and one row per field

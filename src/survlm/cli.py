@@ -99,6 +99,10 @@ def _extract(args) -> int:
                     line[f"{name}_evidence"] = written.get("evidence")
             writer.writerow(line)
     tmp.replace(out)
+    if args.review_html:  # opt-in: the page shows note text
+        from .review import write_review_html
+
+        write_review_html(args.review_html, records, rows, schema.names)
     print(f"{out}: {len(records)} notes x {len(schema.names)} fields; statuses: "
           + ", ".join(f"{k} {v}" for k, v in statuses.most_common()))
     return 0
@@ -167,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--openai-url", default="http://localhost:8000/v1")
     e.add_argument("--openai-model", default=None, help="served base model name (openai backend)")
     e.add_argument("--evidence", action="store_true", help="add <field>_evidence columns (text copied from notes)")
+    e.add_argument("--review-html", metavar="FILE", help="also write an evidence review page (contains note text)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_extract)
     x = sub.add_parser("export", help="merge an adapter into the dequantized NF4 base it was trained on, with proof")
