@@ -55,3 +55,27 @@ def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, 
     summary = run_tasks(backend, [Task("t", None, records[:2] + _records(7)[6:], cut)], sub, SYSTEM,
                         Decoding(max_new_tokens=4, constrained=False), batch_size=5, progress=False)
     assert summary["t"]["resumed"] == 2 and [r["id"] for r in read_rows(cut)] == ["r0", "r1", "r6"]
+
+
+def test_progress_moves_per_answered_prompt_not_per_batch(tiny_llama_dir, schema, tmp_path, monkeypatch):
+    import tqdm
+
+    updates = []
+
+    class Bar:
+        def __init__(self, total, **kw):
+            self.total = total
+
+        def update(self, n):
+            updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm, "tqdm", Bar)
+    sub = schema.subset(["sex"])
+    backend = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
+    task = Task("t", None, _records(5), tmp_path / "t.jsonl")
+    run_tasks(backend, [task], sub, "Extract.", Decoding(max_new_tokens=8, constrained=False), batch_size=5)
+    assert updates == [2, 2, 1]                   # one run_tasks batch, three generate steps of the backend
+    assert backend.progress is None               # the bar is detached when the run ends

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 STRATEGIES = ("greedy", "sample", "beam")
 BACKENDS = ("vllm", "hf", "openai", "auto")
@@ -125,6 +125,12 @@ class Backend:
     """Base class: chat formatting and token counting come from the base model's own tokenizer."""
 
     name = "base"
+    # progress(n): n more prompts answered (set by a caller that shows a bar; None: nobody is watching)
+    progress: Callable[[int], Any] | None = None
+
+    def _advance(self, n: int) -> None:
+        if self.progress is not None:
+            self.progress(n)
 
     def __init__(self, base_dir: str | Path, adapters: dict[str, str | Path], schema, settings: BackendSettings):
         from ..schema import answer_prefix, target_json_schema
@@ -240,7 +246,9 @@ class VLLMBackend(Backend):
         texts = [self.prompt_text(p, d) for p, d in zip(prompts, decodings)]
         t0 = time.perf_counter()
         outs = self.llm.generate(texts, [self._sampling_params(d) for d in decodings],
-                                 lora_request=[self._lora(a) for a in adapters], use_tqdm=False)
+                                 lora_request=[self._lora(a) for a in adapters],
+                                 use_tqdm=self.progress is not None)   # vLLM's own bar, per finished request
+        self._advance(len(texts))
         latency = (time.perf_counter() - t0) / max(len(texts), 1)
         return [[Generation(self._with_prefix(c.text, d), len(o.prompt_token_ids), len(c.token_ids),
                             round(latency, 4), c.finish_reason) for c in o.outputs] for o, d in zip(outs, decodings)]
@@ -280,6 +288,7 @@ class VLLMBackend(Backend):
                 text = self.tokenizer.decode(completion, skip_special_tokens=True)
                 result.append([Generation(self._with_prefix(text, decoding), n_prompt, len(completion),
                                           round(latency, 4), getattr(best, "finish_reason", None))])
+            self._advance(len(texts))
             return result
         return self.generate(prompts, decoding, adapter)  # not beam: the one-batch path
 
@@ -430,6 +439,7 @@ class HFBackend(Backend):
                         row.append(Generation(self._with_prefix(text, decoding), n_prompt, end, round(latency, 4),
                                               reason))
                     result.append(row)
+                self._advance(len(texts))
         return result
 
     _with_prefix = VLLMBackend._with_prefix
@@ -494,8 +504,13 @@ class OpenAIBackend(Backend):
         from concurrent.futures import ThreadPoolExecutor
 
         adapters = self._per_prompt(adapter, len(prompts))
+        def one(job):
+            gens = self._one(job[0], decoding, job[1])
+            self._advance(1)
+            return gens
+
         with ThreadPoolExecutor(max_workers=max(1, int(self.settings.batch_size))) as pool:
-            return list(pool.map(lambda job: self._one(job[0], decoding, job[1]), zip(prompts, adapters)))
+            return list(pool.map(one, zip(prompts, adapters)))
 
 
 def make_backend(name: str, base_dir: str | Path, adapters: dict[str, str | Path], schema,

@@ -129,7 +129,9 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc="extract", unit="chunk")
+        # moves as the backend answers each prompt (a note, or one chunk of a long note), not per batch
+        bar = tqdm(total=len(jobs), desc="extract", unit="prompt")
+        backend.progress = bar.update
     for start in range(0, len(jobs), batch_size):
         batch = jobs[start:start + batch_size]
         prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
@@ -149,9 +151,8 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
                     fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
                 fh.flush()
                 os.fsync(fh.fileno())
-        if bar is not None:
-            bar.update(len(batch))
     if bar is not None:
+        backend.progress = None
         bar.close()
     return summary
 
@@ -201,8 +202,7 @@ def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[
     try:
         tasks = [Task(name, name if path is not None else None, records, work_dir / f"{name}.jsonl")
                  for name, path in adapters.items()]
-        run_tasks(backend, tasks, schema, system_prompt, decoding, batch_size=max(1, len(tasks) * len(records)),
-                  progress=False)
+        run_tasks(backend, tasks, schema, system_prompt, decoding, batch_size=max(1, len(tasks) * len(records)))
     finally:
         backend.close()
     labels = {r["id"]: r["labels"] for r in rows}
