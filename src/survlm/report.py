@@ -194,9 +194,16 @@ def _plt():
     return plt
 
 
+def _have_matplotlib() -> bool:
+    """Plots need matplotlib (a lifelines dependency); an image without it still gets every table."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def plot_field_accuracy(rows: list[dict]) -> str | None:
     rows = [r for r in rows if r.get("split") == "test"]
-    if not rows:
+    if not rows or not _have_matplotlib():
         return None
     plt = _plt()
     fields = list(dict.fromkeys(r["covariate"] for r in rows))
@@ -216,7 +223,7 @@ def plot_field_accuracy(rows: list[dict]) -> str | None:
 
 
 def plot_km(rows: list[dict]) -> str | None:
-    if not rows:
+    if not rows or not _have_matplotlib():
         return None
     plt = _plt()
     cohorts = list(dict.fromkeys(r["cohort"] for r in rows))
@@ -258,7 +265,7 @@ def at_risk_table(rows: list[dict]) -> str:
 def plot_lines(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, hline: float | None = None,
                ylim: tuple | None = None) -> str | None:
     series = {k: v for k, v in series.items() if v}
-    if not series:
+    if not series or not _have_matplotlib():
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
