@@ -96,3 +96,44 @@ def test_resolve_backend():
         resolve_backend("tgi")
     with pytest.raises(ValueError, match="unknown engine setting"):
         BackendSettings.from_params({"max_model_length": 10})
+
+
+def test_qlora_adapter_is_served_on_its_dequantized_nf4_base(tiny_lora_pair, schema, tmp_path):
+    """An adapter whose run record says NF4 is served by vLLM on the NF4 weights dequantized (full-precision
+    kernels) and answers exactly as transformers does on the 4-bit base itself with the PEFT adapter."""
+    import shutil
+
+    base, lora = tiny_lora_pair
+    qlora = tmp_path / "qlora"
+    shutil.copytree(lora, qlora)
+    (qlora / "selected.json").write_text(json.dumps({"quantization": "nf4"}))
+    sub = schema.subset(SUBSET)
+    free = Decoding(max_new_tokens=24, constrained=False)
+    mixed = ["a", None, "a"]
+    v = make_backend("vllm", base, {"a": qlora}, sub, BackendSettings(max_model_len=1024))
+    try:
+        assert v.quantization == "nf4" and v.served_model != str(base)
+        out_v = [o[0].text for o in v.generate(_prompts(3), free, mixed)]
+    finally:
+        v.close()
+    h = HFBackend(base, {"a": qlora}, sub, BackendSettings(batch_size=3))
+    assert h.quantization == "nf4"
+    assert out_v == [o[0].text for o in h.generate(_prompts(3), free, mixed)]
+    plain = HFBackend(base, {"a": lora}, sub, BackendSettings(batch_size=3, quantization="none"))
+    assert out_v != [o[0].text for o in plain.generate(_prompts(3), free, mixed)]   # NF4 rounding is visible
+
+
+def test_engine_quantization_names_the_trained_base(tiny_lora_pair, tmp_path):
+    _, lora = tiny_lora_pair
+    with pytest.raises(ValueError, match="the base the adapters were trained on"):
+        BackendSettings.from_params({"quantization": "bitsandbytes"})
+    assert BackendSettings.from_params({"quantization": None}).quantization == "auto"
+    auto = BackendSettings()
+    assert auto.base_quantization({}) == "none" and auto.base_quantization({"a": str(lora)}) == "none"
+    nf4, full = tmp_path / "nf4", tmp_path / "full"
+    for path, q in ((nf4, "nf4"), (full, "none")):
+        path.mkdir()
+        (path / "dpo_run.json").write_text(json.dumps({"quantization": q}))
+    assert auto.base_quantization({"a": str(nf4)}) == "nf4"
+    with pytest.raises(ValueError, match="trained on different bases"):
+        auto.base_quantization({"a": str(nf4), "b": str(full)})

@@ -59,3 +59,19 @@ def test_merge_rule(schema):
     assert tie["sodium_meq_l"].value == 131.0                 # a tie goes to the chunk that comes first
     failed, _ = merge_chunks(schema, [dict(nulls, ph=FieldResult("bad_value"))], tolerance)
     assert failed["ph"].status == "bad_value"                  # nothing better: the failure is kept
+
+
+def test_token_offsets_give_the_same_chunks_as_counting():
+    """With the note's token starts (one tokenizer pass), spans are counted without re-tokenizing them."""
+    import re
+
+    note = "".join(" ".join(f"w{i}_{j}" for j in range(n)) + "\n" for i, n in enumerate([3, 40, 7, 1, 25, 9] * 5))
+    starts = [m.start() for m in re.finditer(r"\S+", note)]
+    calls = []
+
+    def counting(text):
+        calls.append(text)
+        return words(text)
+
+    assert split_note(note, counting, 12, 4, starts) == split_note(note, words, 12, 4)
+    assert calls == []

@@ -69,7 +69,7 @@ def test_dpo_pair_lengths_follow_chat_template(tiny_llama_dir):
     kept, dropped = select_pairs(tok, [p], max_prompt_length=n_prompt - 1, max_length=1000)
     assert (kept, dropped) == ([], 1)
     kept, dropped = select_pairs(tok, [p], max_prompt_length=n_prompt, max_length=n_full)
-    assert dropped == 0 and set(kept[0]) == {"prompt", "chosen", "rejected"}
+    assert dropped == 0 and kept == [p]
 
 
 def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, tmp_path):
@@ -121,3 +121,69 @@ def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, tmp_path):
     with_sft = run("sigmoid_sft", loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])
     assert plain["gold_logp_change_on"] == with_sft["gold_logp_change_on"] == "eval"
     assert with_sft["gold_logp_change"] > plain["gold_logp_change"] + 1.0
+
+
+SODIUM_SCHEMA = """name: sodium-only
+version: 1
+fields:
+  sodium_meq_l:
+    type: number
+    unit: mEq/L
+    day: 3
+    decimals: 0
+    range: [100, 190]
+    description: Serum sodium on hospital day 3.
+    rule: The day-3 sodium with its unit as written.
+    units: {mEq/L: 1, mmol/L: 1}
+    implicit_unit: mEq/L
+"""
+
+
+def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeypatch):
+    """A one-field schema and an SFT adapter that has learnt its answer; DPO with an absurd learning rate wrecks
+    it. Every DPO checkpoint and the SFT adapter (step 0) are scored in one generation pass, and models/dpo is
+    the SFT adapter, bit for bit, with the run record export and infer read."""
+    import yaml
+
+    from survlm.modeling.sft import train_sft
+    from survlm.stages import dpo
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    (tmp_path / "schema.yaml").write_text(SODIUM_SCHEMA)
+    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(3)))
+    (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(5, 7)))
+    (prepared / "prompt.json").write_text(json.dumps({"schema_path": str(tmp_path / "schema.yaml"),
+                                                      "system_prompt": "Extract the day-3 sodium as JSON."}))
+    (prepared / "render_meta.jsonl").write_text("")
+    # 100 steps on three notes: greedy then writes the right answer on the validation notes
+    train_sft({**BASE_PARAMS, "lr": 1e-2, "max_steps": 100, "save_steps": 100, "eval_notes": 0,
+               "lora": {**BASE_PARAMS["lora"], "r": 8, "alpha": 16}}, prepared, tiny_llama_dir, tmp_path / "sft", None)
+    sft = tmp_path / "sft_best"
+    (tmp_path / "sft" / "checkpoint-100").rename(sft)
+    (sft / "selected.json").write_text(json.dumps({"quantization": "none"}))
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "train.jsonl").write_text("".join(json.dumps(_pair(i, f"14{i}")) + "\n" for i in range(4)))
+    (tmp_path / "pairs" / "eval.jsonl").write_text(json.dumps(_pair(5, "145")) + "\n")
+    monkeypatch.chdir(tmp_path)
+    params = {**DPO_PARAMS, "lr": 1.0, "max_steps": 4, "save_steps": 2, "val_notes": 2,
+              "report": {"backend": "hf", "max_new_tokens": 40, "constrained": True}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
+    dpo.main(["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", str(sft),
+              "--out", "dpo", "--live", "live", "--metrics", "dpo.json"])
+    m = json.loads((tmp_path / "dpo.json").read_text())
+    assert [c["step"] for c in m["validation"]["curve"]] == [0, 2, 4]
+    assert m["sft_field_accuracy"] == 1.0 and m["best_dpo_field_accuracy"] < 1.0
+    assert m["selected"] == "sft" and m["selected_step"] == 0 and m["guarded"] is True
+    assert m["margin_over_sft"] == 0.0 and m["best_dpo_margin_over_sft"] < 0
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "dpo" / f).read_bytes() == (sft / f).read_bytes()
+    run = json.loads((tmp_path / "dpo" / "dpo_run.json").read_text())
+    assert run["quantization"] == "none" and run["selected"] == "sft"
+    assert not list(tmp_path.glob(".dpo*"))
+    # where DPO moved probability, on the eval pair: SFT (the frozen ref copy) against the final policy
+    by_type = m["logp_change_by_pair_type"]
+    assert list(by_type) == ["all", "last_value"] and by_type["all"]["pairs"] == 1
+    rejected = by_type["last_value"]["rejected"]
+    assert rejected["differing_field"]["tokens_per_pair"] > 0 and rejected["shared_fields"]["tokens_per_pair"] == 0
+    assert rejected["answer"]["change_per_pair"] != 0.0

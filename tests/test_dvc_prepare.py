@@ -82,4 +82,6 @@ def test_dvc_prepare_user_file(repo_copy, tiny_llama_dir):
     assert run.returncode == 0, run.stderr[-2000:]
     metrics = json.loads((repo_copy / "metrics" / "prepare.json").read_text())
     assert metrics["patients"] == 20 and metrics["source"] == "path"
-    assert metrics["null_rate"]["sodium_meq_l"] == 0.0 and metrics["null_rate"]["ph"] == 1.0
+    # ph has no label anywhere: unknown, not null
+    assert metrics["null_rate"]["sodium_meq_l"] == 0.0 and metrics["null_rate"]["ph"] is None
+    assert metrics["labelled_rate"]["ph"] == 0.0 and metrics["evidence"]["totals"]["located"] == 20

@@ -7,7 +7,8 @@ import pytest
 
 from survlm.cli import main
 
-NOTES = [{"id": f"n{i}", "text": f"6{i} yo woman. HD3: HR 8{i}, T 37.{i} C. No diabetes."} for i in range(3)]
+NOTES = [{"id": f"n{i}", "text": f"6{i} yo woman. HD3: HR 8{i}, T 37.{i} C. No diabetes.", "mrn": f"M-{i}"}
+         for i in range(3)]
 FIELDS = "sex,diabetes,heart_rate_bpm"
 
 
@@ -32,8 +33,9 @@ def test_extract_csv_and_jsonl_give_the_same_table(tiny_lora_pair, workdir, caps
     a = list(csv.DictReader(open(workdir / "a.csv")))
     b = list(csv.DictReader(open(workdir / "b.csv")))
     assert [r["id"] for r in a] == ["n0", "n1", "n2"] and a == b
-    assert set(a[0]) == {"id", "sex", "diabetes", "heart_rate_bpm", "sex_status", "diabetes_status",
+    assert set(a[0]) == {"id", "mrn", "sex", "diabetes", "heart_rate_bpm", "sex_status", "diabetes_status",
                          "heart_rate_bpm_status", "sex_evidence", "diabetes_evidence", "heart_rate_bpm_evidence"}
+    assert list(a[0])[:2] == ["id", "mrn"] and [r["mrn"] for r in a] == ["M-0", "M-1", "M-2"]  # metadata passes through
     assert all(r["sex_status"] in ("ok", "null", "ungrounded", "invalid_category") for r in a)
     out = capsys.readouterr().out
     assert "3 notes x 3 fields; statuses:" in out and NOTES[0]["text"] not in out   # no note text logged
@@ -80,7 +82,73 @@ def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
                  "--quiet"]) == 0
     rows = list(csv.DictReader(open(workdir / "c.csv")))
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"]
-    assert set(rows[0]) == {"id", "pulse", "pulse_status", "smoker", "smoker_status"}
+    assert set(rows[0]) == {"id", "mrn", "pulse", "pulse_status", "smoker", "smoker_status"}
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("change,expected", [
+    (("--fields", ",,,"), "--fields ',,,': no field names"),
+    (("--batch-size", "0"), "--batch-size: must be at least 1 (got 0)"),
+    (("--max-new-tokens", "-5"), "--max-new-tokens: must be at least 1"),
+    (("--prompt-file", "missing.json"), "missing.json: --prompt-file: cannot read it"),
+    (("--prompt-file", "bad_prompt.json"), "bad_prompt.json: --prompt-file: not a prompt.json"),
+    (("--out", "a_dir"), "--out a_dir: is a directory"),
+    (("--out", "a_file/c.csv"), "--out a_file/c.csv: cannot write in a_file"),
+    (("--base", "models/bse"), "--base models/bse: no such model directory, and not in the local Hugging Face"),
+    # checked after the model loads: the directories made for --out are removed again
+    (("--max-model-len", "60", "--out", "new/deeper/c.csv"), "--max-model-len 60: context 60 leaves no room"),
+])
+def test_extract_refuses_bad_options_in_one_line_and_writes_nothing(tiny_lora_pair, workdir, capsys, change,
+                                                                    expected):
+    (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES))
+    (workdir / "bad_prompt.json").write_text('{"system": 1}')
+    (workdir / "a_dir").mkdir()
+    (workdir / "a_file").write_text("x")
+    before = _files(workdir)
+    args = _args(tiny_lora_pair, "notes.jsonl", "c.csv")
+    for flag, value in zip(change[::2], change[1::2]):
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(expected), err
+    assert _files(workdir) == before
+
+
+def test_extract_serves_the_adapter_on_the_base_it_was_trained_on(tiny_lora_pair, workdir, tmp_path_factory):
+    """An adapter whose run record says QLoRA is served on the NF4 base: its answers are those of the adapter on
+    the 4-bit base, not on the full-precision one; `--quantization` overrides the record."""
+    import shutil
+
+    from survlm.modeling.backends import BackendSettings, Decoding, make_backend
+    from survlm.modeling.extractor import Task, read_rows, run_tasks
+    from survlm.schema import load_schema, system_prompt
+
+    base, lora = tiny_lora_pair
+    qlora = tmp_path_factory.mktemp("qlora") / "sft_best"
+    shutil.copytree(lora, qlora)
+    (qlora / "selected.json").write_text(json.dumps({"step": 2, "quantization": "nf4"}))
+    (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES[:2]))
+    common = ["extract", "notes.jsonl", "--adapter", str(qlora), "--base", str(base), "--backend", "hf",
+              "--fields", "sex", "--max-new-tokens", "40", "--batch-size", "2", "--quiet"]
+    assert main(common + ["--out", "record.csv"]) == 0
+    assert main(common + ["--out", "override.csv", "--quantization", "none"]) == 0
+    sub = load_schema().subset(["sex"])
+    records = [{"id": n["id"], "note": n["text"]} for n in NOTES[:2]]
+    raw = {}
+    for quant in ("nf4", "none"):
+        backend = make_backend("hf", base, {"sft_best": qlora}, sub, BackendSettings(quantization=quant))
+        run_tasks(backend, [Task("x", "sft_best", records, workdir / f"direct-{quant}.jsonl")], sub,
+                  system_prompt(load_schema(), "brief"), Decoding(max_new_tokens=40), progress=False)
+        raw[quant] = [r["raw"] for r in read_rows(workdir / f"direct-{quant}.jsonl")]
+    assert raw["nf4"] != raw["none"]                                 # the base's quantization shows in answers
+    assert [r["raw"] for r in read_rows(workdir / "record.csv.predictions.jsonl")] == raw["nf4"]
+    assert [r["raw"] for r in read_rows(workdir / "override.csv.predictions.jsonl")] == raw["none"]
 
 
 def test_review_page_only_when_asked(tiny_lora_pair, workdir):

@@ -28,7 +28,7 @@ def test_long_note_is_chunked_not_truncated(tiny_llama_dir, schema, tmp_path):
     rows = list(read_rows(out))
     assert [r["n_chunks"] for r in rows] == [len(chunks), 1]
     assert all(r["prompt_tokens"] <= len(chunks) * 200 for r in rows)
-    assert "note" not in json.dumps(rows[0]).replace('"n_chunks"', "")   # no note text in predictions
+    assert "note" not in json.dumps(rows[0]).replace('"n_chunks"', "").replace('"note_sha256"', "")  # no note text
 
 
 def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, tmp_path):
@@ -37,45 +37,86 @@ def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, 
     dec = Decoding(max_new_tokens=10, constrained=False)
     records = _records(5)
     clean = tmp_path / "clean.jsonl"
-    run_tasks(backend, [Task("t", None, records, clean)], sub, SYSTEM, dec, batch_size=2, progress=False)
+    run_tasks(backend, [Task("t", None, records, clean)], sub, SYSTEM, dec, progress=False)
     # an interrupted run: two rows written, then a torn third line
     cut = tmp_path / "cut.jsonl"
     lines = clean.read_text().splitlines(keepends=True)
     cut.write_text("".join(lines[:2]) + lines[2][:15])
     (tmp_path / "cut.jsonl.run.json").write_text((tmp_path / "clean.jsonl.run.json").read_text())
-    summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM, dec, batch_size=2, progress=False)
+    summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM, dec, progress=False)
     assert summary["t"]["resumed"] == 2
     strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
     assert strip(read_rows(cut)) == strip(read_rows(clean))
     # a different decoding is a different run: the file starts over
     summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM,
-                        Decoding(max_new_tokens=4, constrained=False), batch_size=5, progress=False)
+                        Decoding(max_new_tokens=4, constrained=False), progress=False)
     assert summary["t"]["resumed"] == 0 and len(list(read_rows(cut))) == 5
     # fewer (or other) records, same run: rows of records the task no longer has are dropped, the rest kept
     summary = run_tasks(backend, [Task("t", None, records[:2] + _records(7)[6:], cut)], sub, SYSTEM,
-                        Decoding(max_new_tokens=4, constrained=False), batch_size=5, progress=False)
+                        Decoding(max_new_tokens=4, constrained=False), progress=False)
     assert summary["t"]["resumed"] == 2 and [r["id"] for r in read_rows(cut)] == ["r0", "r1", "r6"]
 
 
-def test_progress_moves_per_answered_prompt_not_per_batch(tiny_llama_dir, schema, tmp_path, monkeypatch):
-    import tqdm
+def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema, tmp_path):
+    """An edited note, or another base model with the same config, is asked again; unchanged notes are not."""
+    import shutil
 
-    updates = []
+    import torch
+    from safetensors.torch import load_file, save_file
 
-    class Bar:
-        def __init__(self, total, **kw):
-            self.total = total
+    from survlm.modeling.extractor import note_digest
 
-        def update(self, n):
-            updates.append(n)
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tqdm, "tqdm", Bar)
-    sub = schema.subset(["sex"])
+    sub = schema.subset(["sex", "diabetes"])
     backend = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
-    task = Task("t", None, _records(5), tmp_path / "t.jsonl")
-    run_tasks(backend, [task], sub, "Extract.", Decoding(max_new_tokens=8, constrained=False), batch_size=5)
-    assert updates == [2, 2, 1]                   # one run_tasks batch, three generate steps of the backend
-    assert backend.progress is None               # the bar is detached when the run ends
+    dec = Decoding(max_new_tokens=6, constrained=False)
+    records = _records(4)
+    out = tmp_path / "p.jsonl"
+    run_tasks(backend, [Task("t", None, records, out)], sub, SYSTEM, dec, progress=False)
+    edited = [dict(r) for r in records]
+    edited[2]["note"] = edited[2]["note"].replace("HR 81", "HR 99")      # the same id, another text
+    summary = run_tasks(backend, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)
+    assert summary["t"]["resumed"] == 3
+    rows = {r["id"]: r for r in read_rows(out)}
+    assert sorted(rows) == ["r0", "r1", "r2", "r3"]
+    assert rows["r2"]["note_sha256"] == note_digest(edited[2]["note"]) != note_digest(records[2]["note"])
+
+    other = tmp_path / "other-base"                      # same config.json and tokenizer, other weights
+    shutil.copytree(tiny_llama_dir, other)
+    weights = load_file(other / "model.safetensors")
+    save_file({k: v + 0.01 * torch.ones_like(v) for k, v in weights.items()}, other / "model.safetensors",
+              metadata={"format": "pt"})
+    backend2 = HFBackend(other, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
+    summary = run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)
+    assert summary["t"]["resumed"] == 0 and len(list(read_rows(out))) == 4
+
+
+def test_a_note_that_cannot_be_planned_changes_nothing_on_disk(tiny_llama_dir, schema, tmp_path):
+    import pytest
+
+    from survlm.modeling.extractor import ContextTooSmall
+
+    sub = schema.subset(["sex", "diabetes"])
+    records = _records(2)
+    out = tmp_path / "p.jsonl"
+    small = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=60, batch_size=2))
+    with pytest.raises(ContextTooSmall):
+        run_tasks(small, [Task("t", None, records, out)], sub, SYSTEM, Decoding(max_new_tokens=8), progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_huge_one_line_note_is_planned_from_one_tokenizer_pass(tiny_llama_dir, schema):
+    """A note of one long line (no newlines at all) is cut on whitespace at token offsets: the tokenizer reads the
+    note once, not once per word."""
+    sub = schema.subset(["sex", "diabetes"])
+    backend = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=1))
+    note = " ".join(f"HR {80 + i % 20} T 37.{i % 10} C" for i in range(6000))   # ~36k tokens on one line
+    calls = []
+    real = backend.count_tokens
+    backend.count_tokens = lambda text: calls.append(len(text)) or real(text)
+    chunks = plan_chunks(backend, SYSTEM, note, Decoding(max_new_tokens=64), overlap=32)
+    assert len(calls) <= 2                                  # the note-less prompt, nothing per word
+    assert len(chunks) > 30 and all(c in note for c in chunks)
+    assert note.startswith(chunks[0]) and note.endswith(chunks[-1])
+    prompts = [backend.prompt_text([{"role": "system", "content": SYSTEM}, {"role": "user", "content": c}],
+                                   Decoding(max_new_tokens=64)) for c in chunks]
+    assert max(real(p) for p in prompts) + 64 <= 1024        # every chunk's prompt leaves room for the answer

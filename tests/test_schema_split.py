@@ -37,6 +37,27 @@ def test_user_schema_file(tmp_path, schema):
     ("name: x\nversion: 1\nfields:\n  a:\n    type: category\n    description: d\n    rule: r\n    categories: [x]\n",
      "field a: a category field needs at least two categories"),
     ("name: x\nfields: [\n", "not valid YAML"),
+    # a repeated key would silently win: an error, naming the line of the second one
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n"
+     "  a:\n    type: bool\n    description: e\n    rule: s\n", ":8: duplicate key 'a'"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: category\n    description: d\n    rule: r\n"
+     "    categories: male\n", "field a: categories must be a list"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: category\n    description: d\n    rule: r\n"
+     "    categories: [a, A]\n", "field a: categories repeat a name"),
+    # type errors in values: one line each, never a Python traceback
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: number\n    description: d\n    rule: r\n    unit: g\n"
+     "    units: {g: 1, kg: {factor: many}}\n", "field a: unit kg: a unit conversion is a number"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: number\n    description: d\n    rule: r\n    unit: g\n"
+     "    units: [g]\n", "field a: 'units' must be a mapping"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n    range: [a, 3]\n",
+     "field a: range must be [low, high]"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n    decimals: two\n",
+     "field a: decimals must be a whole number"),
+    ("name: x\nversion: one\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n",
+     "version must be a whole number"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n    day: true\n",
+     "field a: day must be a positive integer"),
+    ("name: x\nversion: 1\nfields: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML"),
 ])
 def test_bad_schema_files_name_file_and_field(tmp_path, body, message):
     p = tmp_path / "bad.yaml"
@@ -44,6 +65,13 @@ def test_bad_schema_files_name_file_and_field(tmp_path, body, message):
     with pytest.raises(SchemaError) as exc:
         load_schema(p)
     assert str(exc.value).startswith(str(p)) and message in str(exc.value)
+
+
+def test_undecodable_schema_file_is_one_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(b"name: x\nversion: 1\nfields: {a: \xff}\n")
+    with pytest.raises(SchemaError, match=r"bad.yaml: undecodable bytes"):
+        load_schema(p)
 
 
 def test_split_is_stratified_seeded_and_disjoint():

@@ -5,8 +5,8 @@
 # e.g. bash scripts/offline_gpu/quality_run.sh params/gpu-smollm2-h200.yaml infer.test_notes=1472
 # Needs the offline bundle installed (install_bundle.sh) and PYTHONPATH=$PWD/src:<bundle target>.
 # START_AT=<stage> skips the stages before it (their outputs must be there already); EXPORT=0 skips the export;
-# STOP_AFTER=<stage> ends the stages there; THROUGHPUT=1 then runs benchmarks/infer_throughput.py (64 test
-# notes, vLLM vs HF, the selected SFT adapter on the NF4 base) into $RESULTS/infer_throughput.json;
+# STOP_AFTER=<stage> ends the stages there; THROUGHPUT=1 then runs benchmarks/infer_throughput.py (128 test
+# notes through each serving variant, 64 through HF; the selected SFT adapter) into $RESULTS/infer_throughput.json;
 # GPUS=N trains sft and dpo with DDP over N GPUs (torchrun; batch sizes are per GPU).
 # Where DVC is installed, `cp PRESET params.yaml && dvc repro` does the same and records dvc.lock.
 set -euo pipefail
@@ -33,7 +33,7 @@ GPU=$(python -c "import torch; print(torch.cuda.get_device_name(0).split()[-1].l
 RESULTS=${RESULTS:-results/$(date -u +%F)-$GPU}
 mkdir -p "$RESULTS" metrics
 STAGES=$(python -c "import yaml; print(' '.join(yaml.safe_load(open('dvc.yaml'))['stages']))")
-collect() {  # what a lease that runs out still leaves: this run's metrics and curves so far
+collect() {  # after every stage, so a run cut short still leaves its metrics and curves so far
     cp params.yaml "$RESULTS/params.yaml"
     # only files this run wrote: the checkout's committed CPU metrics are not results of this run
     { find metrics dvclive -type f -newer "$RESULTS/.started" 2>/dev/null || true; } | while read -r f; do
@@ -68,8 +68,8 @@ for stage in $STAGES; do
     [ "$stage" = "${STOP_AFTER:-}" ] && break
 done
 if [ "${THROUGHPUT:-0}" = 1 ]; then
-    timed infer_throughput python benchmarks/infer_throughput.py --notes 64 --adapter models/sft_best \
-        --quantization bitsandbytes --max-new-tokens 768 --hf-batch 64 --out "$RESULTS/infer_throughput.json"
+    timed infer_throughput python benchmarks/infer_throughput.py --notes 128 --hf-notes 64 --adapter models/sft_best \
+        --max-new-tokens 768 --out "$RESULTS/infer_throughput.json"
 fi
 EXPORT_ADAPTER=models/dpo  # the served adapter; the SFT one where the run stopped before dpo
 [ -f models/dpo/adapter_config.json ] || EXPORT_ADAPTER=models/sft_best

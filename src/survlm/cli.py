@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from .data.userfile import UserDataError, load_user_records
 from .schema import DEFAULT_SCHEMA, SchemaError, load_schema, system_prompt, target_json_schema
+
+DEFAULT_PROMPT_FILE = "data/prepared/prompt.json"
 
 
 def _validate(args) -> int:
@@ -18,7 +22,27 @@ def _validate(args) -> int:
         return 1
     labelled = sum(bool(r["labelled"]) for r in records)
     print(f"{args.file}: {len(records)} records OK ({labelled} with labels; schema {schema.name} v{schema.version})")
+    extra = metadata_columns(records)
+    if extra:
+        print(f"{args.file}: metadata columns (kept and passed through to `survlm extract`): {', '.join(extra)}")
+    if labelled:
+        from collections import Counter
+
+        from .evidence import STATUSES, locate
+
+        found = Counter(loc.status for r in records
+                        for loc in locate(schema, r["text"], {n: r["labels"][n] for n in r["labelled"]}).fields.values())
+        print(f"{args.file}: labels in their notes: " + ", ".join(f"{found.get(s, 0)} {s.replace('_', ' ')}"
+                                                                    for s in STATUSES))
     return 0
+
+
+def metadata_columns(records: list[dict]) -> list[str]:
+    """Columns that are neither id/text/time/event nor schema fields, in first-seen order."""
+    seen: dict[str, None] = {}
+    for r in records:
+        seen.update(dict.fromkeys(r.get("metadata", {})))
+    return list(seen)
 
 
 def _schema(args) -> int:
@@ -31,51 +55,148 @@ def _schema(args) -> int:
     return 0
 
 
-def _extract(args) -> int:
-    """Notes file -> one CSV row per note: canonical values, per-field status (and evidence with --evidence)."""
-    import csv
-    import os
-    from collections import Counter
-    from pathlib import Path
+class _Refused(Exception):
+    """A bad option or input for `extract`: one line, exit 1, nothing written."""
 
+
+def _extract(args) -> int:
+    """Notes file -> one CSV row per note: canonical values, per-field status (and evidence with --evidence).
+
+    Everything that can be checked is checked before the model loads; a failed run removes what it created,
+    except answers already given, which a rerun of the same command resumes from."""
+    out = Path(args.out)
+    created: list[Path] = []
+    raw = out.with_name(out.name + ".predictions.jsonl")  # resumable record of every answer
+    had_raw = raw.exists()
     try:
-        schema = load_schema(args.schema)
-        records = load_user_records(args.notes, schema, require_outcome=False)
-    except (SchemaError, UserDataError) as exc:
+        return _extract_checked(args, out, raw, created)
+    except (_Refused, SchemaError, UserDataError) as exc:
         print(exc, file=sys.stderr)
         return 1
-    if args.fields:
+    except KeyboardInterrupt:
+        print(f"interrupted: answers so far are kept in {raw}; run the same command again to resume"
+              if raw.is_file() else "interrupted: nothing was written", file=sys.stderr)
+        return 130
+    finally:
+        _remove_leftovers(out, raw, had_raw, created)
+
+
+def _remove_leftovers(out, raw, had_raw: bool, created: list) -> None:
+    """A failed or interrupted run leaves only answers worth resuming from: no empty answer file, no run record
+    without answers, no temp file, no directory it made and left empty."""
+    from .stages.common import remove_stale_temps
+
+    if out.parent.is_dir():
+        out.with_name(f".{out.name}.tmp-{os.getpid()}").unlink(missing_ok=True)
+        remove_stale_temps(out)
+        if not had_raw and raw.is_file() and raw.stat().st_size == 0:
+            raw.unlink()
+        if not raw.exists():
+            raw.with_name(raw.name + ".run.json").unlink(missing_ok=True)
+    for d in reversed(created):
+        try:
+            d.rmdir()
+        except OSError:   # not empty: it holds answers to resume from
+            break
+
+
+def _make_out_dir(out, created: list) -> None:
+    """`--out`'s directory, made if missing (and noted, so that a failed run removes it), and writable."""
+    import tempfile
+
+    if out.is_dir():
+        raise _Refused(f"--out {out}: is a directory; give a file name, e.g. {out / 'covariates.csv'}")
+    missing = []
+    parent = out.parent
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except OSError as exc:
+            raise _Refused(f"--out {out}: cannot create directory {d} ({exc.strerror})") from None
+        created.append(d)
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as exc:
+        raise _Refused(f"--out {out}: cannot write in {out.parent} ({exc.strerror})") from None
+    for target in (out, out.with_name(out.name + ".predictions.jsonl")):
+        if target.is_dir() or (target.exists() and not os.access(target, os.W_OK)):
+            raise _Refused(f"--out {out}: {target} is a directory or not writable")
+
+
+def _read_prompt_file(path) -> str:
+    try:
+        system = json.loads(path.read_text(encoding="utf-8"))["system_prompt"]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _Refused(f"{path}: --prompt-file: cannot read it ({type(exc).__name__})") from None
+    except (ValueError, KeyError, TypeError):
+        raise _Refused(f"{path}: --prompt-file: not a prompt.json (JSON with a 'system_prompt' text)") from None
+    if not isinstance(system, str) or not system.strip():
+        raise _Refused(f"{path}: --prompt-file: 'system_prompt' must be non-empty text")
+    return system
+
+
+def _extract_checked(args, out, raw, created: list) -> int:
+    import csv
+    from collections import Counter
+
+    for option, value in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
+                          ("--max-model-len", args.max_model_len)):
+        if value < 1:
+            raise _Refused(f"{option}: must be at least 1 (got {value})")
+    schema = load_schema(args.schema)
+    if args.fields is not None:
         wanted = [f.strip() for f in args.fields.split(",") if f.strip()]
+        if not wanted:
+            raise _Refused(f"--fields {args.fields!r}: no field names (give e.g. --fields age,sex)")
         unknown = [f for f in wanted if f not in schema.names]
         if unknown:
-            print(f"--fields: not in schema {schema.name}: {', '.join(unknown)}", file=sys.stderr)
-            return 1
+            raise _Refused(f"--fields: not in schema {schema.name}: {', '.join(unknown)}")
+        if len(set(wanted)) != len(wanted):
+            raise _Refused(f"--fields: a field is named twice ({args.fields})")
         schema = schema.subset(wanted)
-    prompt_file = Path(args.prompt_file)
-    if prompt_file.is_file():  # the exact instruction the adapter was trained with
-        system = json.loads(prompt_file.read_text(encoding="utf-8"))["system_prompt"]
+    records = load_user_records(args.notes, schema, require_outcome=False)
+    if args.prompt_file is not None:   # the exact instruction the adapter was trained with
+        system = _read_prompt_file(Path(args.prompt_file))
+    elif Path(DEFAULT_PROMPT_FILE).is_file():
+        system = _read_prompt_file(Path(DEFAULT_PROMPT_FILE))
     else:
         system = system_prompt(load_schema(args.schema), args.prompt)
     adapter = None if args.adapter in (None, "none") else Path(args.adapter)
     served = adapter.name if adapter is not None else None   # openai: the server's --lora-modules name
     if adapter is not None and args.backend != "openai" and not (adapter / "adapter_config.json").is_file():
-        print(f"{adapter}: no adapter_config.json (train one with `dvc repro`, or pass --adapter none)",
-              file=sys.stderr)
-        return 1
-    from .modeling.backends import Decoding, make_backend
-    from .modeling.extractor import Task, read_rows, run_tasks
+        raise _Refused(f"{adapter}: no adapter_config.json (train one with `dvc repro`, or pass --adapter none)")
+    from .modeling.backends import Decoding, OpenAIBackendError, make_backend, resolve_backend
+    from .modeling.extractor import ContextTooSmall, Task, read_rows, run_tasks
+    from .modeling.loading import ModelNotFound, local_model
 
-    out = Path(args.out)
-    raw = out.with_name(out.name + ".predictions.jsonl")  # resumable record of every answer
+    try:
+        base = local_model(args.base)
+    except ModelNotFound as exc:
+        raise _Refused(f"--base {exc}") from None
+    _make_out_dir(out, created)
+    backend_name = resolve_backend(args.backend)
     engine = {"max_model_len": args.max_model_len, "batch_size": args.batch_size}
-    if args.backend == "openai":
-        engine.update(openai_base_url=args.openai_url, openai_model=args.openai_model)
-    backend = make_backend(args.backend, args.base, {served: adapter} if adapter else {}, schema, engine)
+    if backend_name == "openai":
+        engine.update(openai_base_url=args.openai_url, openai_model=args.openai_model or args.base)
+    elif args.quantization:   # else the engine reads the adapter's run record (engine quantization: auto)
+        engine["quantization"] = args.quantization
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()   # the weight loader's bars would interleave with ours, and with errors
+    backend = make_backend(backend_name, base, {served: adapter} if adapter else {}, schema, engine)
     try:
         run_tasks(backend, [Task("extract", served,
                                  [{"id": r["id"], "note": r["text"]} for r in records], raw)],
                   schema, system, Decoding(max_new_tokens=args.max_new_tokens, constrained=True),
-                  batch_size=args.batch_size, progress=not args.quiet)
+                  progress=not args.quiet)
+    except ContextTooSmall as exc:
+        raise _Refused(f"--max-model-len {args.max_model_len}: {exc}") from None
+    except OpenAIBackendError as exc:
+        raise _Refused(str(exc)) from None
     finally:
         backend.close()
     rows = {row["id"]: row for row in read_rows(raw)}
@@ -84,11 +205,13 @@ def _extract(args) -> int:
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         cols = ["id"] + schema.names + [f"{n}_status" for n in schema.names]
         cols += [f"{n}_evidence" for n in schema.names] if args.evidence else []
+        meta_cols = [c for c in metadata_columns(records) if c not in cols]
+        cols[1:1] = meta_cols   # the user's own columns (MRN, note date) right after id
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         for r in records:
             fields = rows[r["id"]]["fields"]
-            line = {"id": r["id"]}
+            line = {"id": r["id"], **{c: r.get("metadata", {}).get(c) for c in meta_cols}}
             for name in schema.names:
                 f = fields[name]
                 statuses[f["status"]] += 1
@@ -103,6 +226,7 @@ def _extract(args) -> int:
         from .review import write_review_html
 
         write_review_html(args.review_html, records, rows, schema.names)
+    created.clear()   # a finished run keeps its directories
     print(f"{out}: {len(records)} notes x {len(schema.names)} fields; statuses: "
           + ", ".join(f"{k} {v}" for k, v in statuses.most_common()))
     return 0
@@ -110,8 +234,6 @@ def _extract(args) -> int:
 
 def _export(args) -> int:
     """Faithful merge of a QLoRA adapter (dequantized NF4 base + LoRA), with the logit comparison as proof."""
-    from pathlib import Path
-
     from .modeling.export import ROUTES, adapter_quantization, compare_routes, export_merged
     from .modeling.loading import compute_dtype, load_tokenizer, pick_device
     from .stages.common import first_records, write_json
@@ -162,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--backend", default="auto", choices=["auto", "vllm", "hf", "openai"])
     e.add_argument("--schema", default=DEFAULT_SCHEMA)
     e.add_argument("--fields", help="comma-separated subset of schema fields")
-    e.add_argument("--prompt-file", default="data/prepared/prompt.json",
-                   help="prompt.json written by prepare (the adapter's training instruction)")
+    e.add_argument("--prompt-file", default=None,
+                   help=f"prompt.json written by prepare (the adapter's training instruction; default "
+                        f"{DEFAULT_PROMPT_FILE} where it exists, else the schema's --prompt)")
     e.add_argument("--prompt", default="brief", choices=["brief", "full"], help="used when --prompt-file is absent")
     e.add_argument("--batch-size", type=int, default=32, help="notes per generate call (openai: concurrency)")
     e.add_argument("--max-new-tokens", type=int, default=640)
@@ -173,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--evidence", action="store_true", help="add <field>_evidence columns (text copied from notes)")
     e.add_argument("--review-html", metavar="FILE", help="also write an evidence review page (contains note text)")
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quantization", choices=["nf4", "none"], default=None,
+                   help="how the adapter's base was loaded in training (default: read from the adapter's run record)")
     e.set_defaults(func=_extract)
     x = sub.add_parser("export", help="merge an adapter into the dequantized NF4 base it was trained on, with proof")
     x.add_argument("--adapter", default="models/dpo")
@@ -188,7 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--report", default="metrics/export.json")
     x.set_defaults(func=_export)
     args = ap.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

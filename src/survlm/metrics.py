@@ -100,7 +100,9 @@ def field_errors(f: Field, gold: Any, r: FieldResult, mentions: list[FieldMentio
 
 
 def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dict | None]]) -> dict:
-    """rows: (gold labels, parsed results, render metadata or None) per note -> metrics dict."""
+    """rows: (gold labels, parsed results, render metadata or None) per note -> metrics dict.
+
+    A field missing from a note's gold labels is unlabelled: unknown, not null, so it is not scored."""
     n_notes = 0
     json_valid = 0
     correct = Counter()
@@ -117,6 +119,8 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
         json_valid += answer_is_valid_json(results)
         mentions = mentions_by_field(meta)
         for f in schema:
+            if f.name not in gold:
+                continue
             r = results[f.name]
             statuses[r.status] += 1
             total[f.name] += 1

@@ -26,11 +26,14 @@ SYNTHETIC_TYPES = ("last_value", "first_value", "fabricated", "unit_wrong")
 
 
 def answer_errors(schema: Schema, gold: dict, text: str, note: str, meta: dict | None) -> dict[str, list[str]]:
-    """Field -> error tags for one answer ({} when every field is correct)."""
+    """Field -> error tags for one answer ({} when every field is correct); unlabelled fields (not in gold)
+    are not judged."""
     results = parse_answer(text, schema, note)
     mentions = mentions_by_field(meta)
     out = {}
     for f in schema:
+        if f.name not in gold:
+            continue
         tags = field_errors(f, gold.get(f.name), results[f.name], mentions.get(f.name, []))
         if tags:
             out[f.name] = tags
@@ -140,7 +143,35 @@ def pair_is_valid(schema: Schema, pair: dict, gold: dict, note: str) -> bool:
     if chosen == rejected:
         return False
     results = parse_answer(rejected, schema, note)
-    return not all(is_correct(f, gold.get(f.name), results[f.name]) for f in schema)
+    return not all(is_correct(f, gold[f.name], results[f.name]) for f in schema if f.name in gold)
+
+
+def fill_untrained(pair: dict, names: list[str], source: str) -> dict | None:
+    """A pair whose chosen answer has placeholders (a user's unlabelled or unlocated fields): those fields are
+    copied from `source`, a model answer, into chosen (and into a synthetic rejected, the chosen answer with
+    one field changed), so the pair differs only where the label is known and never teaches a placeholder.
+    None when `source` is no JSON object with those fields."""
+    if not names:
+        return pair
+    obj = _json_object(source)
+    if obj is None or not all(n in obj for n in names):
+        return None
+    out = dict(pair)
+    for side in ("chosen", "rejected") if pair["source"] == "synthetic" else ("chosen",):
+        answer = _json_object(pair[side][0]["content"])
+        if answer is None:
+            return None
+        answer.update({n: obj[n] for n in names})
+        out[side] = [{"role": "assistant", "content": compact_json(answer)}]
+    return None if out["chosen"][0]["content"] == out["rejected"][0]["content"] else out
+
+
+def _json_object(text: str) -> dict | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def summarize(pairs: list[dict]) -> dict[str, Any]:
@@ -152,3 +183,99 @@ def summarize(pairs: list[dict]) -> dict[str, Any]:
     model = sum(p["source"] == "model" for p in pairs)
     return {"pairs": n, "by_error_type": dict(sorted(by_tag.items())), "model_made": model,
             "synthetic": n - model, "model_made_share": round(model / n, 4) if n else None}
+
+
+# --- Where DPO moves probability: answer tokens by class -------------------------------------------------------
+
+TOKEN_CLASSES = ("differing_field", "shared_fields", "null_values", "other_values", "structure", "answer")
+_DECODER = json.JSONDecoder()
+
+
+def value_spans(text: str) -> dict[str, tuple[int, int, Any]]:
+    """Top-level field -> (start, end, value) of its value's characters in a JSON-object answer. Lenient:
+    an answer that stops being JSON (cut off, malformed) keeps the fields parsed before that point."""
+    spans: dict[str, tuple[int, int, Any]] = {}
+    pos = len(text) - len(text.lstrip())
+    if not text.startswith("{", pos):
+        return spans
+    pos += 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "}":
+            return spans
+        try:
+            key, pos = _DECODER.raw_decode(text, pos)
+            while pos < len(text) and text[pos] in " \t\r\n:":
+                pos += 1
+            start = pos
+            value, pos = _DECODER.raw_decode(text, pos)
+        except ValueError:
+            return spans
+        if not isinstance(key, str):
+            return spans
+        spans[key] = (start, pos, value)
+
+
+def differing_fields(chosen: str, rejected: str) -> set[str]:
+    """Fields whose parsed value differs between the two answers (a field one answer lacks differs)."""
+    a, b = value_spans(chosen), value_spans(rejected)
+    return {k for k in set(a) | set(b) if k not in a or k not in b or a[k][2] != b[k][2]}
+
+
+def char_classes(text: str, differing: set[str]) -> list[tuple[int, int, str, str]]:
+    """(start, end, "differing_field" | "shared_fields", "null_values" | "other_values") per field value."""
+    return [(s, e, "differing_field" if k in differing else "shared_fields",
+             "null_values" if v is None else "other_values") for k, (s, e, v) in value_spans(text).items()]
+
+
+def token_classes(offsets: list[tuple[int, int]], spans: list[tuple[int, int, str, str]]) -> list[tuple[str, ...]]:
+    """Classes of each answer token from its (start, end) characters: the field value it overlaps most, else
+    structure (keys, braces, separators, end of turn)."""
+    out = []
+    for s, e in offsets:
+        best, overlap = None, 0
+        for vs, ve, where, kind in spans:
+            o = min(e, ve) - max(s, vs)
+            if o > overlap:
+                best, overlap = (where, kind), o
+        out.append(best or ("structure",))
+    return out
+
+
+def aggregate_logp_changes(rows: list[dict]) -> dict[str, dict]:
+    """rows: one per eval pair, {"tags": [...], "chosen"/"rejected": {class: [tokens, sft nats, dpo nats]}}.
+    -> per pair type (each error tag, and "all"), per answer and class: the mean change of the summed
+    log-prob per pair (DPO - SFT, nats), the change per token, and the SFT log-prob per token."""
+    groups: dict[str, list[dict]] = {"all": rows}
+    for r in rows:
+        for t in r["tags"]:
+            groups.setdefault(t, []).append(r)
+    out = {}
+    for tag in sorted(groups, key=lambda t: (t != "all", t)):
+        members = groups[tag]
+        block: dict[str, Any] = {"pairs": len(members)}
+        for side in ("chosen", "rejected"):
+            cells = {}
+            for cls in TOKEN_CLASSES:
+                tokens = sum(m[side][cls][0] for m in members)
+                sft = sum(m[side][cls][1] for m in members)
+                dpo = sum(m[side][cls][2] for m in members)
+                cells[cls] = {"tokens_per_pair": round(tokens / len(members), 2),
+                              "change_per_pair": round((dpo - sft) / len(members), 4),
+                              "change_per_token": round((dpo - sft) / tokens, 5) if tokens else None,
+                              "sft_per_token": round(sft / tokens, 5) if tokens else None}
+            block[side] = cells
+        out[tag] = block
+    return out
+
+
+def class_sums(classes: list[tuple[str, ...]], sft: list[float], dpo: list[float]) -> dict[str, list[float]]:
+    """Token classes and per-token log-probs of one answer under SFT and DPO -> class: [tokens, sft, dpo]."""
+    sums = {c: [0, 0.0, 0.0] for c in TOKEN_CLASSES}
+    for cls, a, b in zip(classes, sft, dpo):
+        for c in cls + ("answer",):
+            sums[c][0] += 1
+            sums[c][1] += a
+            sums[c][2] += b
+    return sums

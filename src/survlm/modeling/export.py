@@ -11,12 +11,11 @@ that has run a forward is never the one that is merged.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .loading import load_base, load_tokenizer
+from .loading import load_base, load_tokenizer, save_plain, trained_quantization
 
 
 def _peft(model, adapter: Path):
@@ -26,15 +25,9 @@ def _peft(model, adapter: Path):
 
 
 def adapter_quantization(adapter: Path) -> str:
-    """How the base was loaded when this adapter was trained: `nf4` (QLoRA) or `none` (plain LoRA).
-
-    The sft_best (`selected.json`) and dpo (`dpo_run.json`) stages record it; an adapter from elsewhere
+    """How the base was loaded when this adapter was trained: its run record says; an adapter from elsewhere
     is taken to be QLoRA, the case where merging can go wrong."""
-    for name in ("selected.json", "dpo_run.json"):
-        record = adapter / name
-        if record.is_file():
-            return str(json.loads(record.read_text()).get("quantization", "nf4"))
-    return "nf4"
+    return trained_quantization(adapter) or "nf4"
 
 
 def dequantized_merge(base_dir: Path, adapter: Path, device: str, dtype: torch.dtype = torch.float32):
@@ -55,23 +48,9 @@ def faithful_merge(base_dir: Path, adapter: Path, device: str, quantization: str
     return full_precision_merge(base_dir, adapter, device)
 
 
-def _nf4_base(base_dir: Path, device: str):
-    """The NF4 base, computing its inference forward the way the training forward did.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks 4-bit weights on the first eval-mode forward and then
-    multiplies in bf16 (its fused CPU kernel), while training dequantized and multiplied in the compute dtype
-    (fp32 on CPU). That bf16 rounding alone moved the tiny test model's logits by 1e-2: as much as a small
-    adapter delta. The layers' own switch turns the fused path off; on GPUs it does nothing."""
-    model = load_base(base_dir, "nf4", device)
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-    return model
-
-
 def route_models(route: str, base_dir: Path, adapter: Path, device: str):
     if route == "unmerged_4bit":
-        return _peft(_nf4_base(base_dir, device), adapter)
+        return _peft(load_base(base_dir, "nf4", device), adapter)
     if route == "unmerged_full":
         return _peft(load_base(base_dir, "none", device), adapter)
     if route in ("merge_full", "naive_original"):  # one merge; faithful or naive by how the adapter was trained
@@ -79,7 +58,7 @@ def route_models(route: str, base_dir: Path, adapter: Path, device: str):
     if route == "dequantized_merge":
         return dequantized_merge(base_dir, adapter, device)
     if route == "naive_requant":
-        return _peft(_nf4_base(base_dir, device), adapter).merge_and_unload()
+        return _peft(load_base(base_dir, "nf4", device), adapter).merge_and_unload()
     raise ValueError(route)
 
 
@@ -127,9 +106,4 @@ def compare_routes(base_dir: Path, adapter: Path, prompts: list[str], device: st
 def export_merged(base_dir: Path, adapter: Path, out_dir: Path, device: str, dtype: str = "bfloat16",
                   quantization: str = "nf4") -> None:
     model = faithful_merge(base_dir, adapter, device, quantization)
-    model = model.to(getattr(torch, dtype))
-    model.config.quantization_config = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(str(out_dir))
-    load_tokenizer(base_dir).save_pretrained(str(out_dir))
+    save_plain(model.to(getattr(torch, dtype)), out_dir, base_dir)

@@ -4,10 +4,13 @@
 - A note whose prompt would not leave `max_new_tokens` of room in the context is split into overlapping
   chunks (survlm.chunking) and the per-chunk answers are merged per field; such notes are counted. Nothing
   is ever silently truncated.
-- Rows are appended as soon as a note's last chunk is answered; a rerun skips ids already in the output,
-  provided the run's fingerprint (base, adapter files, decoding, prompt, schema) is unchanged. A different
-  fingerprint starts the file over.
-- Rows hold ids, raw answers, parsed fields, statuses, token counts and latency. Never the note text.
+- Rows are appended as soon as a note's last chunk is answered; a rerun skips a note only when a row with
+  its id *and* the SHA-256 of its text is in the output, and the run's fingerprint (the base model's
+  weights, tokenizer and config and how they are quantized, the adapter's files, decoding, prompt, schema,
+  context, chunk overlap) is unchanged. A different fingerprint starts the file over; an edited note is
+  asked again.
+- Rows hold ids, the note text's digest, raw answers, parsed fields, statuses, token counts and latency.
+  Never the note text.
 """
 from __future__ import annotations
 
@@ -23,8 +26,13 @@ from ..extraction import FieldResult, answer_is_valid_json, parse_answer
 from ..metrics import tolerance
 from ..schema import Schema
 from .backends import Backend, Decoding
+from .loading import model_digest
 
 CHUNK_MARGIN_TOKENS = 16   # chat-template tokens that the note-less prompt count can miss at the join
+
+
+class ContextTooSmall(ValueError):
+    """The model context cannot hold the prompt, the answer and any part of a note."""
 
 
 @dataclass
@@ -50,21 +58,30 @@ def row_results(row: dict) -> dict[str, FieldResult]:
     return {name: result_from_json(d) for name, d in row["fields"].items()}
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
-        if f.is_file() and (f.name.startswith("adapter_") or f.name == "config.json"):
-            h.update(f.name.encode())
-            h.update(hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()[:16]
+def _adapter_file(f: Path) -> bool:
+    return f.name.startswith("adapter_") or f.name == "config.json"
 
 
-def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema) -> str:
-    parts = {"base": _file_digest(Path(backend.base_dir) / "config.json") if Path(backend.base_dir).exists()
-             else backend.base_dir,
-             "adapter": _file_digest(Path(backend.adapters[adapter])) if adapter else None,
+def note_digest(text: str) -> str:
+    """What a row remembers of its note: enough to tell an edited note (or another file's) from the one answered."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def base_digest(base_dir: str) -> str:
+    """Every file of the base model's directory (weights, config, tokenizer); a name that is no directory (an
+    openai backend's served model) stands for itself."""
+    path = Path(base_dir)
+    return model_digest(path) if path.exists() else base_dir
+
+
+def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema,
+                chunk_overlap: int = 128) -> str:
+    parts = {"base": base_digest(backend.base_dir),
+             "adapter": model_digest(Path(backend.adapters[adapter]), _adapter_file) if adapter else None,
              "decoding": asdict(decoding), "prompt": system_prompt, "schema": schema.names,
-             "max_context": backend.max_context, "backend": backend.name}
+             "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
+             "quantization": backend.settings.quantization,
+             "chunk_overlap": chunk_overlap}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -72,25 +89,59 @@ def _meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".run.json")
 
 
-def _done_ids(out: Path, fp: str, wanted: set[str]) -> set[str]:
-    """Ids already answered by the same run; drops a torn last line left by a kill mid-write, and rows of
-    records the task no longer has (fewer notes asked for, or another sample of them)."""
-    meta = _meta_path(out)
-    if not out.is_file() or not meta.is_file() or json.loads(meta.read_text()).get("fingerprint") != fp:
-        out.unlink(missing_ok=True)
-        return set()
-    good, ids = [], set()
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _run_fingerprint(out: Path) -> str | None:
+    try:
+        return json.loads(_meta_path(out).read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, ValueError, AttributeError):   # absent, or torn by a kill mid-write
+        return None
+
+
+def _answered(out: Path, fp: str, wanted: dict[str, str]) -> list[str]:
+    """Lines of `out` answered by the same run for a note still wanted with the same text (id and note digest).
+    Reads only. Stops at a torn last line left by a kill mid-write; drops rows of records the task no longer
+    has (fewer notes asked for, another sample of them) or whose text changed."""
+    if not out.is_file() or _run_fingerprint(out) != fp:
+        return []
+    good, seen = [], set()
     with open(out, encoding="utf-8") as fh:
         for line in fh:
             try:
                 row = json.loads(line)
             except ValueError:
                 break
-            if row["id"] in wanted:
+            rid = row.get("id") if isinstance(row, dict) else None
+            if rid in wanted and rid not in seen and row.get("note_sha256") == wanted[rid]:
                 good.append(line if line.endswith("\n") else line + "\n")
-                ids.add(row["id"])
-    out.write_text("".join(good), encoding="utf-8")
-    return ids
+                seen.add(rid)
+    return good
+
+
+def _start_file(out: Path, kept: list[str]) -> None:
+    """Make `out` hold exactly the kept rows of this run, and its run record say so."""
+    if not kept:
+        out.unlink(missing_ok=True)
+        _meta_path(out).unlink(missing_ok=True)
+        return
+    text = "".join(kept)
+    if out.read_text(encoding="utf-8") != text:
+        _write_atomic(out, text)
+
+
+def _open_rows(out: Path, fp: str, task_name: str):
+    """Append handle for `out`; its run record is written first, so rows never exist without one."""
+    if _run_fingerprint(out) != fp:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(_meta_path(out), json.dumps({"fingerprint": fp, "task": task_name}) + "\n")
+    return open(out, "a", encoding="utf-8")
 
 
 def plan_chunks(backend: Backend, system_prompt: str, note: str, decoding: Decoding, overlap: int) -> list[str]:
@@ -99,61 +150,76 @@ def plan_chunks(backend: Backend, system_prompt: str, note: str, decoding: Decod
                                                      {"role": "user", "content": ""}], decoding))
     budget = backend.max_context - decoding.max_new_tokens - bare - CHUNK_MARGIN_TOKENS
     if budget <= overlap:
-        raise ValueError(f"context {backend.max_context} leaves no room for a note chunk: prompt {bare} tokens, "
+        raise ContextTooSmall(f"context {backend.max_context} leaves no room for a note chunk: prompt {bare} tokens, "
                          f"answer {decoding.max_new_tokens}, overlap {overlap}")
-    return [c.text for c in split_note(note, backend.count_tokens, budget, overlap)]
+    return [c.text for c in split_note(note, backend.count_tokens, budget, overlap, _token_starts(backend, note))]
+
+
+def _token_starts(backend: Backend, note: str) -> list[int] | None:
+    """Where each token of the note starts, from one tokenizer pass (None for a tokenizer without offsets)."""
+    tok = backend.tokenizer
+    if not getattr(tok, "is_fast", False):
+        return None
+    offsets = tok(note, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return sorted(start for start, _ in offsets)
 
 
 def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt: str, decoding: Decoding,
-              batch_size: int = 32, chunk_overlap: int = 128, progress: bool = True) -> dict[str, dict]:
-    """Run every task to completion (resuming where possible); returns per-task counters."""
+              chunk_overlap: int = 128, progress: bool = True) -> dict[str, dict]:
+    """Run every task to completion (resuming where possible); returns per-task counters.
+
+    Every note is planned (digested, chunked) before any file is touched, so a note that cannot be planned
+    changes nothing on disk."""
     jobs: list[tuple[int, int, int, str]] = []          # (task, record, chunk index, chunk text)
     n_chunks: dict[tuple[int, int], int] = {}
     summary: dict[str, dict] = {}
     decodings = [task.decoding or decoding for task in tasks]
+    fps = [fingerprint(backend, task.adapter, decodings[t], system_prompt, schema, chunk_overlap)
+           for t, task in enumerate(tasks)]
+    digests = [[note_digest(r["note"]) for r in task.records] for task in tasks]
+    kept: list[list[str]] = []
     for t, task in enumerate(tasks):
-        fp = fingerprint(backend, task.adapter, decodings[t], system_prompt, schema)
-        task.out_path.parent.mkdir(parents=True, exist_ok=True)
-        done = _done_ids(task.out_path, fp, {r["id"] for r in task.records})
-        _meta_path(task.out_path).write_text(json.dumps({"fingerprint": fp, "task": task.name}) + "\n")
-        todo = [(i, r) for i, r in enumerate(task.records) if r["id"] not in done]
+        kept.append(_answered(task.out_path, fps[t], {r["id"]: d for r, d in zip(task.records, digests[t])}))
+        done = {json.loads(line)["id"] for line in kept[t]}
         chunked = 0
-        for i, rec in todo:
+        for i, rec in enumerate(task.records):
+            if rec["id"] in done:
+                continue
             chunks = plan_chunks(backend, system_prompt, rec["note"], decodings[t], chunk_overlap)
             chunked += len(chunks) > 1
             n_chunks[(t, i)] = len(chunks)
             jobs.extend((t, i, c, text) for c, text in enumerate(chunks))
         summary[task.name] = {"notes": len(task.records), "resumed": len(done), "chunked_notes": chunked}
+    for t, task in enumerate(tasks):
+        _start_file(task.out_path, kept[t])
     answers: dict[tuple[int, int], dict[int, object]] = {}
     bar = None
     if progress:
         from tqdm import tqdm
 
-        # moves as the backend answers each prompt (a note, or one chunk of a long note), not per batch
-        bar = tqdm(total=len(jobs), desc="extract", unit="prompt")
-        backend.progress = bar.update
-    for start in range(0, len(jobs), batch_size):
-        batch = jobs[start:start + batch_size]
-        prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
-                   for _, _, _, text in batch]
-        gens = backend.generate(prompts, [decodings[t] for t, _, _, _ in batch],
-                                [tasks[t].adapter for t, _, _, _ in batch])
-        for (t, i, c, text), g in zip(batch, gens):
-            answers.setdefault((t, i), {})[c] = (g, text)
-        finished = [key for key in dict.fromkeys((t, i) for t, i, _, _ in batch)
-                    if len(answers.get(key, {})) == n_chunks[key]]
-        by_task: dict[int, list[dict]] = {}
-        for t, i in finished:
-            by_task.setdefault(t, []).append(_row(tasks[t], i, answers.pop((t, i)), schema))
-        for t, rows in by_task.items():
-            with open(tasks[t].out_path, "a", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+        bar = tqdm(total=sum(len(task.records) for task in tasks), initial=sum(s["resumed"] for s in summary.values()),
+                   desc="extract", unit="note")
+    prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
+               for _, _, _, text in jobs]
+    # The backend answers in its own order (vLLM: as each request finishes); a note's row is written and
+    # synced as soon as its last chunk is answered, so an interrupted run loses at most the notes in flight.
+    answered = backend.stream(prompts, [decodings[t] for t, _, _, _ in jobs], [tasks[t].adapter for t, _, _, _ in jobs])
+    for k, gens in answered:
+        t, i, c, text = jobs[k]
+        answers.setdefault((t, i), {})[c] = (gens, text)
+        if len(answers[(t, i)]) < n_chunks[(t, i)]:
+            continue
+        row = {**_row(tasks[t], i, answers.pop((t, i)), schema), "note_sha256": digests[t][i]}
+        with _open_rows(tasks[t].out_path, fps[t], tasks[t].name) as fh:
+            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if bar is not None:
+            bar.update(1)
     if bar is not None:
-        backend.progress = None
         bar.close()
+    for t, task in enumerate(tasks):   # a task with nothing to answer still leaves its (empty) file
+        _open_rows(task.out_path, fps[t], task.name).close()
     return summary
 
 
@@ -202,7 +268,7 @@ def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[
     try:
         tasks = [Task(name, name if path is not None else None, records, work_dir / f"{name}.jsonl")
                  for name, path in adapters.items()]
-        run_tasks(backend, tasks, schema, system_prompt, decoding, batch_size=max(1, len(tasks) * len(records)))
+        run_tasks(backend, tasks, schema, system_prompt, decoding)
     finally:
         backend.close()
     labels = {r["id"]: r["labels"] for r in rows}

@@ -7,7 +7,10 @@ took 39.6 GiB against 8.8 GiB for ours (H200, benchmarks/results/sft_memory.json
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -61,26 +64,132 @@ def nf4_config(dtype: torch.dtype):
                               bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype)
 
 
+_DIGESTS: dict[tuple, str] = {}   # (path, size, mtime_ns) -> content digest, so a run hashes each file once
+
+
+def _content_digest(f: Path) -> str:
+    st = f.stat()
+    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def model_digest(path: Path, keep=lambda f: True) -> str:
+    """Names and contents of the files under `path` (or of `path` itself) that `keep` selects."""
+    h = hashlib.sha256()
+    files = sorted(path.rglob("*")) if path.is_dir() else [path]
+    for f in files:
+        rel = f.relative_to(path) if path.is_dir() else Path(f.name)
+        if f.is_file() and not any(part.startswith(".") for part in rel.parts) and keep(f):
+            h.update(str(rel).encode())
+            h.update(_content_digest(f).encode())
+    return h.hexdigest()[:16]
+
+
+class ModelNotFound(OSError):
+    """A model name that is neither a directory nor in the local HF cache; the message is one line."""
+
+
+def local_model(base_dir: str | Path) -> str:
+    """A model directory, or an HF id resolved to its snapshot in the local cache; never a hub request.
+
+    Only the `base_model` stage downloads, and only with `model.allow_download: true`; everything after it loads
+    what is on this machine, so a mistyped name fails here at once instead of asking the hub."""
+    path = Path(base_dir)
+    if path.is_dir():
+        return str(path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(str(base_dir), local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached, or not a valid repo id at all
+        raise ModelNotFound(f"{base_dir}: no such model directory, and not in the local Hugging Face cache "
+                            "(run `dvc repro base_model`, or pass a local model directory)") from None
+
+
 def load_base(base_dir: str | Path, quantization: str, device: str, attn_implementation: str = "sdpa"):
     """The base model as training and inference both see it (same quantized weights for both)."""
     from transformers import AutoModelForCausalLM
 
     dtype = compute_dtype(device)
-    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation}
+    kwargs = {"dtype": dtype, "attn_implementation": attn_implementation, "local_files_only": True}
     if quantization == "nf4":
         kwargs["quantization_config"] = nf4_config(dtype)
         kwargs["device_map"] = {"": local_rank() if device == "cuda" else "cpu"}  # this process's GPU
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(local_model(base_dir), **kwargs)
     if quantization != "nf4":
         model.to(f"cuda:{local_rank()}" if device == "cuda" else device)
+    else:
+        # On CPUs with AVX512-BF16, bitsandbytes repacks 4-bit weights on the first eval-mode forward and then
+        # multiplies in bf16 (its fused CPU kernel), while a training forward dequantizes and multiplies in the
+        # compute dtype. Inference must compute like training did: the layers' own switch keeps the training
+        # path (1e-2 logit noise on a tiny model otherwise, as large as a small adapter delta); GPUs ignore it.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     model.config.use_cache = False
     return model
+
+
+def save_plain(model, out_dir: str | Path, tokenizer_dir: str | Path) -> None:
+    """Save a model as an ordinary HF checkpoint (no quantization config) with the base's tokenizer."""
+    model.config.quantization_config = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(str(out_dir))
+    load_tokenizer(tokenizer_dir).save_pretrained(str(out_dir))
+
+
+def trained_quantization(adapter_dir: str | Path) -> str | None:
+    """How the base was loaded when this adapter was trained (`nf4` or `none`), from the run record that the
+    sft (`run.json`, beside its checkpoints), select_ckpt (`selected.json`) and dpo (`dpo_run.json`) stages
+    write; None for an adapter with no record."""
+    adapter_dir = Path(adapter_dir)
+    for record in (adapter_dir / "dpo_run.json", adapter_dir / "selected.json", adapter_dir / "run.json",
+                   adapter_dir.parent / "run.json"):
+        if record.is_file():
+            value = json.loads(record.read_text()).get("quantization")
+            if value in ("nf4", "none"):
+                return value
+    return None
+
+
+SERVED_DIR = ".served"   # beside the base dir: dequantized copies an inference engine loads
+
+
+def dequantized_base(base_dir: str | Path, device: str) -> Path:
+    """The NF4 base exactly as a QLoRA adapter was trained against, dequantized to the compute dtype and saved
+    as a plain checkpoint, so that an inference engine serves the adapter unmerged on those very weights with
+    its fast full-precision kernels instead of 4-bit ones. Made once per base weights (a digest names it)."""
+    base_dir = Path(base_dir)
+    dtype = compute_dtype(device)
+    weights = model_digest(base_dir, keep=lambda f: f.suffix == ".safetensors" or f.name == "config.json")
+    digest = hashlib.sha256((weights + repr(nf4_config(dtype).to_dict())).encode()).hexdigest()[:12]
+    out = base_dir.parent / SERVED_DIR / f"{base_dir.name}-nf4-{str(dtype).split('.')[-1]}-{digest}"
+    if (out / "config.json").is_file():
+        return out
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model = load_base(base_dir, "nf4", device).dequantize(dtype=dtype).to(dtype)
+        save_plain(model, tmp, base_dir)
+        del model
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def load_tokenizer(base_dir: str | Path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(base_dir))
+    tok = AutoTokenizer.from_pretrained(local_model(base_dir), local_files_only=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -93,21 +202,3 @@ def lora_config(params: dict):
     return LoraConfig(r=int(params["r"]), lora_alpha=int(params["alpha"]), lora_dropout=float(params["dropout"]),
                       target_modules=targets if isinstance(targets, str) else list(targets),
                       bias="none", task_type="CAUSAL_LM")
-
-
-def load_adapter_for_inference(base_dir: str | Path, adapter_dir: str | Path | None, quantization: str = "none",
-                               device: str | None = None):
-    """A fresh base (with the quantization the adapter was trained on) plus the adapter, in eval mode.
-
-    Always a new model object: bitsandbytes repacks 4-bit weights on an eval-mode forward, so a model
-    that generates must never be the one that trains or merges.
-    """
-    device = device or pick_device()
-    model = load_base(base_dir, quantization, device)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    model.config.use_cache = True
-    model.eval()
-    return model

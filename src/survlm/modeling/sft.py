@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
 import time
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .loading import compute_dtype, load_base, load_tokenizer, lora_config, pick_device, resolve_quantization
+from .loading import (compute_dtype, is_main_process, load_base, load_tokenizer, lora_config, model_digest,
+                      pick_device, resolve_quantization)
 
 RUN_FILE = "run.json"
 
@@ -36,10 +38,45 @@ def example_lengths(tokenizer, example: dict) -> tuple[int, int]:
     return n_prompt, len(tokenizer(full, add_special_tokens=False)["input_ids"])
 
 
-def _fingerprint(params: dict, quantization: str, files: list[Path]) -> str:
+def mask_placeholders(tokenizer, example: dict, spans: list) -> dict:
+    """A prompt/completion example tokenized as TRL tokenizes it, with the answer's placeholder characters
+    (`loss_mask` spans of a user record: unlabelled fields, evidence that was not located) out of the loss."""
+    messages = example["prompt"] + example["completion"]
+    prompt_ids = tokenizer.apply_chat_template(example["prompt"], tokenize=True, return_dict=True,
+                                               add_generation_prompt=True)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if list(enc["input_ids"]) != list(ids):
+        raise ValueError(f"record {example['id']}: the chat template's text does not tokenize to its ids; "
+                         "cannot place the answer's masked spans")
+    n_prompt = 0
+    while n_prompt < min(len(prompt_ids), len(ids)) and prompt_ids[n_prompt] == ids[n_prompt]:
+        n_prompt += 1
+    at = text.rfind(example["completion"][0]["content"])
+    spans = [(at + a, at + b) for a, b in spans]
+    mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
+    for k, (s, e) in enumerate(enc["offset_mapping"]):
+        if k >= n_prompt and any(s < b and a < e for a, b in spans):
+            mask[k] = 0
+    return {"id": example["id"], "input_ids": list(ids), "completion_mask": mask}
+
+
+def _with_masks(tokenizer, examples: list[dict], rows: list[dict]) -> list[dict]:
+    """All examples pre-tokenized when any record masks part of its answer (a dataset is tokenized or not)."""
+    spans = {r["id"]: r.get("loss_mask") or [] for r in rows}
+    if not any(spans.values()):
+        return examples
+    return [mask_placeholders(tokenizer, ex, spans[ex["id"]]) for ex in examples]
+
+
+def _fingerprint(params: dict, quantization: str, files: list[Path], base_dir: Path) -> str:
+    """Params, data and the base model's files: checkpoints of another base (even one with the same
+    config.json) are never resumed."""
     h = hashlib.sha256(json.dumps({"params": params, "quantization": quantization}, sort_keys=True).encode())
     for f in files:
         h.update(hashlib.sha256(f.read_bytes()).digest())
+    h.update(model_digest(base_dir).encode())
     return h.hexdigest()[:16]
 
 
@@ -143,6 +180,9 @@ def sft_config(params: dict, out_dir: Path, device: str, with_eval: bool):
         use_liger_kernel=liger,
         report_to="none",
         dataloader_num_workers=0,
+        # Tokenizing thousands of 3k-16k-token notes is CPU work a GPU machine's cores can share; on a small
+        # CPU machine the training itself needs them.
+        dataset_num_proc=min(8, os.cpu_count() or 1) if on_cuda else None,
         use_cpu=not on_cuda,
         disable_tqdm=False,           # the Trainer's step bar (rank 0 only): steps, s/step, ETA
     )
@@ -163,20 +203,59 @@ def build_trainer(model, tokenizer, params: dict, train: list[dict], val: list[d
     return trainer
 
 
+def _mean_logged_loss(history: list[dict], result) -> float:
+    losses = [h["loss"] for h in history if "loss" in h]
+    return round(sum(losses) / len(losses) if losses else float(result.training_loss), 5)
+
+
+def last_complete_checkpoint(out_dir: Path) -> str | None:
+    """The newest checkpoint that was written to the end, i.e. whose trainer_state.json (the Trainer writes it
+    last) reads back. A process killed while saving leaves a checkpoint without it: that one is deleted, and
+    the run resumes from the one before."""
+    steps = sorted((p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    for ckpt in steps:
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return str(ckpt)
+        except (OSError, ValueError):
+            if is_main_process():
+                shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
+def _logged_before(row: str, step: int) -> bool:
+    """A whole `step<TAB>value` row (not one torn by the kill) of a step before `step`."""
+    head = row.split("\t", 1)[0]
+    return row.endswith("\n") and "\t" in row and head.isdigit() and int(head) < step
+
+
+def rewind_live(live_dir: Path, checkpoint: str) -> None:
+    """dvclive's curves as they stood at `checkpoint`: the run that was cut off logged steps past it, which the
+    resumed run logs again. The Trainer calls the dvclive callback once per log_history entry, and dvclive counts
+    its own steps from 0, so the checkpoint's history length is where the curves end."""
+    logged = len(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["log_history"])
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines(keepends=True)
+        tsv.write_text("".join(lines[:1] + [x for x in lines[1:] if _logged_before(x, logged)]))
+    summary = live_dir / "metrics.json"
+    if summary.is_file():
+        summary.write_text(json.dumps({**json.loads(summary.read_text()), "step": logged - 1}, indent=4) + "\n")
+
+
 def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, live_dir: Path | None) -> dict:
     """Train (or resume) and return a summary; `live_dir` None skips dvclive."""
     from accelerate import PartialState
-    from transformers.trainer_utils import get_last_checkpoint
 
     device = pick_device()
     quantization = resolve_quantization(str(params.get("quantization", "auto")), device)
     train_path, val_path = prepared_dir / "train.jsonl", prepared_dir / "val.jsonl"
-    fingerprint = _fingerprint(params, quantization, [train_path, val_path, base_dir / "config.json"])
+    fingerprint = _fingerprint(params, quantization, [train_path, val_path], base_dir)
     run_file = out_dir / RUN_FILE
     previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
     resume = None
     if previous.get("fingerprint") == fingerprint and out_dir.is_dir():
-        resume = get_last_checkpoint(str(out_dir))
+        resume = last_complete_checkpoint(out_dir)
     state = PartialState()  # joins the process group when launched on several GPUs (DDP); else one process
     main_process = state.is_main_process
     if main_process:
@@ -190,8 +269,14 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     torch.manual_seed(int(params["seed"]))
     tokenizer = load_tokenizer(base_dir)
     max_length = int(params["max_length"])
-    train, dropped_train = select_examples(tokenizer, _read(train_path, params.get("max_train_notes")), max_length)
-    val, dropped_val = select_examples(tokenizer, _read(val_path, params.get("eval_notes")), max_length)
+    # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
+    train_rows, val_rows = _read(train_path, params.get("max_train_notes")), _read(val_path, params.get("eval_notes"))
+    no_target = sum(len(r["messages"]) != 3 for r in train_rows)
+    train_rows = [r for r in train_rows if len(r["messages"]) == 3]
+    val_rows = [r for r in val_rows if len(r["messages"]) == 3]
+    train, dropped_train = select_examples(tokenizer, train_rows, max_length)
+    val, dropped_val = select_examples(tokenizer, val_rows, max_length)
+    train, val = _with_masks(tokenizer, train, train_rows), _with_masks(tokenizer, val, val_rows)
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
 
@@ -200,6 +285,8 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     if live_dir is not None and main_process:
         from dvclive import Live
 
+        if resume is not None and live_dir.is_dir():
+            rewind_live(live_dir, resume)
         live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False,
                     dvcyaml=None)  # metrics and plots are declared in dvc.yaml; tests must not edit it
     trainer = build_trainer(model, tokenizer, params, train, val, out_dir, device, live)
@@ -213,7 +300,10 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
         "device": device, "quantization": quantization, "liger": trainer.args.use_liger_kernel,
         "resumed_from": resume and Path(resume).name,
         "train_examples": len(train), "dropped_too_long": {"train": dropped_train, "val": dropped_val},
-        "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
+        "without_target": no_target,
+        # from the per-step log, which a resumed run restores: the Trainer's own `training_loss` averages only
+        # the steps this process ran over all steps
+        "steps": trainer.state.global_step, "train_loss": _mean_logged_loss(trainer.state.log_history, result),
         "final_eval_loss": next((round(h["eval_loss"], 5) for h in reversed(trainer.state.log_history)
                                  if "eval_loss" in h), None),
         "train_seconds": round(time.perf_counter() - t0, 1), "peak_mem_gib": round(_peak_memory_gib(device), 3),

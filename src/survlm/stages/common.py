@@ -20,24 +20,57 @@ def load_params(section: str | None = None, path: str | Path = PARAMS_FILE) -> d
     return params if section is None else params.get(section, {})
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Temp siblings `.NAME.tmp-PID` of `final` left by a process that was killed (kill -9, power loss)."""
+    for tmp in final.parent.glob(f".{final.name}.tmp-*") if final.parent.is_dir() else []:
+        pid = tmp.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def atomic_dir(final: str | Path) -> Iterator[Path]:
-    """Write into a sibling temp dir; it replaces `final` only if the block succeeds."""
+def scratch_dir(final: str | Path) -> Iterator[Path]:
+    """A work directory `.NAME.tmp-PID` beside `final`, removed when the block ends, however it ends; one left
+    by a killed process is removed by the next run."""
     final = Path(final)
+    remove_stale_temps(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         yield tmp
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Write into a sibling temp dir; it replaces `final` only if the block succeeds."""
+    final = Path(final)
+    with scratch_dir(final) as tmp:
+        yield tmp
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
     tmp.replace(path)
@@ -90,4 +123,15 @@ def first_records(path: str | Path, limit: int | None) -> list[dict]:
         if limit is not None and len(rows) >= int(limit):
             break
         rows.append(row)
+    return rows
+
+
+def labelled_records(path: str | Path, limit: int | None) -> list[dict]:
+    """The first `limit` records that carry a label: a user's unlabelled notes cannot score a model."""
+    rows = []
+    for row in read_jsonl(path):
+        if limit is not None and len(rows) >= int(limit):
+            break
+        if row.get("labels"):
+            rows.append(row)
     return rows

@@ -1,18 +1,25 @@
 """DVC stage `dpo`: DPO of the selected SFT adapter on data/pairs (reference = frozen copy of the same adapter),
--> models/dpo; then SFT and DPO side by side on validation notes in one generation pass -> metrics/dpo.json.
+saving a checkpoint every `save_steps`; then every DPO checkpoint and the SFT adapter (as step 0) are scored on
+validation notes in one generation pass, and models/dpo becomes the most accurate of them, ties to the earlier
+step: the SFT adapter itself when no DPO checkpoint beats it. -> models/dpo, metrics/dpo.json.
 
 Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stages.dpo` (DDP; `dpo.batch_size` is
-per GPU); rank 0 saves the adapter and runs the report."""
+per GPU); rank 0 saves the adapter and runs the selection."""
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 from pathlib import Path
 
-from .common import atomic_dir, fail, first_records, load_params, load_prompt, read_jsonl, write_json
+from ..selection import dpo_selection
+from .common import (atomic_dir, fail, labelled_records, load_params, load_prompt, read_jsonl, scratch_dir,
+                     write_json)
+from .select_ckpt import checkpoints
 
 REPORT_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "first_value_rate", "json_valid_rate")
+CURVE_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")
 
 
 def side_by_side(sft: dict, dpo: dict) -> dict:
@@ -21,6 +28,19 @@ def side_by_side(sft: dict, dpo: dict) -> dict:
     out["delta"] = {k: (None if sft[k] is None or dpo[k] is None else round(dpo[k] - sft[k], 4)) for k in REPORT_KEYS}
     out["delta"]["errors"] = {t: dpo["errors"][t] - sft["errors"][t] for t in sft["errors"]}
     return out
+
+
+def candidates(train_dir: Path, final_step: int) -> list[tuple[int, Path]]:
+    """Every saved DPO checkpoint, and the final policy where its step has no checkpoint of its own."""
+    found = dict(checkpoints(train_dir))
+    found.setdefault(final_step, train_dir)
+    return sorted(found.items())
+
+
+def copy_adapter(src: Path, dst: Path) -> None:
+    for f in src.iterdir():
+        if f.is_file() and (f.name.startswith("adapter_") or f.name == "README.md"):
+            shutil.copy2(f, dst / f.name)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,24 +68,44 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as scratch:
             train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, Path(scratch), None)
         return
-    with atomic_dir(args.out) as tmp:
-        summary = train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, tmp,
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with scratch_dir(out.with_name(out.name + "-train")) as train_dir:   # a killed run's is removed next time
+        summary = train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, train_dir,
                             Path(args.live))
-        (tmp / "dpo_run.json").write_text(json.dumps({**summary, "sft_adapter": str(sft)}, indent=2) + "\n")
-    print(f"dpo: {summary['steps']} steps on {summary['train_pairs']} pairs in {summary['train_seconds']} s; "
-          f"ref adapter max |diff| from SFT {summary['ref_adapter_max_abs_diff_from_sft']}, "
-          f"policy moved {summary['policy_max_abs_change']:.3g}; gold answers' log-prob changed by "
-          f"{summary['gold_logp_change']} nats ({summary['gold_logp_change_on']})")
-    report = {"train": summary}
-    leave_process_group()  # the report's generation engine must not see the DDP job's ranks
-    if int(params.get("val_notes") or 0) > 0:
-        schema, system = load_prompt(prepared)
-        rows = first_records(prepared / "val.jsonl", params["val_notes"])
-        with tempfile.TemporaryDirectory() as work:
-            m = score_adapters(Path(args.base), {"sft": sft, "dpo": Path(args.out)}, rows, schema, system, prepared,
-                               params.get("report", {}), Path(work))
-        report["validation"] = {"notes": len(rows), **side_by_side(m["sft"], m["dpo"])}
-        print(f"dpo: validation field accuracy SFT {m['sft']['field_accuracy']} -> DPO {m['dpo']['field_accuracy']}")
+        print(f"dpo: {summary['steps']} steps on {summary['train_pairs']} pairs in {summary['train_seconds']} s; "
+              f"ref adapter max |diff| from SFT {summary['ref_adapter_max_abs_diff_from_sft']}, "
+              f"policy moved {summary['policy_max_abs_change']:.3g}; gold answers' log-prob changed by "
+              f"{summary['gold_logp_change']} nats ({summary['gold_logp_change_on']})")
+        report = {"train": summary, "logp_change_by_pair_type": summary.pop("logp_change_by_pair_type")}
+        leave_process_group()  # the selection's generation engine must not see the DDP job's ranks
+        steps = candidates(train_dir, summary["steps"])
+        ship, selection = steps[-1][1], {"selected": "dpo", "selected_step": steps[-1][0], "guarded": False}
+        if int(params.get("val_notes") or 0) > 0:
+            schema, system = load_prompt(prepared)
+            rows = labelled_records(prepared / "val.jsonl", params["val_notes"])
+            names = {0: "sft", **{step: f"checkpoint-{step}" for step, _ in steps}}
+            with tempfile.TemporaryDirectory() as work:
+                m = score_adapters(Path(args.base), {"sft": sft, **{names[st]: p for st, p in steps}}, rows, schema,
+                                   system, prepared, params.get("report", {}), Path(work))
+            curve = [{"step": st, "checkpoint": names[st], **{k: m[names[st]][k] for k in CURVE_KEYS}}
+                     for st in sorted(names)]
+            selection = {**dpo_selection(curve), "guarded": True}
+            ship = sft if selection["selected"] == "sft" else dict(steps)[selection["selected_step"]]
+            best_dpo = names[selection["best_dpo_step"]]
+            report["validation"] = {"notes": len(rows), "curve": curve, "dpo_step": selection["best_dpo_step"],
+                                    **side_by_side(m["sft"], m[best_dpo])}
+            for c in curve:
+                print(f"dpo: validation field accuracy at step {c['step']} ({c['checkpoint']}): {c['field_accuracy']}")
+            print(f"dpo: ships {selection['selected']} (step {selection['selected_step']}), field accuracy "
+                  f"{selection['selected_field_accuracy']} vs SFT {selection['sft_field_accuracy']}")
+        else:
+            print("dpo: val_notes is 0, so no validation guard: the final DPO policy ships unchecked against SFT")
+        with atomic_dir(out) as tmp:
+            copy_adapter(ship, tmp)
+            (tmp / "dpo_run.json").write_text(json.dumps({**summary, "sft_adapter": str(sft), **selection}, indent=2)
+                                              + "\n")
+    report.update(selection)
     write_json(args.metrics, report)
 
 

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for name, group in groups.items():
             t1 = time.perf_counter()
-            counts.update(run_tasks(backend, group, schema, system, greedy, batch_size=int(params["batch_size"]),
+            counts.update(run_tasks(backend, group, schema, system, greedy,
                                     chunk_overlap=int(params["chunk_overlap"])))
             seconds[name] = time.perf_counter() - t1
     finally:

@@ -7,7 +7,7 @@ import argparse
 import random
 from pathlib import Path
 
-from ..pairs import build_pairs, pair_is_valid, summarize
+from ..pairs import build_pairs, fill_untrained, pair_is_valid, summarize
 from .common import (atomic_dir, fail, first_records, load_params, load_prompt, note_of, render_meta, write_json,
                      write_jsonl)
 
@@ -32,6 +32,14 @@ def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, syst
     return out
 
 
+def _trained_labels(record: dict) -> dict:
+    """A user's record judged on the labels its target trains (not unlabelled, unlocated or contradicted ones)."""
+    untrained = set(record.get("untrained") or ())
+    if not untrained:
+        return record
+    return {**record, "labels": {k: v for k, v in record["labels"].items() if k not in untrained}}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prepared", default="data/prepared")
@@ -52,10 +60,16 @@ def main(argv: list[str] | None = None) -> None:
     meta = render_meta(prepared, {r["id"] for r in rows})
     completions = sample_completions(Path(args.base), adapter, rows, schema, system, params)
     rates = params.get("synthetic", {})
-    pairs, fully_correct, n_completions = [], 0, 0
+    pairs, fully_correct, n_completions, unfilled = [], 0, 0, 0
     for r, texts in zip(rows, completions):
+        r = _trained_labels(r)
         got, counters = build_pairs(schema, r, note_of(r), meta.get(r["id"]), texts, rates, int(params["seed"]),
                                     int(params["max_model_rejections"]))
+        if r.get("untrained"):  # placeholders come from the model's answer, or the pair is dropped (counted)
+            filled = [fill_untrained(p, r["untrained"], p["rejected"][0]["content"] if p["source"] == "model"
+                                     else texts[0]) for p in got]
+            unfilled += sum(q is None for q in filled)
+            got = [q for q in filled if q is not None]
         assert all(pair_is_valid(schema, p, r["labels"], note_of(r)) for p in got)
         pairs.extend(got)
         fully_correct += counters["fully_correct"]
@@ -70,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         write_jsonl(tmp / "eval.jsonl", (p for p in pairs if p["id"] in eval_ids))
     summary = summarize(pairs)
     summary.update({"notes": len(rows), "completions": n_completions, "fully_correct_completions": fully_correct,
+                    "dropped_unfilled_placeholders": unfilled,
                     "train_pairs": sum(p["id"] not in eval_ids for p in pairs),
                     "eval_pairs": sum(p["id"] in eval_ids for p in pairs),
                     "by_source_and_type": {src: summarize([p for p in pairs if p["source"] == src])["by_error_type"]

@@ -9,12 +9,14 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..data.support2 import CohortError, load_support2
 from ..data.userfile import UserDataError, load_user_records
+from ..evidence import STATUSES, UNLOCATED_POLICIES, locate, target_text, value_only_item
 from ..extraction import compact_json
 from ..notes.checks import check_note, trap_stats
 from ..notes.render import STYLES, RenderError, render_to_budget
@@ -106,10 +108,40 @@ def _support2_records(params: dict, schema_path: str, base_dir: str, workers: in
     return records, {"styles": styles, "heldout_styles": heldout}
 
 
+def user_target(schema, labels: dict, text: str, policy: str) -> tuple[dict, object]:
+    """One user note: where each label is written, and the answer target built from it.
+
+    Returns (evidence summary for metrics and render_meta, TargetText or None when the record is dropped).
+    Unlabelled fields, labels the note contradicts, and (by `policy`) labels without a located span are
+    placeholders in the target that no loss covers."""
+    ev = locate(schema, text, labels)
+    items, masked, drop = {}, {}, False
+    for f in schema:
+        loc = ev.fields.get(f.name)
+        if loc is None or loc.status == "contradicted":
+            items[f.name], masked[f.name] = None, "value"
+        elif loc.status in ("located", "null"):
+            items[f.name] = loc.item
+        elif policy == "value_only":
+            items[f.name], masked[f.name] = value_only_item(f, labels[f.name]), "evidence"
+        elif policy == "drop_field":
+            items[f.name], masked[f.name] = None, "value"
+        else:
+            drop = True
+    summary = {"status": {n: loc.status for n, loc in ev.fields.items()},
+               "located": {n: list(loc.span) for n, loc in ev.fields.items() if loc.span},
+               "conflict": {n: list(loc.conflict) for n, loc in ev.fields.items() if loc.conflict},
+               "untrained": sorted(masked), **ev.meta()}
+    return summary, None if drop else target_text(schema, items, masked)
+
+
 def _path_records(params: dict, schema, base_dir: str) -> tuple[list[dict], dict]:
     path = params.get("path")
     if not path:
         fail("params.yaml: prepare.path: required when prepare.source is 'path'")
+    policy = str(params.get("unlocated", "value_only"))
+    if policy not in UNLOCATED_POLICIES:
+        fail(f"params.yaml: prepare.unlocated: must be one of {', '.join(UNLOCATED_POLICIES)} (got {policy!r})")
     try:
         users = load_user_records(path, schema)
     except UserDataError as exc:
@@ -117,10 +149,36 @@ def _path_records(params: dict, schema, base_dir: str) -> tuple[list[dict], dict
     count = _token_counter(base_dir)
     seed = int(params.get("seed", 42))
     split_of = assign_splits([u["id"] for u in users], [u["event"] for u in users], params["split"], seed)
-    records = [{"id": u["id"], "split": split_of[u["id"]], "style": "user", "time": u["time"], "event": u["event"],
-                "text": u["text"], "labels": u["labels"], "target": None, "n_tokens": count(u["text"]),
-                "meta": {"labelled": u["labelled"]}, "traps": {}} for u in users]
-    return records, {"styles": ["user"], "heldout_styles": []}
+    records = []
+    for u in users:
+        labels = {n: u["labels"][n] for n in u["labelled"]}  # an unlabelled field is unknown, not null
+        evidence, target = user_target(schema, labels, u["text"], policy)
+        records.append({"id": u["id"], "split": split_of[u["id"]], "style": "user", "time": u["time"],
+                        "event": u["event"], "text": u["text"], "labels": labels, "target": None,
+                        "answer": None if target is None else target.text,
+                        "loss_mask": [] if target is None else target.masked,
+                        "n_tokens": count(u["text"]), "meta": {"labelled": u["labelled"], **evidence}, "traps": {}})
+    contradicted = [(r, n) for r in records for n, st in r["meta"]["status"].items() if st == "contradicted"]
+    for r, name in contradicted[:20]:  # offsets, never the note's words
+        start, end = r["meta"]["conflict"][name]
+        print(f"prepare: {path}: record {r['id']}: {name}: the note contradicts the label (characters {start}-{end}); "
+              "not trained", file=sys.stderr)
+    if len(contradicted) > 20:
+        print(f"prepare: {len(contradicted) - 20} more contradicted labels (metrics/prepare.json lists all)",
+              file=sys.stderr)
+    return records, {"styles": ["user"], "heldout_styles": [], "unlocated": policy}
+
+
+def _evidence_metrics(records: list[dict], schema, policy: str) -> dict:
+    """Per field: how many labels were located, null, ambiguous, not found, contradicted."""
+    by_field = {f.name: Counter(r["meta"]["status"][f.name] for r in records if f.name in r["meta"]["status"])
+                for f in schema}
+    return {"unlocated": policy,
+            "by_field": {n: {s: c.get(s, 0) for s in STATUSES} for n, c in by_field.items() if c},
+            "totals": {s: sum(c.get(s, 0) for c in by_field.values()) for s in STATUSES},
+            "records_dropped": sum(r["answer"] is None for r in records),
+            "contradicted": [{"id": r["id"], "field": n} for r in records
+                             for n, st in r["meta"]["status"].items() if st == "contradicted"]}
 
 
 def _metrics(records: list[dict], schema, params: dict, info: dict) -> dict:
@@ -147,13 +205,28 @@ def _metrics(records: list[dict], schema, params: dict, info: dict) -> dict:
         "note_tokens": {"budget": int(params["note_tokens"]), "mean": round(statistics.fmean(tokens), 1),
                         "p50": pct(0.5), "p95": pct(0.95), "max": tokens[-1],
                         "over_budget": sum(t > int(params["note_tokens"]) for t in tokens)},
-        "null_rate": {f.name: round(sum(r["labels"][f.name] is None for r in records) / len(records), 4)
-                      for f in schema},
+        # over the notes that label the field; an unlabelled field is unknown, not null
+        "null_rate": {f.name: _rate(sum(r["labels"][f.name] is None for r in records if f.name in r["labels"]),
+                                    sum(f.name in r["labels"] for r in records)) for f in schema},
+        "labelled_rate": {f.name: round(sum(f.name in r["labels"] for r in records) / len(records), 4)
+                          for f in schema},
         "first_mention_wrong_rate": round(statistics.fmean([t["first_wrong"] for t in traps]), 4) if traps else None,
         "last_mention_wrong_rate": round(statistics.fmean([t["last_wrong"] for t in traps]), 4) if traps else None,
         "source_out_of_range": dict(sorted(out_of_range.items())),
-        "with_target": sum(r["target"] is not None for r in records),
+        "with_target": sum(_answer(r) is not None for r in records),
+        **({"evidence": _evidence_metrics(records, schema, info["unlocated"])} if "unlocated" in info else {}),
     }
+
+
+def _rate(a: int, b: int) -> float | None:
+    return round(a / b, 4) if b else None
+
+
+def _answer(r: dict) -> str | None:
+    """The assistant turn: the rendered note's target, or the one built from a user's located labels."""
+    if r.get("answer") is not None:
+        return r["answer"]
+    return None if r["target"] is None else compact_json(r["target"])
 
 
 def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dict:
@@ -185,11 +258,14 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
                 if r["split"] != split:
                     continue
                 messages = [{"role": "system", "content": prompt}, {"role": "user", "content": r["text"]}]
-                if r["target"] is not None:
-                    messages.append({"role": "assistant", "content": compact_json(r["target"])})
-                rows.append({"id": r["id"], "split": split, "style": r["style"], "time": r["time"],
-                             "event": r["event"], "n_tokens": r["n_tokens"], "messages": messages,
-                             "labels": r["labels"]})
+                answer = _answer(r)
+                if answer is not None:
+                    messages.append({"role": "assistant", "content": answer})
+                row = {"id": r["id"], "split": split, "style": r["style"], "time": r["time"], "event": r["event"],
+                       "n_tokens": r["n_tokens"], "messages": messages, "labels": r["labels"]}
+                if r.get("loss_mask"):  # answer characters that are placeholders, never trained
+                    row.update(loss_mask=r["loss_mask"], untrained=r["meta"]["untrained"])
+                rows.append(row)
             write_jsonl(tmp / f"{split}.jsonl", rows)
         write_jsonl(tmp / "render_meta.jsonl", ({"id": r["id"], **r["meta"]} for r in records))
         write_json(tmp / "prompt.json", {"system_prompt": prompt, "json_schema": target_json_schema(schema),
@@ -208,6 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     m = prepare(load_params("prepare"), args.base, args.out, args.metrics)
     print(f"prepared {m['patients']} notes: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items())
           + f"; tokens mean {m['note_tokens']['mean']}, max {m['note_tokens']['max']}")
+    if "evidence" in m:
+        e, t = m["evidence"], m["evidence"]["totals"]
+        print(f"labels: {t['located']} located in their notes, {t['null']} null, {t['ambiguous']} ambiguous and "
+              f"{t['not_found']} not found ({e['unlocated']}), {t['contradicted']} contradicted by the note (not "
+              f"trained); {e['records_dropped']} records without a target")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .common import atomic_dir, first_records, load_params, load_prompt, write_json
+from ..selection import choose_checkpoint
+from .common import atomic_dir, labelled_records, load_params, load_prompt, write_json
 
 
 def checkpoints(sft_dir: Path) -> list[tuple[int, Path]]:
@@ -17,8 +18,8 @@ def checkpoints(sft_dir: Path) -> list[tuple[int, Path]]:
 
 
 def choose_best(curve: list[dict]) -> dict:
-    """Highest field accuracy; ties go to the earlier step (less training, same answer quality)."""
-    return max(curve, key=lambda c: (c["field_accuracy"], -c["step"]))
+    """Highest field accuracy; ties go to the earlier step (the rule dpo applies too)."""
+    return choose_checkpoint(curve)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     params = load_params("select_ckpt")
     prepared, sft_dir = Path(args.prepared), Path(args.sft)
-    rows = first_records(prepared / "val.jsonl", params["val_notes"])
+    rows = labelled_records(prepared / "val.jsonl", params["val_notes"])
     run = json.loads((sft_dir / "run.json").read_text())
     found = checkpoints(sft_dir)
     steps = ([(0, None)] if params.get("include_zero_shot", True) else []) + found

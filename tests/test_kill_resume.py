@@ -1,0 +1,197 @@
+"""kill -9 in the middle of each long step (sft, dpo, infer, extract), then the same command again: the outputs
+equal an uninterrupted run's, and nothing half-written is left behind. Real subprocesses, tiny models, CPU."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from test_sft import BASE_PARAMS, _record, run_stage
+
+pytestmark = pytest.mark.slow
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+def _start(args: list[str], cwd: Path, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    t0 = time.monotonic()
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before it could be killed")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            pytest.fail("the run never reached the point to kill it at")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.is_file() else 0
+
+
+def _rows(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "latency_s"} for x in path.read_text().splitlines()]
+
+
+def _same_tensors(a: Path, b: Path, atol: float) -> None:
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys()
+    assert max(float((ta[k] - tb[k]).abs().max()) for k in ta) <= atol
+
+
+NOTES = [{"id": f"n{i}", "text": f"6{i} yo woman. HD3: HR 8{i}, T 37.{i} C. No diabetes."} for i in range(4)]
+
+
+def test_extract_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, tmp_path):
+    base, lora = tiny_lora_pair
+    (tmp_path / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES))
+
+    def cmd(out):
+        return ["-m", "survlm.cli", "extract", "notes.jsonl", "--adapter", str(lora), "--base", str(base),
+                "--out", out, "--backend", "hf", "--fields", "sex,heart_rate_bpm", "--max-new-tokens", "200",
+                "--batch-size", "1", "--quiet"]
+
+    assert _start(cmd("clean.csv"), tmp_path).wait(300) == 0
+    proc = _start(cmd("cut.csv"), tmp_path)
+    _kill_when(proc, lambda: _lines(tmp_path / "cut.csv.predictions.jsonl") >= 1)
+    assert not (tmp_path / "cut.csv").exists()
+    assert _start(cmd("cut.csv"), tmp_path).wait(300) == 0
+    assert (tmp_path / "cut.csv").read_text() == (tmp_path / "clean.csv").read_text()
+    assert _rows(tmp_path / "cut.csv.predictions.jsonl") == _rows(tmp_path / "clean.csv.predictions.jsonl")
+    assert not list(tmp_path.glob(".*tmp*"))
+
+    # Ctrl-C: one line that says how to resume, exit 130, no traceback; the same command then finishes the table
+    with open(tmp_path / "int.err", "w") as err:
+        proc = _start(cmd("int.csv"), tmp_path, stderr=err)
+        while _lines(tmp_path / "int.csv.predictions.jsonl") < 1:
+            assert proc.poll() is None
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 130
+    said = (tmp_path / "int.err").read_text()
+    assert "Traceback" not in said and said.strip().splitlines()[-1] == (
+        "interrupted: answers so far are kept in int.csv.predictions.jsonl; run the same command again to resume")
+    assert _start(cmd("int.csv"), tmp_path).wait(300) == 0
+    assert (tmp_path / "int.csv").read_text() == (tmp_path / "clean.csv").read_text()
+
+
+def _infer_workdir(root: Path, base: Path, lora: Path) -> Path:
+    work = root
+    prepared = work / "prepared"
+    prepared.mkdir(parents=True)
+    system = "Extract the fields as JSON."
+    for split, n in (("test", 3), ("test_heldout", 2), ("val", 0)):
+        rows = [{"id": f"{split}{i}", "labels": {},
+                 "messages": [{"role": "system", "content": system},
+                              {"role": "user", "content": f"{split} {i}: 6{i} yo man, HD3 HR 8{i}."},
+                              {"role": "assistant", "content": "{}"}]} for i in range(n)]
+        (prepared / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1", "system_prompt": system}))
+    params = {"adapter": str(lora), "baselines": ["zero_shot"], "test_notes": 3, "heldout_notes": 2,
+              "backend": "hf", "max_new_tokens": 64, "constrained": False, "batch_size": 1, "chunk_overlap": 16,
+              "seed": 0, "decoding_comparison": {"val_notes": 0}, "engine": {"max_model_len": 1024, "batch_size": 1}}
+    (work / "params.yaml").write_text(yaml.safe_dump({"infer": params}))
+    (work / "base").symlink_to(base)
+    return work
+
+
+def test_infer_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, tmp_path):
+    base, lora = tiny_lora_pair
+    args = ["-m", "survlm.stages.infer", "--prepared", "prepared", "--base", "base", "--out", "predictions",
+            "--metrics", "infer.json"]
+    clean, cut = _infer_workdir(tmp_path / "clean", base, lora), _infer_workdir(tmp_path / "cut", base, lora)
+    assert _start(args, clean).wait(300) == 0
+    proc = _start(args, cut)
+    _kill_when(proc, lambda: _lines(cut / "predictions" / "test.jsonl") >= 2)
+    assert _start(args, cut).wait(300) == 0
+    files = sorted(p.relative_to(clean) for p in (clean / "predictions").rglob("*.jsonl"))
+    assert files == sorted(p.relative_to(cut) for p in (cut / "predictions").rglob("*.jsonl")) and len(files) == 4
+    for f in files:
+        assert _rows(cut / f) == _rows(clean / f), f
+    metrics = {name: json.loads((d / "infer.json").read_text())["tasks"] for name, d in (("clean", clean), ("cut", cut))}
+    assert metrics["cut"]["dpo/test"]["resumed"] >= 2
+    for task, m in metrics["clean"].items():
+        assert {k: v for k, v in m.items() if k != "resumed"} == {k: v for k, v in metrics["cut"][task].items()
+                                                                 if k != "resumed"}
+
+
+def _sft_workdir(root: Path, base: Path) -> Path:
+    prepared = root / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(3)))
+    (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(5, 7)))
+    (root / "base").symlink_to(base)
+    params = {**BASE_PARAMS, "max_steps": 6, "save_steps": 2, "eval_steps": 2}
+    (root / "params.yaml").write_text(yaml.safe_dump({"sft": params}))
+    return root
+
+
+def test_sft_killed_while_saving_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path):
+    args = ["--prepared", "prepared", "--base", "base", "--out", "sft", "--live", "live", "--metrics", "sft.json"]
+    clean, cut = _sft_workdir(tmp_path / "clean", tiny_llama_dir), _sft_workdir(tmp_path / "cut", tiny_llama_dir)
+    run_stage([], "sft", args, clean)
+    proc = _start(["-m", "survlm.stages.sft", *args], cut)
+    _kill_when(proc, lambda: (cut / "sft" / "checkpoint-4" / "trainer_state.json").is_file())
+    # as a kill between the Trainer's writes leaves it: checkpoint-4 without its trainer_state.json (written last)
+    (cut / "sft" / "checkpoint-4" / "trainer_state.json").unlink()
+    shutil.rmtree(cut / "sft" / "checkpoint-6", ignore_errors=True)
+    run_stage([], "sft", args, cut)
+    summary = {d: json.loads((d / "sft.json").read_text()) for d in (clean, cut)}
+    assert summary[cut]["resumed_from"] == "checkpoint-2"
+    assert summary[cut]["checkpoints"] == summary[clean]["checkpoints"] == ["checkpoint-2", "checkpoint-4",
+                                                                            "checkpoint-6"]
+    assert summary[cut]["train_loss"] == pytest.approx(summary[clean]["train_loss"], abs=1e-4)
+    for step in (4, 6):
+        _same_tensors(clean / "sft" / f"checkpoint-{step}" / "adapter_model.safetensors",
+                      cut / "sft" / f"checkpoint-{step}" / "adapter_model.safetensors", atol=1e-5)
+    history = {d: [(h["step"], round(h["loss"], 3)) for h in json.loads(
+        (d / "sft" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"] if "loss" in h]
+        for d in (clean, cut)}
+    assert history[cut] == history[clean] and len(history[cut]) == 6
+    for curve in ("loss.tsv", "eval/loss.tsv"):                 # the dvclive curves: no step logged twice
+        rows = {d: [x.split("\t") for x in (d / "live" / "plots" / "metrics" / curve).read_text().splitlines()[1:]]
+                for d in (clean, cut)}
+        assert [r[0] for r in rows[cut]] == [r[0] for r in rows[clean]], curve
+        assert [float(r[1]) for r in rows[cut]] == pytest.approx([float(r[1]) for r in rows[clean]], abs=1e-4)
+
+
+def test_dpo_killed_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path):
+    from test_dpo import DPO_PARAMS, _pair, _sft_adapter
+
+    prepared, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
+    args = ["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft_best",
+            "--out", "dpo", "--live", "live", "--metrics", "dpo.json"]
+    works = {}
+    for name in ("clean", "cut"):
+        work = works[name] = tmp_path / name
+        (work / "pairs").mkdir(parents=True)
+        (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(_pair(i, f"14{i}")) + "\n" for i in range(6)))
+        (work / "pairs" / "eval.jsonl").write_text("")
+        shutil.copytree(sft_adapter, work / "sft_best")
+        (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
+        (work / "params.yaml").write_text(yaml.safe_dump({"dpo": {**DPO_PARAMS, "max_steps": 6, "val_notes": 0}}))
+    clean, cut = works["clean"], works["cut"]
+    run_stage([], "dpo", args, clean)
+    proc = _start(["-m", "survlm.stages.dpo", *args], cut)
+    _kill_when(proc, lambda: _lines(cut / "live" / "plots" / "metrics" / "loss.tsv") >= 3)
+    assert list(cut.glob(".dpo*.tmp-*"))                     # what the kill left: its training directory
+    run_stage([], "dpo", args, cut)
+    assert not list(cut.glob(".dpo*.tmp-*"))
+    _same_tensors(clean / "dpo" / "adapter_model.safetensors", cut / "dpo" / "adapter_model.safetensors", atol=1e-6)
+    train = {d: json.loads((d / "dpo.json").read_text())["train"] for d in (clean, cut)}
+    for key in ("steps", "train_loss", "last_step", "policy_max_abs_change", "ref_adapter_max_abs_diff_from_sft"):
+        assert train[cut][key] == train[clean][key], key
+    curves = [(d / "live" / "plots" / "metrics" / "loss.tsv").read_text() for d in (clean, cut)]
+    assert curves[0] == curves[1] and len(curves[0].splitlines()) == 1 + 6
