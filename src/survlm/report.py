@@ -39,7 +39,8 @@ HEADLINE_PATHS: dict[str, list[tuple[str, str]]] = {
             ("gold_logp_change", "train.gold_logp_change"),
             ("ref_max_abs_diff_from_sft", "train.ref_adapter_max_abs_diff_from_sft"),
             ("val_field_accuracy_sft", "validation.sft.field_accuracy"),
-            ("val_field_accuracy_dpo", "validation.dpo.field_accuracy")],
+            ("val_field_accuracy_dpo", "validation.dpo.field_accuracy"),
+            ("selected", "selected"), ("selected_step", "selected_step"), ("margin_over_sft", "margin_over_sft")],
     "infer": [("backend", "backend")],
 }
 
