@@ -58,7 +58,7 @@ def project(tmp_path, schema, support2_rows, monkeypatch):
             sft.append(_row(schema, r, compact_json(answer)))
         (preds / "baselines" / "sft" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"survival": {
-        "rsf_trees": 10, "n_jobs": 1, "refit_min_notes": 20}}}))
+        "rsf_trees": 10, "n_jobs": 1, "refit_min_notes": 20}, "bootstrap": {"resamples": 200, "seed": 0}}}))
     monkeypatch.chdir(tmp_path)
     return recs
 
@@ -85,8 +85,30 @@ def test_evaluate_on_known_predictions(project):
     assert ev["extraction_heldout"]["notes"] == 6
     rows = json.loads(open("metrics/plots/per_field_accuracy.json").read())
     assert {r["model"] for r in rows} == {"dpo", "sft", "zero_shot", "regex"}
-    km = json.loads(open("metrics/plots/km_risk_tertiles.json").read())
-    assert {"time", "gold_low", "gold_high", "extracted_low", "extracted_high"} <= set(km[0])
+    assert {r["split"] for r in rows} == {"test", "test_heldout"} and all("field" not in r for r in rows)
+    assert {(r["split"], r["model"], r["covariate"]): r["accuracy"] for r in rows}[("test", "sft", "sex")] == \
+        test["sft"]["per_field"]["sex"]
+    errors = json.loads(open("metrics/plots/field_errors.json").read())
+    assert {"split": "test", "model": "sft", "covariate": "sex", "error": "wrong_category", "count": n_female} in errors
+    assert not [e for e in errors if e["model"] == "dpo"]
+    km = json.loads(open("metrics/plots/km_risk_groups.json").read())
+    cohorts = {r["cohort"] for r in km}
+    assert cohorts == {"extracted test notes: gold vs dpo (40 patients)", "whole test split: gold vs regex (40 patients)"}
+    for cohort in cohorts:   # every source's curves are on the same patients: same at-risk totals at time 0
+        first = [r for r in km if r["cohort"] == cohort and r["time"] == 0.0]
+        by_source = {}
+        for r in first:
+            by_source[r["source"]] = by_source.get(r["source"], 0) + r["at_risk"]
+        assert len(by_source) == 2 and set(by_source.values()) == {40}
+    assert all(r["lower"] <= r["survival"] <= r["upper"] for r in km)
+    dpo_ci = test["dpo"]["ci95"]["field_accuracy"]
+    assert dpo_ci == [1.0, 1.0]                               # right on every resample
+    lo, hi = test["sft"]["ci95"]["field_accuracy"]
+    assert lo < test["sft"]["field_accuracy"] < hi
+    assert s["ci95"]["cindex_gap_dpo"] == [0.0, 0.0]          # same covariates, same patients: no gap at all
+    lo, hi = s["ci95"]["cindex_gold"]
+    assert lo < s["cindex_gold"] < hi
+    assert s["full_test"]["ci95"]["cindex_regex"] is not None
     report = open("metrics/report.md").read()
     assert "C-index(DPO) - C-index(gold) = 0.0" in report and "| sft |" in report
     assert test["sft"]["per_field_errors"]["sex"] == {"wrong_category": n_female}

@@ -149,3 +149,12 @@ def test_extract_serves_the_adapter_on_the_base_it_was_trained_on(tiny_lora_pair
     assert raw["nf4"] != raw["none"]                                 # the base's quantization shows in answers
     assert [r["raw"] for r in read_rows(workdir / "record.csv.predictions.jsonl")] == raw["nf4"]
     assert [r["raw"] for r in read_rows(workdir / "override.csv.predictions.jsonl")] == raw["none"]
+
+
+def test_review_page_only_when_asked(tiny_lora_pair, workdir):
+    (workdir / "notes.jsonl").write_text(json.dumps(NOTES[0]) + "\n")
+    assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "a.csv")) == 0
+    assert [p.name for p in workdir.glob("*.html")] == []                 # never by default: it shows note text
+    assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "a.csv", "--review-html", "r.html")) == 0
+    page = (workdir / "r.html").read_text()
+    assert NOTES[0]["text"] in page and page.count("<tr class=") == 3     # the note, and one row per field

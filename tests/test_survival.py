@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from survlm.survival import SUPPORT_NORMALS, Encoder, SurvivalModels, eval_times, harrell_c, risk_tertile_km
+from survlm.survival import SUPPORT_NORMALS, Encoder, SurvivalModels, eval_times, harrell_c, risk_group_km
 
 
 @pytest.fixture(scope="module")
@@ -54,5 +54,9 @@ def test_models_rank_risk_and_degrade_with_noise(schema):
     bad = m.evaluate(noisy, time[300:], event[300:], grid)
     assert good["cox_harrell"] > 0.65 and good["cox_harrell"] - bad["cox_harrell"] > 0.1
     assert 0 < good["cox_ibs"] < bad["cox_ibs"] < 0.5
-    km = risk_tertile_km(m.risks(labels[300:])["cox"], time[300:], event[300:], np.array([0.0, 500.0]))
-    assert set(km) == {"low", "middle", "high"} and km["low"][1] > km["high"][1]
+    km = risk_group_km(m.risks(labels[300:])["cox"], time[300:], event[300:], np.array([0.0, 500.0]))
+    assert set(km) == {"low", "middle", "high"} and km["low"]["survival"][1] > km["high"]["survival"][1]
+    assert sum(c["at_risk"][0] for c in km.values()) == 100
+    for c in km.values():
+        assert c["at_risk"][1] < c["at_risk"][0] and c["lower"][1] <= c["survival"][1] <= c["upper"][1]
+    assert km["high"]["lower"][1] < km["high"]["survival"][1] < km["high"]["upper"][1]   # events: a real band

@@ -222,6 +222,10 @@ def _extract_checked(args, out, raw, created: list) -> int:
                     line[f"{name}_evidence"] = written.get("evidence")
             writer.writerow(line)
     tmp.replace(out)
+    if args.review_html:  # opt-in: the page shows note text
+        from .review import write_review_html
+
+        write_review_html(args.review_html, records, rows, schema.names)
     created.clear()   # a finished run keeps its directories
     print(f"{out}: {len(records)} notes x {len(schema.names)} fields; statuses: "
           + ", ".join(f"{k} {v}" for k, v in statuses.most_common()))
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--openai-url", default="http://localhost:8000/v1")
     e.add_argument("--openai-model", default=None, help="served base model name (openai backend)")
     e.add_argument("--evidence", action="store_true", help="add <field>_evidence columns (text copied from notes)")
+    e.add_argument("--review-html", metavar="FILE", help="also write an evidence review page (contains note text)")
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--quantization", choices=["nf4", "none"], default=None,
                    help="how the adapter's base was loaded in training (default: read from the adapter's run record)")

@@ -68,19 +68,16 @@ class Encoder:
         return X
 
 
-def harrell_c(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
-    """Harrell's C: over comparable pairs, the share where the one that failed first has the higher risk; risk
-    ties count 1/2. A pair is comparable when an event at t_i precedes the other's time, or the other is
-    censored at that same time (as lifelines and scikit-survival count it). O(n^2) and plain on purpose."""
+def harrell_c(time, event, risk) -> float:
+    """Harrell's C (scikit-survival's `concordance_index_censored`): over comparable pairs, the share where the
+    one that failed first has the higher risk; risk ties count 1/2. NaN when no pair is comparable."""
+    from sksurv.metrics import concordance_index_censored
+
     time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
-    num = den = 0.0
-    for i in range(len(time)):
-        if not event[i]:
-            continue
-        later = (time > time[i]) | ((time == time[i]) & (event == 0))
-        den += later.sum()
-        num += (risk[i] > risk[later]).sum() + 0.5 * (risk[i] == risk[later]).sum()
-    return float(num / den) if den else float("nan")
+    try:
+        return float(concordance_index_censored(event.astype(bool), time, risk)[0])
+    except (ValueError, ZeroDivisionError):   # every row censored, or no comparable pair
+        return float("nan")
 
 
 def structured(time, event):
@@ -160,16 +157,25 @@ def eval_times(train_time, test_time, n: int = 20) -> np.ndarray:
     return grid[(grid > test_time.min()) & (grid < min(test_time.max(), np.max(train_time)))]
 
 
-def risk_tertile_km(risk: np.ndarray, time, event, grid: np.ndarray) -> dict[str, np.ndarray]:
-    """Kaplan-Meier survival of the low/middle/high tertiles of predicted risk, read on a shared time grid."""
+def risk_group_km(risk, time, event, grid) -> dict[str, dict[str, np.ndarray]]:
+    """Kaplan-Meier survival of the low/middle/high tertiles of predicted risk on a shared time grid: per group
+    the survival, its 95 % confidence band (lifelines' exponential Greenwood) and the number still at risk."""
     from lifelines import KaplanMeierFitter
 
-    time, event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
+    risk, time, event = np.asarray(risk, dtype=float), np.asarray(time, dtype=float), np.asarray(event, dtype=int)
+    grid = np.asarray(grid, dtype=float)
     groups = np.digitize(risk, np.quantile(risk, [1 / 3, 2 / 3]))
     out = {}
     for g, label in enumerate(("low", "middle", "high")):
         mask = groups == g
         if mask.sum():
             km = KaplanMeierFitter().fit(time[mask], event[mask])
-            out[label] = np.asarray(km.survival_function_at_times(grid), dtype=float)
+            band = km.confidence_interval_survival_function_
+            # the band is indexed by the fitted timeline: read it as a step function at the grid times
+            at = np.searchsorted(band.index.to_numpy(dtype=float), grid, side="right") - 1
+            lower, upper = (np.where(at >= 0, band.iloc[np.clip(at, 0, None), k].to_numpy(dtype=float), 1.0)
+                            for k in (0, 1))
+            out[label] = {"survival": np.asarray(km.survival_function_at_times(grid), dtype=float),
+                          "lower": lower, "upper": upper,
+                          "at_risk": np.array([(time[mask] >= t).sum() for t in grid], dtype=int)}
     return out

@@ -99,7 +99,7 @@ def dpo_config(params: dict, out_dir: Path, device: str, with_eval: bool):
         report_to="none",
         dataloader_num_workers=0,
         use_cpu=not on_cuda,
-        disable_tqdm=True,
+        disable_tqdm=False,           # the Trainer's step bar (rank 0 only): steps, s/step, ETA
     )
 
 

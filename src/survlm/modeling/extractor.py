@@ -269,7 +269,7 @@ def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[
     try:
         tasks = [Task(name, name if path is not None else None, records, work_dir / f"{name}.jsonl")
                  for name, path in adapters.items()]
-        run_tasks(backend, tasks, schema, system_prompt, decoding, progress=False)
+        run_tasks(backend, tasks, schema, system_prompt, decoding)
     finally:
         backend.close()
     labels = {r["id"]: r["labels"] for r in rows}

@@ -195,7 +195,7 @@ def sft_config(params: dict, out_dir: Path, device: str, with_eval: bool):
         # CPU machine the training itself needs them.
         dataset_num_proc=min(8, os.cpu_count() or 1) if on_cuda else None,
         use_cpu=not on_cuda,
-        disable_tqdm=True,
+        disable_tqdm=False,           # the Trainer's step bar (rank 0 only): steps, s/step, ETA
     )
 
 

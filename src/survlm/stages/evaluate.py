@@ -17,6 +17,8 @@ from .common import load_params, load_prompt, note_of, read_jsonl, render_meta, 
 MODELS = ("dpo", "sft", "zero_shot", "regex")
 HEADLINE = ("field_accuracy", "fabrication_rate", "omission_rate", "last_value_rate", "first_value_rate",
             "json_valid_rate", "unit_errors", "grounding_failures")
+CI_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")
+KM_GRID_POINTS = 120
 
 
 def _values(results) -> dict:
@@ -39,14 +41,28 @@ def load_model_results(pred_dir: Path, split: str, schema, records: dict[str, di
     return out
 
 
-def extraction_metrics(schema, records: dict, meta: dict, results: dict[str, dict], ids: list[str]) -> dict:
+def extraction_metrics(schema, records: dict, meta: dict, results: dict[str, dict], ids: list[str],
+                       boot: dict | None = None) -> dict:
+    """score() per model on the same notes, with `ci95`: a percentile bootstrap over notes (`boot` params)."""
+    from ..bootstrap import bootstrap_ci
     from ..metrics import score
 
-    return {model: score(schema, [(records[i]["labels"], res[i], meta.get(i)) for i in ids])
-            for model, res in results.items() if all(i in res for i in ids)}
+    out = {}
+    for model, res in results.items():
+        if not all(i in res for i in ids):
+            continue
+        rows = [(records[i]["labels"], res[i], meta.get(i)) for i in ids]
+        out[model] = score(schema, rows)
+        if boot is not None:
+            out[model]["ci95"] = bootstrap_ci(lambda idx: {k: v for k, v in score(schema, [rows[j] for j in idx]).items()
+                                                           if k in CI_KEYS}, len(rows), **boot)
+    return out
 
 
-def survival_block(models, records: dict, results: dict[str, dict], ids: list[str], train_time) -> dict:
+def survival_block(models, records: dict, results: dict[str, dict], ids: list[str], train_time,
+                   boot: dict | None = None) -> dict:
+    """Cox/RSF metrics per covariate source on the same notes; with `boot`, `ci95`: bootstrap intervals of the
+    Cox Harrell C per source and of each source's paired gap to gold (same resampled patients)."""
     from ..survival import eval_times
 
     time = np.array([records[i]["time"] for i in ids], dtype=float)
@@ -59,7 +75,23 @@ def survival_block(models, records: dict, results: dict[str, dict], ids: list[st
     sources.update({m: [_values(res[i]) for i in ids] for m, res in results.items() if all(i in res for i in ids)})
     for name, labels in sources.items():
         out[name] = models.evaluate(labels, time, event, grid)
+    if boot is not None:
+        out["ci95"] = cindex_ci(models, sources, time, event, boot)
     return out
+
+
+def cindex_ci(models, sources: dict[str, list[dict]], time, event, boot: dict) -> dict:
+    from ..bootstrap import bootstrap_ci
+    from ..survival import harrell_c
+
+    risks = {name: models.risks(labels)["cox"] for name, labels in sources.items()}
+
+    def stats(idx):
+        c = {name: harrell_c(time[idx], event[idx], r[idx]) for name, r in risks.items()}
+        return {**{f"cindex_{n}": v for n, v in c.items()},
+                **{f"cindex_gap_{n}": v - c["gold"] for n, v in c.items() if n != "gold"}}
+
+    return bootstrap_ci(stats, len(time), **boot)
 
 
 def refit_block(schema, records: dict, results: dict[str, dict], ids: list[str], params: dict) -> dict | None:
@@ -88,6 +120,10 @@ def refit_block(schema, records: dict, results: dict[str, dict], ids: list[str],
     return out
 
 
+def _ci_text(ci) -> str:
+    return "" if not ci else f" (95 % CI {ci[0]} to {ci[1]})"
+
+
 def report_md(ev: dict) -> str:
     lines = ["# survlm evaluation", ""]
     for split, by_model in ev["extraction_by_model"].items():
@@ -108,7 +144,8 @@ def report_md(ev: dict) -> str:
         lines.append("")
     s = ev["survival"]
     lines += ["## Survival (models fit on train gold covariates)", "",
-              f"Extracted test notes: {s['notes']}. Headline: C-index(DPO) - C-index(gold) = {s['cindex_gap_dpo']}.",
+              f"Extracted test notes: {s['notes']}. Headline: C-index(DPO) - C-index(gold) = {s['cindex_gap_dpo']}"
+              f"{_ci_text((s.get('ci95') or {}).get('cindex_gap_dpo'))}.",
               "", "| covariates | Cox Harrell C | Cox Uno C | Cox IBS | RSF Harrell C | RSF IBS |", "|---|---|---|---|---|---|"]
     for name, m in s.get("by_source", {}).items():
         if isinstance(m, dict):
@@ -122,6 +159,46 @@ def report_md(ev: dict) -> str:
     return "\n".join(lines)
 
 
+def plot_rows(ev: dict) -> dict[str, list[dict]]:
+    """Plot data from the metrics: field accuracy and error tags per (split, model, covariate).
+
+    The schema field is called `covariate` here: DVC's plots reserve the key `field`."""
+    acc, errs = [], []
+    for split, by_model in ev["extraction_by_model"].items():
+        for model, m in by_model.items():
+            acc += [{"split": split, "model": model, "covariate": f, "accuracy": a} for f, a in m["per_field"].items()]
+            errs += [{"split": split, "model": model, "covariate": f, "error": tag, "count": n}
+                     for f, tags in m.get("per_field_errors", {}).items() for tag, n in tags.items()]
+    return {"per_field_accuracy": acc, "field_errors": errs}
+
+
+def km_rows(models, records: dict, cohorts: dict[str, tuple[list[str], dict[str, list[dict]]]]) -> list[dict]:
+    """KM step curves by predicted-risk tertile: per cohort, every covariate source on the *same* patients
+    (each source's Cox risk makes its own tertiles), with the 95 % band and the number at risk."""
+    from ..survival import risk_group_km
+
+    rows = []
+    for cohort, (ids, sources) in cohorts.items():
+        if len(ids) < 3:
+            continue
+        time = np.array([records[i]["time"] for i in ids], dtype=float)
+        event = np.array([records[i]["event"] for i in ids], dtype=int)
+        end = float(np.quantile(time, 0.95))
+        grid = np.linspace(0.0, end, KM_GRID_POINTS)
+        if len(ids) <= KM_GRID_POINTS:   # few patients: every event time, so each step sits where it happened
+            grid = np.union1d(grid, time[(event == 1) & (time <= end)])
+        ticks = set(np.linspace(0, len(grid) - 1, 6).round().astype(int).tolist())
+        label = f"{cohort}: {' vs '.join(sources)} ({len(ids)} patients)"
+        for source, labels in sources.items():
+            km = risk_group_km(models.risks(labels)["cox"], time, event, grid)
+            for group, curve in km.items():
+                rows += [{"cohort": label, "source": source, "risk_group": group, "time": round(float(t), 1),
+                          "survival": round(float(curve["survival"][j]), 4), "lower": round(float(curve["lower"][j]), 4),
+                          "upper": round(float(curve["upper"][j]), 4), "at_risk": int(curve["at_risk"][j]),
+                          "tick": j in ticks} for j, t in enumerate(grid)]
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prepared", default="data/prepared")
@@ -130,9 +207,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--plots", default="metrics/plots")
     ap.add_argument("--report", default="metrics/report.md")
     args = ap.parse_args(argv)
-    from ..survival import SurvivalModels, risk_tertile_km
+    from ..survival import SurvivalModels
 
     params = load_params("evaluate")
+    boot_params = params.get("bootstrap", {})
+    boot = {"resamples": int(boot_params.get("resamples", 1000)), "seed": int(boot_params.get("seed", 0))}
     prepared, preds = Path(args.prepared), Path(args.predictions)
     schema, _ = load_prompt(prepared)
     train = list(read_jsonl(prepared / "train.jsonl"))
@@ -140,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     models = SurvivalModels(schema, [r["labels"] for r in train], train_time, [r["event"] for r in train],
                             params.get("survival", {}))
     ev: dict = {"extraction_by_model": {}}
-    per_field_rows, km_rows = [], []
+    km: list[dict] = []
     survival: dict = {}
     for split in ("test", "test_heldout"):
         records = {r["id"]: r for r in read_jsonl(prepared / f"{split}.jsonl")}
@@ -149,19 +228,18 @@ def main(argv: list[str] | None = None) -> None:
         extracted = [i for i in records if all(i in results[m] for m in results)]
         if not extracted:
             continue
-        by_model = extraction_metrics(schema, records, meta, results, extracted)
-        ev["extraction_by_model"][split] = by_model
-        for model, m in by_model.items():
-            per_field_rows += [{"split": split, "model": model, "field": f, "accuracy": a}
-                               for f, a in m["per_field"].items()]
+        ev["extraction_by_model"][split] = extraction_metrics(schema, records, meta, results, extracted, boot)
         if split != "test":
             continue
-        block = survival_block(models, records, results, extracted, train_time)
+        block = survival_block(models, records, results, extracted, train_time, boot)
         full_ids = list(records)
-        full = survival_block(models, records, {"regex": results["regex"]}, full_ids, train_time)
-        survival = {"notes": block["notes"], "by_source": {k: v for k, v in block.items() if isinstance(v, dict)},
-                    "full_test": {"notes": full["notes"], "by_source": {k: v for k, v in full.items()
-                                                                         if isinstance(v, dict)}},
+        full = survival_block(models, records, {"regex": results["regex"]}, full_ids, train_time, boot)
+
+        def sources_of(b):
+            return {k: v for k, v in b.items() if isinstance(v, dict) and k != "ci95"}
+
+        survival = {"notes": block["notes"], "by_source": sources_of(block), "ci95": block.get("ci95"),
+                    "full_test": {"notes": full["notes"], "by_source": sources_of(full), "ci95": full.get("ci95")},
                     "refit_on_extracted": refit_block(schema, records, results, extracted, params.get("survival", {}))}
         src = survival["by_source"]
         for name in ("gold",) + MODELS:
@@ -170,19 +248,13 @@ def main(argv: list[str] | None = None) -> None:
             survival[f"ibs_{name}"] = src.get(name, {}).get("cox_ibs")
         gold_c, dpo_c = survival["cindex_gold"], survival["cindex_dpo"]
         survival["cindex_gap_dpo"] = None if gold_c is None or dpo_c is None else round(dpo_c - gold_c, 4)
-        # KM by risk tertile on every test note: gold covariates vs the main extractor's (notes it answered)
+        # KM curves: gold vs the main extractor on the notes it answered; gold vs regex on the whole split
         km_source = "dpo" if "dpo" in results else "regex"
-        grid = np.linspace(0, float(np.quantile([r["time"] for r in records.values()], 0.95)), 60)
-        curves = {}
-        for name in ("gold", "extracted"):
-            ids = full_ids if name == "gold" else [i for i in full_ids if i in results[km_source]]
-            labels = [records[i]["labels"] if name == "gold" else _values(results[km_source][i]) for i in ids]
-            if len(ids) >= 3:
-                km = risk_tertile_km(models.risks(labels)["cox"], [records[i]["time"] for i in ids],
-                                     [records[i]["event"] for i in ids], grid)
-                curves.update({f"{name}_{k}": v for k, v in km.items()})
-        km_rows = [{"time": round(float(t), 1), **{k: round(float(v[j]), 4) for k, v in curves.items()}}
-                   for j, t in enumerate(grid)]
+        km = km_rows(models, records, {
+            "extracted test notes": (extracted, {"gold": [records[i]["labels"] for i in extracted],
+                                                 km_source: [_values(results[km_source][i]) for i in extracted]}),
+            "whole test split": (full_ids, {"gold": [records[i]["labels"] for i in full_ids],
+                                            "regex": [_values(results["regex"][i]) for i in full_ids]})})
         survival["km_extracted_source"] = km_source
     primary = ev["extraction_by_model"].get("test", {})
     main_model = "dpo" if "dpo" in primary else "regex"
@@ -193,8 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     ev["extraction_heldout"] = None if held is None else {k: held.get(k) for k in HEADLINE + ("notes",)}
     ev["survival"] = survival
     write_json(args.metrics, ev)
-    write_json(Path(args.plots) / "per_field_accuracy.json", per_field_rows)
-    write_json(Path(args.plots) / "km_risk_tertiles.json", km_rows)
+    for name, rows in {**plot_rows(ev), "km_risk_groups": km}.items():
+        write_json(Path(args.plots) / f"{name}.json", rows)
     Path(args.report).write_text(report_md(ev), encoding="utf-8")
     print(f"evaluate: test field accuracy ({main_model}) {m.get('field_accuracy')}; C-index gold "
           f"{survival.get('cindex_gold')} vs {main_model} {survival.get('cindex_' + main_model)}")
