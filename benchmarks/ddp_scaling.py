@@ -3,8 +3,8 @@
 
 The one-process run accumulates N micro-batches per optimizer step, and the N-process run does one micro-batch
 on each GPU. So both runs take the same optimizer steps on the same examples, and their loss curves should
-agree within noise. speedup = one-process training seconds / N-process training seconds; the target of
-issue 7 is >= 1.8 on 2 GPUs. Params come from ./params.yaml (the stage's section), with max_steps, batch
+agree within noise. speedup = one-process training seconds / N-process training seconds; the target is
+>= 1.8 on 2 GPUs. Params come from ./params.yaml (the stage's section), with max_steps, batch
 and checkpointing overridden here; the inputs are the pipeline's own (data/prepared, models/base, and for
 dpo data/pairs and models/sft_best).
 

@@ -1,4 +1,4 @@
-"""scripts/offline_gpu/quality_run.sh, the DVC-less runner for offline GPU leases: stage order from dvc.yaml,
+"""scripts/offline_gpu/quality_run.sh, the DVC-less runner for offline GPU machines: stage order from dvc.yaml,
 params overrides, START_AT / STOP_AFTER, the throughput row and the export's adapter, and what lands in results/.
 The runner is the unit here, so the stages are stand-ins that record that they ran and write a metric."""
 import json

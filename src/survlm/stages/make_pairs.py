@@ -21,9 +21,15 @@ def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, syst
     sampled = Decoding.from_params(params, strategy="sample", n=int(params["samples"]))
     prompts = [[{"role": "system", "content": system}, {"role": "user", "content": note_of(r)}] for r in rows]
     decodings = [greedy] * len(rows) + ([sampled] * len(rows) if int(params["samples"]) > 0 else [])
+    from tqdm import tqdm
+
     backend = make_backend(params.get("backend", "auto"), base, {"sft": adapter}, schema, params.get("engine"))
+    gens: list = [None] * len(decodings)
     try:
-        gens = backend.generate(prompts * (len(decodings) // len(rows)), decodings, "sft")
+        with tqdm(total=len(decodings), desc="make_pairs", unit="answer") as bar:
+            for i, answers in backend.stream(prompts * (len(decodings) // len(rows)), decodings, "sft"):
+                gens[i] = answers
+                bar.update(1)
     finally:
         backend.close()
     out = [[g.text for g in gens[i]] for i in range(len(rows))]
