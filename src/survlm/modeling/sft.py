@@ -270,7 +270,8 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     if previous.get("fingerprint") == fingerprint and out_dir.is_dir():
         resume = last_complete_checkpoint(out_dir)
     state = PartialState()  # joins the process group when launched on several GPUs (DDP); else one process
-    main_process = state.is_main_process
+    # the launcher's RANK as well: a worker whose process group is not up must still not write rank 0's files
+    main_process = state.is_main_process and is_main_process()
     if main_process:
         if resume is None:
             shutil.rmtree(out_dir, ignore_errors=True)
