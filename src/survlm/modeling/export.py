@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .loading import load_base, load_tokenizer, save_plain, trained_quantization
+from .loading import dequantized_nf4, load_base, load_tokenizer, save_plain, trained_quantization
 
 
 def _peft(model, adapter: Path):
@@ -32,8 +32,7 @@ def adapter_quantization(adapter: Path) -> str:
 
 def dequantized_merge(base_dir: Path, adapter: Path, device: str, dtype: torch.dtype = torch.float32):
     """The NF4 base as trained, dequantized exactly, with the adapter merged in."""
-    model = load_base(base_dir, "nf4", device).dequantize(dtype=dtype).to(dtype)
-    return _peft(model, adapter).merge_and_unload()
+    return _peft(dequantized_nf4(base_dir, device, dtype), adapter).merge_and_unload()
 
 
 def full_precision_merge(base_dir: Path, adapter: Path, device: str):

@@ -159,6 +159,11 @@ def trained_quantization(adapter_dir: str | Path) -> str | None:
     return None
 
 
+def dequantized_nf4(base_dir: str | Path, device: str, dtype: torch.dtype):
+    """The NF4 base as training loaded it, dequantized exactly (bitsandbytes) into a plain `dtype` model."""
+    return load_base(base_dir, "nf4", device).dequantize(dtype=dtype).to(dtype)
+
+
 SERVED_DIR = ".served"   # beside the base dir: dequantized copies an inference engine loads
 
 
@@ -177,7 +182,7 @@ def dequantized_base(base_dir: str | Path, device: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model = load_base(base_dir, "nf4", device).dequantize(dtype=dtype).to(dtype)
+        model = dequantized_nf4(base_dir, device, dtype)
         save_plain(model, tmp, base_dir)
         del model
         tmp.rename(out)
