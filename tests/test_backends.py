@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from survlm.confidence import field_confidences
 from survlm.extraction import answer_is_valid_json, parse_answer
 from survlm.modeling.backends import BackendSettings, Decoding, HFBackend, make_backend, resolve_backend
 
@@ -75,6 +76,25 @@ def test_json_constraint_really_constrains(engines):
             assert set(json.loads(g[0].text)) == set(SUBSET)
             # compact like the training targets: no ", " / ": " separators (xgrammar adds them by default)
             assert not _whitespace_outside_strings(g[0].text)
+
+
+@requires_vllm
+def test_both_engines_give_each_chosen_token_its_log_probability(engines):
+    """The answers' tokens and their log-probabilities (field confidence): the pieces spell the answer, and
+    vLLM and transformers give the same token the same log-probability, among the tokens the grammar allows."""
+    v, h, sub = engines
+    dec = Decoding(max_new_tokens=120, constrained=True)
+    out_v, out_h = (b.generate(_prompts(2), dec, "a") for b in (v, h))
+    for gv, gh in zip(out_v, out_h):
+        gv, gh = gv[0], gh[0]
+        assert gv.text == gh.text
+        for g in (gv, gh):
+            assert "".join(g.token_texts) == g.text and len(g.token_logprobs) == g.completion_tokens
+            assert all(lp <= 0 for lp in g.token_logprobs)
+        assert max(abs(a - b) for a, b in zip(gv.token_logprobs, gh.token_logprobs)) < 0.05
+        # a token the grammar forces is certain; free text inside a quote is not
+        assert max(gv.token_logprobs) == 0.0 and min(gv.token_logprobs) < -1
+        assert field_confidences(gv.text, gv.token_texts, gv.token_logprobs, sub.names).keys() == set(SUBSET)
 
 
 @requires_vllm

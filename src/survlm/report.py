@@ -14,8 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-MODELS = ("dpo", "sft", "zero_shot", "regex")
-MODEL_NAMES = {"dpo": "DPO", "sft": "SFT", "zero_shot": "zero-shot", "regex": "regex"}
+from .metrics import MODELS
+
+MODEL_NAMES = {"dpo": "DPO", "dpo_abstain": "DPO, abstaining", "sft": "SFT", "zero_shot": "zero-shot",
+               "regex": "regex"}
 SPLITS = ("test", "test_heldout")
 RATES = (("field_accuracy", "field accuracy"), ("fabrication_rate", "fabrication"),
          ("last_value_rate", "last value"), ("json_valid_rate", "JSON valid"))
@@ -41,7 +43,7 @@ HEADLINE_PATHS: dict[str, list[tuple[str, str]]] = {
             ("val_field_accuracy_sft", "validation.sft.field_accuracy"),
             ("val_field_accuracy_dpo", "validation.dpo.field_accuracy"),
             ("selected", "selected"), ("selected_step", "selected_step"), ("margin_over_sft", "margin_over_sft")],
-    "infer": [("backend", "backend")],
+    "infer": [("backend", "backend"), ("abstention_threshold", "abstention.threshold")],
 }
 
 

@@ -61,6 +61,10 @@ class Generation:
     completion_tokens: int
     latency_s: float                # vllm: the request's time from submission; else the batch's time per prompt
     finish_reason: str | None = None
+    # the generated tokens as text (they concatenate to the end of `text`) and the log-probability the model
+    # gave each one among the tokens the grammar allowed there: per-field confidence (survlm.confidence)
+    token_texts: list[str] | None = None
+    token_logprobs: list[float] | None = None
 
 
 @dataclass
@@ -81,6 +85,7 @@ class BackendSettings:
     openai_constraint: str = "json_schema"    # or vllm_grammar: our compact grammar itself (vLLM servers only)
     openai_retries: int = 4
     openai_timeout_s: float = 600.0
+    openai_logprobs: bool = True              # ask for token log-probabilities (field confidence); off for servers without
     extra: dict = field(default_factory=dict)  # passed to vllm.LLM as is
 
     @classmethod
@@ -176,6 +181,20 @@ class Backend:
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def token_texts(self, ids: list[int], text: str) -> list[str]:
+        """Each generated token as the text it adds to `text` (the decoded answer). Decoding token by token is
+        exact unless a token holds part of a multi-byte character; then each piece is the growth of the decoded
+        prefix."""
+        pieces = self.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
+        if text.endswith("".join(pieces)):
+            return pieces
+        pieces, before = [], ""
+        for k in range(len(ids)):
+            now = self.tokenizer.decode(ids[:k + 1], skip_special_tokens=True)
+            pieces.append(now[len(before):] if now.startswith(before) else "")
+            before = now
+        return pieces
 
     def _per_prompt(self, adapter: str | None | list[str | None], n: int) -> list[str | None]:
         names = list(adapter) if isinstance(adapter, (list, tuple)) else [adapter] * n
@@ -319,15 +338,24 @@ class VLLMBackend(Backend):
                     i, dec, submitted = pending.pop(out.request_id)
                     latency = round(time.perf_counter() - submitted, 4)
                     yield i, [Generation(self._with_prefix(c.text, dec), len(out.prompt_token_ids), len(c.token_ids),
-                                         latency, c.finish_reason) for c in out.outputs]
+                                         latency, c.finish_reason, *self._token_logprobs(c))
+                              for c in out.outputs]
         finally:
             if pending:  # the caller stopped early (error, interrupt): leave the engine clean
                 engine.abort_request(list(pending))
 
+    def _token_logprobs(self, completion) -> tuple[list[str] | None, list[float] | None]:
+        ids, logprobs = list(completion.token_ids), completion.logprobs
+        if not logprobs or len(logprobs) != len(ids):
+            return None, None
+        return self.token_texts(ids, completion.text), [float(step[t].logprob) for step, t in zip(logprobs, ids)]
+
     def _sampling_params(self, decoding: Decoding):
         from vllm import SamplingParams
 
-        kw: dict[str, Any] = dict(max_tokens=decoding.max_new_tokens, seed=decoding.seed)
+        # logprobs=0: the chosen token's log-probability only; vLLM's default `raw` mode takes it after the
+        # grammar's mask (applied to the logits before sampling) and before temperature
+        kw: dict[str, Any] = dict(max_tokens=decoding.max_new_tokens, seed=decoding.seed, logprobs=0)
         if decoding.strategy == "greedy":
             kw.update(temperature=0.0)
         else:
@@ -498,15 +526,19 @@ class HFBackend(Backend):
                               num_return_sequences=decoding.n)
                 else:
                     kw.update(do_sample=False, num_beams=decoding.beam_width)
+                kw["logits_processor"] = []
                 if decoding.uses_constraint:
                     import xgrammar as xgr
 
                     # one matcher per returned sequence; a processor instance serves one generate call only
-                    kw["logits_processor"] = [xgr.contrib.hf.LogitsProcessor(self._compiled_grammar())]
+                    kw["logits_processor"].append(xgr.contrib.hf.LogitsProcessor(self._compiled_grammar()))
+                recorder = _ChosenLogprobs(torch)   # last: after the grammar's mask, as vLLM reports them
+                kw["logits_processor"].append(recorder)
                 t0 = time.perf_counter()
                 gen = self.model.generate(**enc, **kw)
                 latency = (time.perf_counter() - t0) / len(texts)
                 new = gen[:, enc["input_ids"].shape[1]:]
+                chosen = recorder.finish(new) if decoding.strategy != "beam" else None
                 per = decoding.n if decoding.strategy == "sample" else 1
                 for i in range(len(texts)):
                     n_prompt = int(enc["attention_mask"][i].sum())
@@ -517,8 +549,12 @@ class HFBackend(Backend):
                         end = int(stop[0, 0]) if len(stop) else len(ids)
                         text = tok.decode(ids[:end], skip_special_tokens=True)
                         reason = "stop" if len(stop) else "length"
+                        pieces = logprobs = None
+                        if chosen is not None:
+                            pieces = self.token_texts(ids[:end].tolist(), text)
+                            logprobs = chosen[i * per + j, :end].tolist()
                         row.append(Generation(self._with_prefix(text, decoding), n_prompt, end, round(latency, 4),
-                                              reason))
+                                              reason, pieces, logprobs))
                     result.append(row)
         return result
 
@@ -526,6 +562,35 @@ class HFBackend(Backend):
 
     def close(self):
         self.__dict__.pop("model", None)
+
+
+class _ChosenLogprobs:
+    """A transformers logits processor that keeps the log-probability of each token `generate` chooses.
+
+    At step t it sees the token chosen at step t-1 as the last input id, so it holds one step's log-softmax at a
+    time; `finish` adds the last step's."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        self.previous = None
+        self.chosen: list = []
+
+    def __call__(self, input_ids, scores):
+        if self.previous is not None:
+            self.chosen.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.previous = self.torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_ids):
+        """(rows, generated tokens) log-probabilities, aligned with `new_ids` (0 after a row's end)."""
+        torch = self.torch
+        steps = list(self.chosen)
+        if self.previous is not None and new_ids.shape[1] > len(steps):
+            steps.append(self.previous.gather(1, new_ids[:, len(steps):len(steps) + 1]).squeeze(1))
+        if not steps:
+            return torch.zeros(new_ids.shape, dtype=torch.float32)
+        out = torch.stack(steps, dim=1).cpu()
+        return out[:, :new_ids.shape[1]]
 
 
 class OpenAIBackend(Backend):
@@ -555,6 +620,8 @@ class OpenAIBackend(Backend):
 
         kw: dict[str, Any] = dict(model=adapter or self.model_name, messages=messages,
                                   max_tokens=decoding.max_new_tokens, seed=decoding.seed)
+        if self.settings.openai_logprobs:
+            kw["logprobs"] = True
         if decoding.strategy == "beam":
             raise ValueError("the openai backend has no beam search; use vllm or hf")
         if decoding.strategy == "greedy":
@@ -579,7 +646,7 @@ class OpenAIBackend(Backend):
         usage = resp.usage
         return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
                            (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
-                           round(latency, 4), c.finish_reason) for c in resp.choices]
+                           round(latency, 4), c.finish_reason, *_choice_logprobs(c)) for c in resp.choices]
 
     def generate(self, prompts, decoding, adapter=None):
         from concurrent.futures import ThreadPoolExecutor
@@ -588,6 +655,13 @@ class OpenAIBackend(Backend):
         decodings = self._per_prompt_decoding(decoding, len(prompts))
         with ThreadPoolExecutor(max_workers=max(1, int(self.settings.batch_size))) as pool:
             return list(pool.map(lambda job: self._one(*job), zip(prompts, decodings, adapters)))
+
+
+def _choice_logprobs(choice) -> tuple[list[str] | None, list[float] | None]:
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None, None
+    return [t.token for t in content], [float(t.logprob) for t in content]
 
 
 class OpenAIBackendError(RuntimeError):

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Iterable
 
 from ..chunking import merge_chunks, split_note
-from ..extraction import FieldResult, answer_is_valid_json, parse_answer
+from ..confidence import field_confidences
+from ..extraction import FieldResult, answer_is_valid_json, parse_answer, result_from_json, result_to_json
 from ..metrics import tolerance
 from ..schema import Schema
 from .backends import Backend, Decoding
 from .loading import model_digest
 
 CHUNK_MARGIN_TOKENS = 16   # chat-template tokens that the note-less prompt count can miss at the join
+ROW_FORMAT = 2             # what a row holds; rows written in another format are answered again
 
 
 class ContextTooSmall(ValueError):
@@ -42,16 +44,6 @@ class Task:
     records: list[dict]         # {"id", "note"}
     out_path: Path
     decoding: Decoding | None = None   # None: the run's default decoding
-
-
-def result_to_json(r: FieldResult) -> dict:
-    """Compact: absent keys mean None (and recovered=False). `is`, not `in`: 0.0 == False must survive."""
-    d = asdict(r)
-    return {k: v for k, v in d.items() if not (v is None or (k == "recovered" and v is False))}
-
-
-def result_from_json(d: dict) -> FieldResult:
-    return FieldResult(**d)
 
 
 def row_results(row: dict) -> dict[str, FieldResult]:
@@ -82,7 +74,7 @@ def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, syste
              "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
              # the base as served: `auto` resolved from the adapters' run records where the backend did so
              "quantization": getattr(backend, "quantization", backend.settings.quantization),
-             "chunk_overlap": chunk_overlap}
+             "chunk_overlap": chunk_overlap, "row_format": ROW_FORMAT}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -233,17 +225,36 @@ def _row(task: Task, index: int, chunk_answers: dict, schema: Schema) -> dict:
         merged, conflicts = per_chunk[0], []
     else:
         merged, conflicts = merge_chunks(schema, per_chunk, tolerance)
+    chunk_confidence = [field_confidences(g.text, g.token_texts, g.token_logprobs, schema.names)
+                        if g.token_logprobs is not None else {} for g in gens]
     return {
         "id": record["id"], "task": task.name, "adapter": task.adapter,
         "raw": [g.text for g in gens], "n_chunks": len(gens), "chunk_conflicts": conflicts,
         "json_valid": all(answer_is_valid_json(p) for p in per_chunk),
         "fields": {name: result_to_json(r) for name, r in merged.items()},
         "values": {name: (r.value if r.status == "ok" else None) for name, r in merged.items()},
+        "confidence": _merged_confidence(merged, per_chunk, chunk_confidence),
         "prompt_tokens": sum(g.prompt_tokens for g in gens),
         "completion_tokens": sum(g.completion_tokens for g in gens),
         "latency_s": round(sum(g.latency_s for g in gens), 4),
         "finish_reasons": [g.finish_reason for g in gens],
     }
+
+
+def _merged_confidence(merged: dict[str, FieldResult], per_chunk: list[dict[str, FieldResult]],
+                       chunk_confidence: list[dict[str, float]]) -> dict[str, float]:
+    """Raw confidence per field of the chunk whose answer the merge kept; a merged count list (no single chunk's)
+    takes its chunks' lowest."""
+    out = {}
+    for name, r in merged.items():
+        kept = [conf[name] for answer, conf in zip(per_chunk, chunk_confidence) if answer[name] is r and name in conf]
+        if not kept:
+            kept = [conf[name] for answer, conf in zip(per_chunk, chunk_confidence)
+                    if answer[name].status == r.status and name in conf]
+            kept = [min(kept)] if kept else []
+        if kept:
+            out[name] = kept[0]
+    return out
 
 
 def read_rows(path: Path) -> Iterable[dict]:

@@ -1,7 +1,8 @@
 """DVC stage `evaluate`: extraction metrics per model and split, then the survival models on covariates from
 gold labels, each model and the regex baseline -> metrics/evaluate.json, plot data, metrics/report.md.
 
-Models compared on the same notes: dpo (the pipeline's model), sft, zero_shot, regex (rules, computed here).
+Models compared on the same notes: dpo (the pipeline's model), dpo_abstain (the same answers, unsure values made
+null; where infer calibrated them), sft, zero_shot, regex (rules, computed here).
 Survival models are fit on the train split's gold covariates; the headline is C-index(dpo) - C-index(gold)
 on the test notes that were extracted. The regex baseline and gold are also scored on the whole test split.
 """
@@ -12,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..metrics import MODELS
 from .common import load_params, load_prompt, note_of, read_jsonl, render_meta, write_json
 
-MODELS = ("dpo", "sft", "zero_shot", "regex")
 HEADLINE = ("field_accuracy", "fabrication_rate", "omission_rate", "last_value_rate", "first_value_rate",
             "json_valid_rate", "unit_errors", "grounding_failures")
 CI_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")
@@ -33,7 +34,9 @@ def load_model_results(pred_dir: Path, split: str, schema, records: dict[str, di
     from .infer import prediction_path
 
     out: dict[str, dict] = {}
-    for model in MODELS[:-1]:
+    for model in MODELS:
+        if model == "regex":
+            continue
         path = prediction_path(pred_dir, model, split)
         if path.is_file():
             out[model] = {row["id"]: row_results(row) for row in read_rows(path) if row["id"] in records}

@@ -6,16 +6,21 @@ Outputs (data/predictions, kept between runs so an interrupted run resumes):
   test.jsonl, test_heldout.jsonl                  the DPO adapter
   baselines/<name>/<split>.jsonl                  sft, zero_shot
   decoding/<strategy>.jsonl                       DPO adapter on validation notes, per decoding strategy
+  calibration.json, abstain/<split>.jsonl         with `abstention.enabled`: the DPO adapter's field confidences
+                                                  calibrated on its greedy validation answers, and its test
+                                                  answers with calibrated confidences, unsure values made null
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
-from .common import first_records, load_params, load_prompt, note_of, write_json
+from .common import first_records, load_params, load_prompt, note_of, write_json, write_jsonl
 
 SPLITS = {"test": "test_notes", "test_heldout": "heldout_notes"}
+ABSTAINING = "dpo_abstain"   # the DPO adapter's answers with calibrated confidence and abstention
 
 
 def adapter_dirs(params: dict) -> dict[str, Path | None]:
@@ -29,7 +34,35 @@ def adapter_dirs(params: dict) -> dict[str, Path | None]:
 def prediction_path(out: Path, model: str, split: str) -> Path:
     if model == "dpo":
         return out / f"{split}.jsonl"
+    if model == ABSTAINING:
+        return out / "abstain" / f"{split}.jsonl"
     return out / "baselines" / model / f"{split}.jsonl"
+
+
+def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
+    """Calibrate the DPO adapter's field confidences on its greedy validation answers, then write its test
+    answers with calibrated confidences and abstentions (model `dpo_abstain`). Returns the calibration summary."""
+    from ..confidence import abstained_row, fit_calibration, validation_answers
+    from ..metrics import score
+    from ..modeling.extractor import read_rows, row_results
+
+    labels = {r["id"]: r["labels"] for r in val_rows}
+    greedy = list(read_rows(out / "decoding" / "greedy.jsonl"))
+    calibration = fit_calibration(validation_answers(schema, greedy, labels))
+    write_json(out / "calibration.json", calibration.to_json())
+    for split in splits:
+        source = prediction_path(out, "dpo", split)
+        if source.is_file():
+            prediction_path(out, ABSTAINING, split).parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl(prediction_path(out, ABSTAINING, split),
+                        (abstained_row(row, calibration) for row in read_rows(source)))
+    keys = ("field_accuracy", "fabrication_rate", "omission_rate")
+    scored = {kind: score(schema, [(labels[p["id"]], row_results(how(p)), None) for p in greedy])
+              for kind, how in (("raw", lambda p: p), ("abstaining", lambda p: abstained_row(p, calibration)))}
+    # on the notes the threshold was chosen on: an upper bound of what it does elsewhere
+    return {"threshold": calibration.threshold, "fitted_on_field_answers": calibration.fitted_on,
+            "validation_notes": len(greedy),
+            "on_validation": {kind: {k: m[k] for k in keys} for kind, m in scored.items()}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +140,12 @@ def main(argv: list[str] | None = None) -> None:
                 summary["decoding_comparison"][task.name.split("/")[1]] = {
                     k: m[k] for k in ("notes", "field_accuracy", "last_value_rate", "first_value_rate",
                                       "fabrication_rate", "json_valid_rate")}
+    abstention = params.get("abstention") or {}
+    if abstention.get("enabled") and "greedy" in comparison.get("strategies", []) and val_rows:
+        summary["abstention"] = abstain(out, schema, val_rows, list(SPLITS))
+    else:   # answers of an earlier run must not pass for this one's
+        shutil.rmtree(out / "abstain", ignore_errors=True)
+        (out / "calibration.json").unlink(missing_ok=True)
     write_json(args.metrics, summary)
     print(f"infer: {len(tasks)} tasks via {backend.name} in {summary['generation_s']} s "
           f"(engine start {summary['engine_start_s']} s)")

@@ -1,0 +1,75 @@
+"""Field confidence from token log-probabilities, its calibration, and abstention."""
+import math
+
+from survlm.confidence import (Answered, Calibration, Curve, abstained_row, field_confidences, fit_calibration,
+                               value_spans)
+from survlm.extraction import FieldResult, result_to_json
+
+ANSWER = '{"age":{"value":"63","evidence":"63-year-old"},"temp":{"value":"101.2","unit":"F","evidence":"T 101.2F"},' \
+         '"albumin":null}'
+
+
+def test_value_spans_stop_before_the_evidence_quote():
+    spans = value_spans(ANSWER, ["age", "temp", "albumin"])
+    assert ANSWER[slice(*spans["age"])] == '{"value":"63",'
+    assert ANSWER[slice(*spans["temp"])] == '{"value":"101.2","unit":"F",'
+    assert ANSWER[slice(*spans["albumin"])] == "null"
+    assert value_spans("no json here", ["age"]) == {}
+    assert set(value_spans('{"age":{"value":"6', ["age"])) == set()   # torn answer: nothing readable
+
+
+def test_confidence_is_the_product_over_the_value_tokens_only():
+    # tokens: split the answer into pieces; give the evidence and the age value distinct log-probabilities
+    pieces, logprobs = [], []
+    for piece in ['{"age":', '{"value":"', '63', '",', '"evidence":"63-year-old"}', ',"temp":', '{"value":"',
+                  '101', '.2', '","unit":"F",', '"evidence":"T 101.2F"}', ',"albumin":', 'null', '}']:
+        pieces.append(piece)
+        logprobs.append({"63": math.log(0.5), "101": math.log(0.9), ".2": math.log(0.8), "null": math.log(0.3),
+                         '"evidence":"63-year-old"}': math.log(0.01)}.get(piece, 0.0))
+    conf = field_confidences(ANSWER, pieces, logprobs, ["age", "temp", "albumin"])
+    assert conf["age"] == 0.5                       # the evidence's 0.01 is not counted
+    assert abs(conf["temp"] - 0.72) < 1e-6
+    assert conf["albumin"] == 0.3
+    # a forced prefix (unconstrained decoding) is not generated: tokens cover the end of the text only
+    assert field_confidences(ANSWER, pieces[1:], logprobs[1:], ["age"])["age"] == 0.5
+    assert field_confidences(ANSWER, ["x"], [0.0], ["age"]) == {}   # tokens that are not the answer
+
+
+def test_isotonic_curve_is_monotone_and_matches_the_rates():
+    curve = Curve.fit([(0.1, 0), (0.2, 1), (0.3, 0), (0.9, 1), (0.95, 1)])
+    assert list(curve.value) == sorted(curve.value)
+    assert curve(0.05) == curve(0.1) and curve(1.0) == 1.0
+    assert Curve()(0.5) is None
+
+
+def _answered(status, raw, correct, gold_null):
+    return Answered(FieldResult(status, value=1.0 if status == "ok" else None), raw, correct, gold_null)
+
+
+def test_threshold_turns_unsure_fabrications_into_nulls_and_never_loses_on_validation():
+    answers = ([_answered("ok", 0.2, False, True)] * 8 + [_answered("ok", 0.25, True, False)] * 2
+               + [_answered("ok", 0.9, True, False)] * 30 + [_answered("null", 0.9, True, True)] * 10)
+    cal = fit_calibration(answers)
+    assert 0 < cal.threshold <= cal.value_curve(0.9)
+    kept = [cal.abstain(a.result, cal.calibrated(a.result, a.raw)) for a in answers]
+    acc = sum(a.correct_if_null if k.status == "null" else a.correct for k, a in zip(kept, answers)) / len(answers)
+    raw_acc = sum(a.correct for a in answers) / len(answers)
+    assert acc == 1.0 > raw_acc == 42 / 50
+    assert sum(k.status == "null" for k in kept[:10]) == 8     # the sure 0.25 answers (all right) are kept
+    # where abstaining would only lose, the threshold stays 0
+    sure = [_answered("ok", 0.3, True, False)] * 5 + [_answered("ok", 0.9, True, False)] * 5
+    assert fit_calibration(sure).threshold == 0.0
+    assert Calibration.from_json(cal.to_json()) == cal
+
+
+def test_abstained_row_keeps_the_value_as_candidate():
+    cal = Calibration(Curve((0.5, 1.0), (0.1, 0.9)), Curve((1.0,), (0.8,)), threshold=0.5, fitted_on=3)
+    row = {"id": "n1", "fields": {"a": result_to_json(FieldResult("ok", value=2.0)),
+                                  "b": result_to_json(FieldResult("ok", value=3.0)),
+                                  "c": result_to_json(FieldResult("null"))},
+           "values": {"a": 2.0, "b": 3.0, "c": None}, "confidence": {"a": 0.2, "b": 0.7, "c": 0.4}}
+    out = abstained_row(row, cal)
+    assert out["values"] == {"a": None, "b": 3.0, "c": None}
+    assert out["fields"]["a"] == {"status": "null", "candidate": 2.0}
+    assert out["abstained"] == ["a"]
+    assert out["confidence"] == {"a": 0.1, "b": 0.9, "c": 0.8} and out["raw_confidence"] == row["confidence"]
