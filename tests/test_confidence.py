@@ -73,3 +73,18 @@ def test_abstained_row_keeps_the_value_as_candidate():
     assert out["fields"]["a"] == {"status": "null", "candidate": 2.0}
     assert out["abstained"] == ["a"]
     assert out["confidence"] == {"a": 0.1, "b": 0.9, "c": 0.8} and out["raw_confidence"] == row["confidence"]
+
+
+def test_self_consistency_votes_field_by_field_and_null_is_an_answer(schema):
+    from survlm.chunking import vote_field
+    from survlm.metrics import tolerance
+
+    temp = schema.fields["temperature_c"]
+    ok = lambda v: FieldResult("ok", value=v)  # noqa: E731
+    null = FieldResult("null")
+    assert vote_field(temp, [ok(38.0), null, ok(38.02), null, null], tolerance(temp)) == (null, 0.6)
+    r, share = vote_field(temp, [ok(38.0), ok(38.0), FieldResult("bad_value"), null, ok(39.0)], tolerance(temp))
+    assert r.value == 38.0 and share == 0.4
+    first, _ = vote_field(temp, [ok(37.0), ok(39.0)], tolerance(temp))
+    assert first.value == 37.0                               # a tie: the earliest sample
+    assert vote_field(temp, [FieldResult("bad_value")] * 2, tolerance(temp))[1] == 0.0

@@ -128,6 +128,29 @@ def merge_field(f, results: list[FieldResult], tolerance: float) -> tuple[FieldR
     return best[0], len(groups) > 1
 
 
+def vote_field(f, results: list[FieldResult], tolerance: float) -> tuple[FieldResult, float]:
+    """Self-consistency: one field's answers from several samples of the same prompt -> the most frequent
+    answer (null counts as an answer; equal numbers within tolerance agree; the earliest sample wins ties) and
+    the share of samples that gave it. Failed answers do not vote unless nothing else was answered."""
+    groups: list[list[FieldResult]] = []
+    for r in results:
+        if r.status not in ("ok", "null"):
+            continue
+        for g in groups:
+            if g[0].status != r.status:
+                continue
+            if r.status == "null" or (values_match(float(r.value), float(g[0].value), tolerance)
+                                      if f.type == "number" else r.value == g[0].value):
+                g.append(r)
+                break
+        else:
+            groups.append([r])
+    if not groups:
+        return results[0], 0.0
+    best = max(groups, key=len)
+    return best[0], round(len(best) / len(results), 4)
+
+
 def merge_chunks(schema: Schema, per_chunk: list[dict[str, FieldResult]], tolerance: Callable) -> tuple[
         dict[str, FieldResult], list[str]]:
     """Per-chunk parsed answers -> merged answer and the names of fields whose chunks disagreed."""

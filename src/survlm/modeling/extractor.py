@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
-from ..chunking import merge_chunks, split_note
+from ..chunking import merge_chunks, split_note, vote_field
 from ..confidence import field_confidences
 from ..extraction import FieldResult, answer_is_valid_json, parse_answer, result_from_json, result_to_json
 from ..metrics import tolerance
@@ -44,6 +44,7 @@ class Task:
     records: list[dict]         # {"id", "note"}
     out_path: Path
     decoding: Decoding | None = None   # None: the run's default decoding
+    vote: bool = False          # self-consistency: each field is the majority of the decoding's n samples
 
 
 def row_results(row: dict) -> dict[str, FieldResult]:
@@ -67,14 +68,14 @@ def base_digest(base_dir: str) -> str:
 
 
 def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema,
-                chunk_overlap: int = 128) -> str:
+                chunk_overlap: int = 128, vote: bool = False) -> str:
     parts = {"base": base_digest(backend.base_dir),
              "adapter": model_digest(Path(backend.adapters[adapter]), _adapter_file) if adapter else None,
              "decoding": asdict(decoding), "prompt": system_prompt, "schema": schema.names,
              "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
              # the base as served: `auto` resolved from the adapters' run records where the backend did so
              "quantization": getattr(backend, "quantization", backend.settings.quantization),
-             "chunk_overlap": chunk_overlap, "row_format": ROW_FORMAT}
+             "chunk_overlap": chunk_overlap, "row_format": ROW_FORMAT, "vote": vote}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -167,7 +168,7 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
     n_chunks: dict[tuple[int, int], int] = {}
     summary: dict[str, dict] = {}
     decodings = [task.decoding or decoding for task in tasks]
-    fps = [fingerprint(backend, task.adapter, decodings[t], system_prompt, schema, chunk_overlap)
+    fps = [fingerprint(backend, task.adapter, decodings[t], system_prompt, schema, chunk_overlap, task.vote)
            for t, task in enumerate(tasks)]
     digests = [[note_digest(r["note"]) for r in task.records] for task in tasks]
     kept: list[list[str]] = []
@@ -220,13 +221,21 @@ def _row(task: Task, index: int, chunk_answers: dict, schema: Schema) -> dict:
     record = task.records[index]
     ordered = [chunk_answers[c] for c in sorted(chunk_answers)]
     gens = [g[0] if isinstance(g, list) else g for g, _ in ordered]   # first completion per chunk
-    per_chunk = [parse_answer(g.text, schema, text) for g, (_, text) in zip(gens, ordered)]
+    if task.vote:   # each chunk's answer: per field, the majority of its samples; confidence, their agreement
+        per_chunk, chunk_confidence = [], []
+        for samples, text in ordered:
+            answers = [parse_answer(g.text, schema, text) for g in samples]
+            voted = {f.name: vote_field(f, [a[f.name] for a in answers], tolerance(f)) for f in schema}
+            per_chunk.append({name: r for name, (r, _) in voted.items()})
+            chunk_confidence.append({name: share for name, (_, share) in voted.items()})
+    else:
+        per_chunk = [parse_answer(g.text, schema, text) for g, (_, text) in zip(gens, ordered)]
+        chunk_confidence = [field_confidences(g.text, g.token_texts, g.token_logprobs, schema.names)
+                            if g.token_logprobs is not None else {} for g in gens]
     if len(per_chunk) == 1:
         merged, conflicts = per_chunk[0], []
     else:
         merged, conflicts = merge_chunks(schema, per_chunk, tolerance)
-    chunk_confidence = [field_confidences(g.text, g.token_texts, g.token_logprobs, schema.names)
-                        if g.token_logprobs is not None else {} for g in gens]
     return {
         "id": record["id"], "task": task.name, "adapter": task.adapter,
         "raw": [g.text for g in gens], "n_chunks": len(gens), "chunk_conflicts": conflicts,

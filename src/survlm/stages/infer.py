@@ -94,9 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     val_rows = first_records(prepared / "val.jsonl", comparison.get("val_notes", 0)) if comparison else []
     val_records = [{"id": r["id"], "note": note_of(r)} for r in val_rows]
     for strategy in comparison.get("strategies", []) if val_records else []:
-        dec = greedy if strategy == "greedy" else Decoding.from_params({**params, **comparison}, strategy=strategy,
-                                                                        n=1)
-        tasks.append(Task(f"decoding/{strategy}", "dpo", val_records, out / "decoding" / f"{strategy}.jsonl", dec))
+        if strategy == "vote":   # self-consistency: the majority of `vote_samples` samples, field by field
+            dec = Decoding.from_params({**params, **comparison}, strategy="sample",
+                                       n=int(comparison.get("vote_samples", 5)))
+        else:
+            dec = greedy if strategy == "greedy" else Decoding.from_params({**params, **comparison},
+                                                                            strategy=strategy, n=1)
+        tasks.append(Task(f"decoding/{strategy}", "dpo", val_records, out / "decoding" / f"{strategy}.jsonl", dec,
+                          vote=strategy == "vote"))
     adapters = {m: p for m, p in models.items() if p is not None}
     t0 = time.perf_counter()
     backend = make_backend(params.get("backend", "auto"), Path(args.base), adapters, schema, params.get("engine"))
