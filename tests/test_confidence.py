@@ -88,3 +88,48 @@ def test_self_consistency_votes_field_by_field_and_null_is_an_answer(schema):
     first, _ = vote_field(temp, [ok(37.0), ok(39.0)], tolerance(temp))
     assert first.value == 37.0                               # a tie: the earliest sample
     assert vote_field(temp, [FieldResult("bad_value")] * 2, tolerance(temp))[1] == 0.0
+
+
+def test_infer_calibrates_on_validation_and_evaluate_scores_the_abstaining_model(schema, tmp_path):
+    """Validation answers where the unsure values are wrong: infer's calibration turns them into nulls on test,
+    writes the abstaining rows where evaluate finds them, and the val score never drops."""
+    import json
+    import random
+
+    from survlm.stages.evaluate import load_model_results
+    from survlm.stages.infer import ABSTAINING, abstain, prediction_path
+
+    rng = random.Random(0)
+    numbers = [f for f in schema if f.type == "number"]
+
+    def rows(prefix, n):
+        labels, out = {}, []
+        for i in range(n):
+            gold, fields, conf = {}, {}, {}
+            for f in numbers:
+                present = rng.random() < 0.7
+                gold[f.name] = 1.0 if present else None
+                answered = present or rng.random() < 0.5            # fabricates half the empty fields ...
+                fields[f.name] = result_to_json(FieldResult("ok", value=1.0) if answered else FieldResult("null"))
+                conf[f.name] = 0.95 if present else rng.uniform(0.2, 0.6)   # ... and is unsure of those
+            labels[f"{prefix}{i}"] = gold
+            out.append({"id": f"{prefix}{i}", "fields": fields, "values": {}, "confidence": conf})
+        return labels, out
+
+    out = tmp_path / "predictions"
+    (out / "decoding").mkdir(parents=True)
+    val_labels, val_rows = rows("v", 40)
+    test_labels, test_rows = rows("t", 10)
+    (out / "decoding" / "greedy.jsonl").write_text("".join(json.dumps(r) + "\n" for r in val_rows))
+    prediction_path(out, "dpo", "test").write_text("".join(json.dumps(r) + "\n" for r in test_rows))
+    summary = abstain(out, schema.subset([f.name for f in numbers]),
+                      [{"id": i, "labels": g} for i, g in val_labels.items()], ["test", "test_heldout"])
+    raw, abstaining = summary["on_validation"]["raw"], summary["on_validation"]["abstaining"]
+    assert raw["fabrication_rate"] > 0.3 and abstaining["fabrication_rate"] == 0.0
+    assert abstaining["field_accuracy"] == 1.0 > raw["field_accuracy"]
+    assert not prediction_path(out, ABSTAINING, "test_heldout").exists()   # no DPO answers there: nothing made up
+    records = {i: {"id": i, "labels": g, "messages": [{}, {"content": ""}]} for i, g in test_labels.items()}
+    results = load_model_results(out, "test", schema, records)
+    assert set(results) == {"dpo", ABSTAINING, "regex"}
+    for i, gold in test_labels.items():
+        assert all((results[ABSTAINING][i][name].status == "null") == (g is None) for name, g in gold.items())

@@ -34,7 +34,10 @@ def test_extract_csv_and_jsonl_give_the_same_table(tiny_lora_pair, workdir, caps
     b = list(csv.DictReader(open(workdir / "b.csv")))
     assert [r["id"] for r in a] == ["n0", "n1", "n2"] and a == b
     assert set(a[0]) == {"id", "mrn", "sex", "diabetes", "heart_rate_bpm", "sex_status", "diabetes_status",
-                         "heart_rate_bpm_status", "sex_evidence", "diabetes_evidence", "heart_rate_bpm_evidence"}
+                         "heart_rate_bpm_status", "sex_evidence", "diabetes_evidence", "heart_rate_bpm_evidence",
+                         "sex_confidence", "diabetes_confidence", "heart_rate_bpm_confidence"}
+    confidences = [r[f"{f}_confidence"] for r in a for f in FIELDS.split(",")]
+    assert any(confidences) and all(0 < float(c) <= 1 for c in confidences if c)   # fields read from a JSON answer
     assert list(a[0])[:2] == ["id", "mrn"] and [r["mrn"] for r in a] == ["M-0", "M-1", "M-2"]  # metadata passes through
     assert all(r["sex_status"] in ("ok", "null", "ungrounded", "invalid_category") for r in a)
     out = capsys.readouterr().out
@@ -82,7 +85,8 @@ def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
                  "--quiet"]) == 0
     rows = list(csv.DictReader(open(workdir / "c.csv")))
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"]
-    assert set(rows[0]) == {"id", "mrn", "pulse", "pulse_status", "smoker", "smoker_status"}
+    assert set(rows[0]) == {"id", "mrn", "pulse", "pulse_status", "smoker", "smoker_status", "pulse_confidence",
+                            "smoker_confidence"}
 
 
 def _files(root):
@@ -158,3 +162,30 @@ def test_review_page_only_when_asked(tiny_lora_pair, workdir):
     assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "a.csv", "--review-html", "r.html")) == 0
     page = (workdir / "r.html").read_text()
     assert NOTES[0]["text"] in page and page.count("<tr class=") == 3     # the note, and one row per field
+
+
+def test_extract_with_a_calibration_abstains_below_its_threshold(tiny_lora_pair, workdir, capsys):
+    """A calibration that trusts no value answer (every calibrated confidence 0.1, threshold 0.5): every value
+    is written empty with status abstained; one that trusts them all changes nothing but the confidences."""
+    from survlm.confidence import Calibration, Curve
+
+    (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES))
+    assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "raw.csv")) == 0
+    raw = list(csv.DictReader(open(workdir / "raw.csv")))
+    for name, value, threshold in (("distrust", 0.1, 0.5), ("trust", 0.9, 0.5)):
+        cal = Calibration(Curve((1.0,), (value,)), Curve((1.0,), (0.7,)), threshold, 10)
+        (workdir / f"{name}.json").write_text(json.dumps(cal.to_json()))
+        assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "raw.csv",
+                          "--calibration", str(workdir / f"{name}.json"))) == 0
+        rows = list(csv.DictReader(open(workdir / "raw.csv")))
+        for before, after in zip(raw, rows):
+            for f in FIELDS.split(","):
+                if before[f"{f}_status"] == "ok":
+                    expected = ("abstained", "", "0.1") if name == "distrust" else ("ok", before[f], "0.9")
+                    assert (after[f"{f}_status"], after[f], after[f"{f}_confidence"]) == expected
+                elif before[f"{f}_status"] == "null":
+                    assert after[f"{f}_confidence"] == "0.7"
+    (workdir / "bad.json").write_text("{}")
+    assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "x.csv", "--calibration",
+                      str(workdir / "bad.json"))) == 1
+    assert "--calibration" in capsys.readouterr().err

@@ -148,6 +148,15 @@ def _extract_checked(args, out, raw, created: list) -> int:
         if value < 1:
             raise _Refused(f"{option}: must be at least 1 (got {value})")
     schema = load_schema(args.schema)
+    calibration = None
+    if args.calibration is not None:
+        from .confidence import Calibration
+
+        try:
+            calibration = Calibration.from_json(json.loads(Path(args.calibration).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise _Refused(f"--calibration {args.calibration}: not a calibration file written by infer "
+                           f"({type(exc).__name__})") from None
     if args.fields is not None:
         wanted = [f.strip() for f in args.fields.split(",") if f.strip()]
         if not wanted:
@@ -169,6 +178,7 @@ def _extract_checked(args, out, raw, created: list) -> int:
     served = adapter.name if adapter is not None else None   # openai: the server's --lora-modules name
     if adapter is not None and args.backend != "openai" and not (adapter / "adapter_config.json").is_file():
         raise _Refused(f"{adapter}: no adapter_config.json (train one with `dvc repro`, or pass --adapter none)")
+    from .confidence import abstained_row
     from .modeling.backends import Decoding, OpenAIBackendError, make_backend, resolve_backend
     from .modeling.extractor import ContextTooSmall, Task, read_rows, run_tasks
     from .modeling.loading import ModelNotFound, local_model
@@ -203,20 +213,27 @@ def _extract_checked(args, out, raw, created: list) -> int:
     statuses: Counter = Counter()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        cols = ["id"] + schema.names + [f"{n}_status" for n in schema.names]
+        cols = ["id"] + schema.names + [f"{n}_status" for n in schema.names] + [f"{n}_confidence" for n in schema.names]
         cols += [f"{n}_evidence" for n in schema.names] if args.evidence else []
         meta_cols = [c for c in metadata_columns(records) if c not in cols]
         cols[1:1] = meta_cols   # the user's own columns (MRN, note date) right after id
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         for r in records:
-            fields = rows[r["id"]]["fields"]
+            row = rows[r["id"]]
+            abstained = set()
+            if calibration is not None:
+                row = abstained_row(row, calibration)
+                abstained = set(row["abstained"])
+            fields = row["fields"]
             line = {"id": r["id"], **{c: r.get("metadata", {}).get(c) for c in meta_cols}}
             for name in schema.names:
                 f = fields[name]
-                statuses[f["status"]] += 1
+                status = "abstained" if name in abstained else f["status"]
+                statuses[status] += 1
                 line[name] = f.get("value") if f["status"] == "ok" else None
-                line[f"{name}_status"] = f["status"]
+                line[f"{name}_status"] = status
+                line[f"{name}_confidence"] = (row.get("confidence") or {}).get(name)
                 if args.evidence:
                     written = f.get("written") if isinstance(f.get("written"), dict) else {}
                     line[f"{name}_evidence"] = written.get("evidence")
@@ -295,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--openai-model", default=None, help="served base model name (openai backend)")
     e.add_argument("--evidence", action="store_true", help="add <field>_evidence columns (text copied from notes)")
     e.add_argument("--review-html", metavar="FILE", help="also write an evidence review page (contains note text)")
+    e.add_argument("--calibration", metavar="FILE",
+                   help="infer's data/predictions/calibration.json for this adapter: <field>_confidence becomes the "
+                        "calibrated chance the answer is right, and values below its threshold are written empty "
+                        "(status abstained)")
     e.add_argument("--quiet", action="store_true")
     e.add_argument("--quantization", choices=["nf4", "none"], default=None,
                    help="how the adapter's base was loaded in training (default: read from the adapter's run record)")
