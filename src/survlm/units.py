@@ -24,6 +24,18 @@ _ALIASES = {
     "l": "L/24 h", "l/24h": "L/24 h", "l/day": "L/24 h", "l/d": "L/24 h",
     "years": "years", "yrs": "years", "yo": "years", "y": "years", "year": "years", "y/o": "years", "year-old": "years", "-year-old": "years", "yearsold": "years",
     "score": "score", "": "",
+    # spellings of the chart families in survlm.notes.family_vocab (lab exports, sign-outs, prose)
+    "degreescelsius": "°C", "degreesc": "°C", "degreesfahrenheit": "°F", "degreesf": "°F",
+    "k": "10^3/µL", "k/mcl": "10^3/µL", "x10(9)/l": "10^3/µL", "10(9)/l": "10^3/µL", "thousandpermicrolitre": "10^3/µL",
+    "thousandpermicroliter": "10^3/µL", "cellspermicrolitre": "cells/µL", "cellspermicroliter": "cells/µL",
+    "br/min": "/min", "breathsperminute": "/min",
+    "gm/l": "g/L", "gramsperdecilitre": "g/dL", "gramsperdeciliter": "g/dL", "gramsperlitre": "g/L",
+    "gramsperliter": "g/L", "milligramsperdecilitre": "mg/dL", "milligramsperdeciliter": "mg/dL",
+    "mcmol/l": "µmol/L", "micromolesperlitre": "µmol/L", "micromolesperliter": "µmol/L",
+    "milliequivalentsperlitre": "mEq/L", "milliequivalentsperliter": "mEq/L", "millimolesperlitre": "mmol/L",
+    "millimolesperliter": "mmol/L", "millimetresofmercury": "mmHg", "millimetersofmercury": "mmHg",
+    "ml/24hr": "mL/24 h", "ml/24hrs": "mL/24 h", "cc/24hr": "mL/24 h", "millilitres": "mL/24 h",
+    "milliliters": "mL/24 h", "l/24hr": "L/24 h", "l/24hrs": "L/24 h", "litres": "L/24 h", "liters": "L/24 h",
 }
 
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")

@@ -11,9 +11,15 @@ from .. import vocab
 from .builder import NoteBuilder
 from .core import MAX_DAYS, MIN_DAYS, MAX_FILLER_PER_DAY, RenderError, RenderedNote, _missing, _rng
 from .days import plan_days
+from .families import DATE_FORMATS as FAMILY_DATE_FORMATS
+from .families import FAMILY_STYLES
+from .families import RENDERERS as FAMILY_RENDERERS
 from .styles import _DATE_FORMATS, _DATE_ONLY_STYLES, _DAY_FORMATS, _RENDERERS, _Context
 
-STYLES = tuple(_RENDERERS)
+# the original five styles, then the families written in their own words (survlm.notes.render.families)
+ORIGINAL_STYLES = tuple(_RENDERERS)
+STYLES = ORIGINAL_STYLES + FAMILY_STYLES
+_ALL_RENDERERS = {**_RENDERERS, **FAMILY_RENDERERS}
 
 
 STATIC_FIELDS = ("age", "sex", "disease_group", "cancer", "diabetes", "dementia", "num_comorbidities")
@@ -61,22 +67,24 @@ def patient_facts(row: dict, schema: Schema, seed: int, pid: Any) -> tuple[dict,
 def render_patient(row: dict, schema: Schema, style: str, seed: int, pid: Any, n_days: int = MIN_DAYS,
                    filler_per_day: int = 0, alt_unit_rate: float = 0.3, derived_rate: float = 0.3,
                    _planned: tuple | None = None) -> RenderedNote:
-    if style not in _RENDERERS:
+    if style not in _ALL_RENDERERS:
         raise RenderError(f"unknown note style {style!r}; known: {', '.join(STYLES)}")
     if not MIN_DAYS <= n_days <= MAX_DAYS:
         raise RenderError(f"n_days must be in [{MIN_DAYS}, {MAX_DAYS}]")
     facts, day3, out_of_range, plan = _planned or _plan(row, schema, seed, pid)
     rng = _rng(seed, pid, "note")
     admission = dt.date(2019, 1, 1) + dt.timedelta(days=rng.randrange(5 * 365))
-    date_only = style in _DATE_ONLY_STYLES or rng.random() < 0.25
+    date_only = style in _DATE_ONLY_STYLES or style in FAMILY_STYLES or rng.random() < 0.25
     ctx = _Context(schema=schema, plan=plan, seed=seed, pid=pid, style=style, admission=admission,
                    date_only=date_only, date_format=rng.choice(_DATE_FORMATS), day_format=rng.choice(_DAY_FORMATS),
                    alt_unit_rate=alt_unit_rate, derived_rate=derived_rate,
                    filler_per_day=min(filler_per_day, len(vocab.FILLER)), gold={})
+    if style in FAMILY_DATE_FORMATS:  # each family writes dates its own way
+        ctx.date_format = _rng(seed, pid, style, "date-format").choice(FAMILY_DATE_FORMATS[style])
     ctx.days = list(range(1, n_days + 1))
     b = NoteBuilder()
-    gold_static: dict[str, str] = {}
-    _RENDERERS[style](b, ctx, facts, gold_static)
+    gold_static: dict[str, Any] = {}
+    _ALL_RENDERERS[style](b, ctx, facts, gold_static)
     text = b.text()
 
     labels: dict[str, Any] = {}
@@ -84,7 +92,8 @@ def render_patient(row: dict, schema: Schema, style: str, seed: int, pid: Any, n
     for f in schema:
         if f.name == "num_comorbidities":
             labels[f.name] = len(facts["comorbidity_items"])
-            target[f.name] = {"value": list(facts["comorbidity_items"])}
+            # the items as the note writes them (a family may abbreviate them)
+            target[f.name] = {"value": list(gold_static.get("comorbidity_items", facts["comorbidity_items"]))}
         elif f.name in ("diabetes", "dementia"):
             labels[f.name] = facts[f.name]
             target[f.name] = {"value": facts[f.name], "evidence": gold_static.get(f.name)}
