@@ -3,8 +3,10 @@ on the real SUPPORT2 cohort, wording shared with no other family, dates only, an
 forms parse back to the labels."""
 import dataclasses
 import datetime as dt
+import json
 import statistics
 
+import jsonschema
 import pytest
 
 from survlm.extraction import compact_json, parse_answer, parse_field
@@ -13,6 +15,7 @@ from survlm.notes import family_vocab as fv
 from survlm.notes import vocab
 from survlm.notes.checks import check_note, trap_stats
 from survlm.notes.render import FAMILY_STYLES, GOLD_DAY, ORIGINAL_STYLES, STYLES, render_patient, render_to_budget
+from survlm.schema import target_json_schema
 from survlm.units import UnitError, resolve_unit
 
 
@@ -24,12 +27,15 @@ def test_families_are_registered_after_the_original_styles():
 
 def test_family_invariants_hold_over_the_whole_cohort(schema, support2_rows):
     """Every patient in one family (rotating): labels come from the single day-3 mention, nulls have none, every
-    mention's metadata converts back to its canonical value, days are named by date only."""
+    mention's metadata converts back to its canonical value, days are named by date only, and every target is
+    an answer the decoding schema allows."""
+    validator = jsonschema.Draft202012Validator(target_json_schema(schema))
     violations, traps, seen = [], [], set()
     for i, row in enumerate(support2_rows):
         style = FAMILY_STYLES[i % len(FAMILY_STYLES)]
         note = render_patient(row, schema, style, 11, row["id"], n_days=4 + i % 5, filler_per_day=i % 3)
         violations += [f"{row['id']} {style}: {v}" for v in check_note(note, schema, row)]
+        violations += [f"{row['id']} {style}: {e.message}" for e in validator.iter_errors(json.loads(compact_json(note.target)))]
         traps += trap_stats(note, schema).values()
         seen.add(note.style)
     assert len(support2_rows) == 9105 and seen == set(FAMILY_STYLES)
@@ -102,11 +108,13 @@ def test_days_are_named_by_calendar_date_and_the_check_catches_numbering(schema,
 
 
 def test_family_unit_spellings_resolve_for_the_fields_that_use_them(schema):
+    max_unit = target_json_schema(schema)["properties"]["sodium_meq_l"]["anyOf"][0]["properties"]["unit"]["maxLength"]
     for style in FAMILY_STYLES:
         for key, spellings in fv.UNITS[style].items():
             name, unit = key if isinstance(key, tuple) else (None, key)
             fields = [schema[name]] if name else [f for f in schema if f.type == "number" and unit in f.units]
             for spelling in spellings:
+                assert len(spelling.strip()) <= max_unit, (style, spelling)          # the answer can hold it
                 for f in fields:
                     if spelling.strip() or f.unit_for_missing() == unit:
                         assert resolve_unit(f, spelling.strip() or None) == unit, (style, f.name, spelling)
@@ -114,11 +122,11 @@ def test_family_unit_spellings_resolve_for_the_fields_that_use_them(schema):
 
 def test_answers_copied_from_family_forms_parse(schema):
     urine, wbc, temp, creat = (schema[n] for n in ("urine_ml_day", "wbc_k_ul", "temperature_c", "creatinine_mg_dl"))
-    assert parse_field(urine, {"value": "1,850", "unit": "ml/24hr", "evidence": "1,850"}, "UO 1,850").value == 1850
+    assert parse_field(urine, {"value": "1850", "unit": "ml/24hr", "evidence": "UO 1850"}, "UO 1850 ml/24hr").value == 1850
     assert parse_field(urine, {"value": "1.85", "unit": "litres", "evidence": "1.85 litres"}).value == 1850
     assert parse_field(wbc, {"value": "12.3", "unit": "k", "evidence": "leuk 12.3k"}, "leuk 12.3k").value == 12.3
     assert parse_field(wbc, {"value": "12.3", "unit": "x10(9)/L", "evidence": "12.3"}).value == 12.3
-    assert parse_field(temp, {"value": "100.4", "unit": "degrees Fahrenheit", "evidence": "x"}).value == 38.0
+    assert parse_field(temp, {"value": "100.4", "unit": "deg Fahrenheit", "evidence": "x"}).value == 38.0
     assert parse_field(creat, {"value": "1.10", "unit": None, "evidence": "1.10"}).value == 1.1
     assert parse_field(creat, {"value": "97", "unit": "mcmol/L", "evidence": "97"}).value == round(97 / 88.42, 4)
     with pytest.raises(UnitError):                      # "k" is a count of thousands, never a sodium unit

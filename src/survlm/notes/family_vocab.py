@@ -48,7 +48,8 @@ LABELS = {
 }
 
 # How each family spells a schema unit, per mention (one is drawn each time). "" = no unit written, used
-# only where the field has an implicit unit. Keys (field, unit) override (unit) for one field.
+# only where the field has an implicit unit. Keys (field, unit) override (unit) for one field. Every spelling
+# fits the answer format's unit (survlm.schema: at most 16 characters).
 UNITS = {
     "labsheet": {
         "°C": ["C", " C", "°C"], "°F": ["F", " F", "°F"], "g/dL": ["", " g/dL"], "g/L": [" g/L", " gm/L"],
@@ -68,15 +69,15 @@ UNITS = {
         "mmol/L": [" mmol/l"], "mL/24 h": ["cc", " ml"], "L/24 h": ["L", " l"], "mmHg": [""], "score": [""],
         "": [""],
     },
-    "narrative": {
-        "°C": [" degrees Celsius", " °C", " deg C"], "°F": [" degrees Fahrenheit", " °F"],
-        "10^3/µL": [" x10^9/L", " thousand per microlitre", " K/mcL"], "cells/µL": [" cells per microlitre"],
+    "narrative": {  # spelled out where it fits the answer's 16-character unit
+        "°C": [" degrees Celsius", " °C", " deg C"], "°F": [" deg Fahrenheit", " °F"],
+        "10^3/µL": [" x10^9/L", " thousand/µL", " K/mcL"], "cells/µL": [" cells per µL"],
         ("heart_rate_bpm", "/min"): [" beats per minute", " per minute", " bpm"],
-        ("resp_rate", "/min"): [" breaths per minute", " per minute"],
-        "g/dL": [" g/dL", " grams per decilitre"], "g/L": [" g/L", " grams per litre"],
-        "mg/dL": [" mg/dL", " milligrams per decilitre"], "µmol/L": [" micromoles per litre", " µmol/L"],
-        "mEq/L": [" mEq/L", " milliequivalents per litre"], "mmol/L": [" mmol/L", " millimoles per litre"],
-        "mL/24 h": [" mL", " millilitres"], "L/24 h": [" litres", " L"], "mmHg": [" mmHg", " millimetres of mercury"],
+        ("resp_rate", "/min"): [" breaths/minute", " per minute"],
+        "g/dL": [" g/dL", " grams per dL"], "g/L": [" g/L", " grams per litre"],
+        "mg/dL": [" mg/dL", " mg per dL"], "µmol/L": [" micromol/litre", " µmol/L"],
+        "mEq/L": [" mEq/L", " mEq per litre"], "mmol/L": [" mmol/L", " mmol per litre"],
+        "mL/24 h": [" mL", " millilitres"], "L/24 h": [" litres", " L"], "mmHg": [" mmHg", " mm of mercury"],
         "score": [""], "": [""],
     },
 }

@@ -37,7 +37,8 @@ class FamilyWriter:
     """Formats a canonical value in one family's words: its labels, unit spellings and decimal style.
 
     Decimal styles: "plain" (the unit's usual decimals), "extra" (one more, a trailing zero on a canonical
-    value: 1.20), "strip" (trailing zeros dropped: 38.0 -> 38), "grouped" (thousands separator: 1,850)."""
+    value: 1.20), "strip" (trailing zeros dropped: 38.0 -> 38). No thousands separators: the answer's value
+    pattern (survlm.schema.NUMBER_PATTERN) has none, so a model could not copy one."""
 
     def __init__(self, schema: Schema, rng: random.Random, family: str, alt_unit_rate: float, derived_rate: float):
         self.schema, self.rng, self.family = schema, rng, family
@@ -72,8 +73,6 @@ class FamilyWriter:
         text = _fmt(x, decimals)
         if style == "strip" and "." in text:
             text = text.rstrip("0").rstrip(".")
-        elif style == "grouped" and decimals == 0 and abs(x) >= 1000:
-            text = f"{int(round(x)):,}"
         return text
 
     def written(self, name: str, value: str, spelled: str, surface: str) -> Written:
@@ -358,7 +357,7 @@ def _labsheet_day(b: NoteBuilder, ctx, day: int) -> None:
     if urine is None:
         b.add("24h urine: not measured\n")
     else:
-        _day_mention(b, ctx, "urine_ml_day", day, w.write("urine_ml_day", urine, style=rng.choice(["plain", "grouped"])))
+        _day_mention(b, ctx, "urine_ml_day", day, w.write("urine_ml_day", urine))
         b.add("\n")
 
 
@@ -528,7 +527,7 @@ def _narrative_list(b: NoteBuilder, ctx, w: FamilyWriter, names: list[str], day:
             value = f"{split[0]}/{split[1]}"
             _day_mention(b, ctx, n, day, w.written(n, value, "", f"a cuff pressure of {value}"))
             continue
-        _day_mention(b, ctx, n, day, w.write(n, x, style="grouped" if n == "urine_ml_day" else "plain"))
+        _day_mention(b, ctx, n, day, w.write(n, x, style=w.rng.choice(["plain", "extra"])))
         if n == "coma_score" and w.rng.random() < 0.5:
             b.add(f" (Glasgow {_gcs(w.rng, x)})")
     return len(items)
