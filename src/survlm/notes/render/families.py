@@ -86,7 +86,7 @@ class FamilyWriter:
         value = self.number(name, canonical, unit, decimals, style)
         spelled = self.spell(name, unit)
         surface = frame.format(label=label if label is not None else self.label(name), value=value, unit=spelled)
-        return self.written(name, value, spelled, surface)
+        return self.written(name, value, spelled, surface.rstrip())  # a frame's space before an unwritten unit
 
     def bp(self, canonical: float) -> tuple[int, int] | None:
         """Systolic/diastolic whose MAP, (S + 2D) / 3, is exactly the canonical MAP; None when none fits."""
@@ -417,7 +417,7 @@ def _render_datagrid(b, ctx, facts, gold_static):
     _demographics(b, ctx, "datagrid", facts)
     b.add("\n")
     _history(b, ctx, "datagrid", facts, gold_static, sep="\n")
-    _prior(b, ctx, "datagrid", frame="{label} {value}{unit}", join="; ", end="\n")
+    _prior(b, ctx, "datagrid", frame="{label} {value} {unit}", join="; ", end="\n")  # row-heading spellings
     # one unit spelling and decimal style per row, as a flowsheet row heading carries them
     rows = []
     for name in [n for n in VITALS + LABS + GASES + OUTPUTS if n in ctx.plan.values]:
