@@ -147,3 +147,13 @@ def test_family_metadata_tags_last_value_and_wrong_day_answers(schema, support2_
         answer = {**note.target, "sodium_meq_l": {"value": m.value, "unit": m.unit, "evidence": m.value}}
         r = parse_answer(compact_json(answer), schema, note.text)["sodium_meq_l"]
         assert tag in field_errors(schema["sodium_meq_l"], note.labels["sodium_meq_l"], r, mentions)
+
+
+def test_check_catches_metadata_that_does_not_convert_back(schema, support2_rows):
+    row = support2_rows[3]
+    note = render_patient(row, schema, "labsheet", 0, row["id"], n_days=5)
+    assert check_note(note, schema, row) == []
+    k = next(i for i, m in enumerate(note.mentions) if m.field == "creatinine_mg_dl" and m.day != GOLD_DAY)
+    wrong = dataclasses.replace(note.mentions[k], canonical=note.mentions[k].canonical * 2 + 1)
+    broken = dataclasses.replace(note, mentions=note.mentions[:k] + [wrong] + note.mentions[k + 1:])
+    assert any("do not convert to its canonical value" in v for v in check_note(broken, schema, row))
