@@ -124,13 +124,13 @@ def test_answers_copied_from_family_forms_parse(schema):
     urine, wbc, temp, creat = (schema[n] for n in ("urine_ml_day", "wbc_k_ul", "temperature_c", "creatinine_mg_dl"))
     assert parse_field(urine, {"value": "1850", "unit": "ml/24hr", "evidence": "UO 1850"}, "UO 1850 ml/24hr").value == 1850
     assert parse_field(urine, {"value": "1.85", "unit": "litres", "evidence": "1.85 litres"}).value == 1850
-    assert parse_field(wbc, {"value": "12.3", "unit": "k", "evidence": "leuk 12.3k"}, "leuk 12.3k").value == 12.3
+    assert parse_field(wbc, {"value": "12.3", "unit": "k/uL", "evidence": "leuk 12.3k/uL"}, "leuk 12.3k/uL").value == 12.3
     assert parse_field(wbc, {"value": "12.3", "unit": "x10(9)/L", "evidence": "12.3"}).value == 12.3
     assert parse_field(temp, {"value": "100.4", "unit": "deg Fahrenheit", "evidence": "x"}).value == 38.0
     assert parse_field(creat, {"value": "1.10", "unit": None, "evidence": "1.10"}).value == 1.1
     assert parse_field(creat, {"value": "97", "unit": "mcmol/L", "evidence": "97"}).value == round(97 / 88.42, 4)
-    with pytest.raises(UnitError):                      # "k" is a count of thousands, never a sodium unit
-        resolve_unit(schema["sodium_meq_l"], "k")
+    with pytest.raises(UnitError):  # a bare "K" after a value is potassium's label in "Na 138 K 4.1", not a unit
+        resolve_unit(schema["wbc_k_ul"], "K")
 
 
 def test_family_metadata_tags_last_value_and_wrong_day_answers(schema, support2_rows):

@@ -26,7 +26,7 @@ _ALIASES = {
     "score": "score", "": "",
     # spellings of the chart families in survlm.notes.family_vocab (lab exports, sign-outs, prose)
     "degreescelsius": "°C", "degreesc": "°C", "degfahrenheit": "°F", "degreesfahrenheit": "°F", "degreesf": "°F",
-    "k": "10^3/µL", "k/mcl": "10^3/µL", "x10(9)/l": "10^3/µL", "10(9)/l": "10^3/µL", "thousand/ul": "10^3/µL",
+    "k/mcl": "10^3/µL", "x10(9)/l": "10^3/µL", "10(9)/l": "10^3/µL", "thousand/ul": "10^3/µL",
     "cellsperul": "cells/µL", "br/min": "/min", "breaths/minute": "/min", "beats/minute": "/min",
     "gm/l": "g/L", "gramsperdl": "g/dL", "gramsperlitre": "g/L", "gramsperliter": "g/L", "mgperdl": "mg/dL",
     "mcmol/l": "µmol/L", "micromol/litre": "µmol/L", "micromol/liter": "µmol/L", "meqperlitre": "mEq/L",
