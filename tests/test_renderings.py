@@ -51,3 +51,38 @@ def test_renderings_per_patient(tiny_llama_dir, tmp_path, schema):
     head = training_rows(three, 2)
     assert [r["id"] for r in head[:2]] == list(train)[:2]
     assert sorted(r["id"] for r in head[2:]) == sorted(f"{p}/r{k}" for p in list(train)[:2] for k in (1, 2))
+
+
+def test_renderings_land_in_different_families_seeded(tiny_llama_dir, tmp_path, schema):
+    """With the chart families in the style list: a training patient's renderings are each in another training
+    family (none of them the held-out one), other splits have one note per patient, and the assignment is seeded."""
+    from survlm.notes.render import STYLES
+    from survlm.stages.prepare import prepare
+
+    def run(name, seed):
+        params = {
+            "source": "support2", "schema": "bundled:support2-v1", "seed": seed, "note_tokens": 600, "prompt": "brief",
+            "styles": list(STYLES), "heldout_styles": ["handoff"],
+            "split": {"train": 0.6, "val": 0.1, "pairs": 0.1, "test": 0.2}, "alt_unit_rate": 0.3,
+            "derived_rate": 0.3, "max_patients": 30, "renderings_per_patient": 5, "workers": 1}
+        metrics = prepare(params, str(tiny_llama_dir), str(tmp_path / name), str(tmp_path / f"{name}.json"))
+        return tmp_path / name, metrics
+
+    out, metrics = run("a", 42)
+    train = {r["id"]: r for r in _rows(out / "train.jsonl")}
+    styles = {p: [r["style"]] for p, r in train.items()}
+    for r in _rows(out / "train_renderings.jsonl"):
+        styles[r["patient"]].append(r["style"])
+    assert len(train) > 10 and all(len(s) == 5 == len(set(s)) for s in styles.values())
+    assert all("handoff" not in s for s in styles.values())
+    families = {"labsheet", "datagrid", "narrative"}
+    assert any(families & set(s) for s in styles.values())              # the families take part in training
+    assert metrics["train_renderings"]["notes"] == 4 * len(train)
+    for split in ("val", "pairs", "test", "test_heldout"):
+        rows = _rows(out / f"{split}.jsonl")
+        assert len({r["id"] for r in rows}) == len(rows) and all("/r" not in r["id"] for r in rows)
+    assert {r["style"] for r in _rows(out / "test_heldout.jsonl")} <= {"handoff"}
+    again, _ = run("b", 42)
+    assert (again / "train_renderings.jsonl").read_bytes() == (out / "train_renderings.jsonl").read_bytes()
+    other, _ = run("c", 43)
+    assert (other / "train_renderings.jsonl").read_bytes() != (out / "train_renderings.jsonl").read_bytes()

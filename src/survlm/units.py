@@ -24,6 +24,15 @@ _ALIASES = {
     "l": "L/24 h", "l/24h": "L/24 h", "l/day": "L/24 h", "l/d": "L/24 h",
     "years": "years", "yrs": "years", "yo": "years", "y": "years", "year": "years", "y/o": "years", "year-old": "years", "-year-old": "years", "yearsold": "years",
     "score": "score", "": "",
+    # spellings of the chart families in survlm.notes.family_vocab (lab exports, sign-outs, prose)
+    "degreescelsius": "°C", "degreesc": "°C", "degfahrenheit": "°F", "degreesfahrenheit": "°F", "degreesf": "°F",
+    "k/mcl": "10^3/µL", "x10(9)/l": "10^3/µL", "10(9)/l": "10^3/µL", "thousand/ul": "10^3/µL",
+    "cellsperul": "cells/µL", "br/min": "/min", "breaths/minute": "/min", "beats/minute": "/min",
+    "gm/l": "g/L", "gramsperdl": "g/dL", "gramsperlitre": "g/L", "gramsperliter": "g/L", "mgperdl": "mg/dL",
+    "mcmol/l": "µmol/L", "micromol/litre": "µmol/L", "micromol/liter": "µmol/L", "meqperlitre": "mEq/L",
+    "meqperliter": "mEq/L", "mmolperlitre": "mmol/L", "mmolperliter": "mmol/L", "mmofmercury": "mmHg",
+    "ml/24hr": "mL/24 h", "ml/24hrs": "mL/24 h", "cc/24hr": "mL/24 h", "millilitres": "mL/24 h",
+    "milliliters": "mL/24 h", "l/24hr": "L/24 h", "l/24hrs": "L/24 h", "litres": "L/24 h", "liters": "L/24 h",
 }
 
 _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")

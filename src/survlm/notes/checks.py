@@ -1,12 +1,18 @@
 """Invariants every rendered note must satisfy; `prepare` runs them on every patient it renders."""
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import Any
 
 from ..extraction import compact_json, parse_answer
 from ..schema import Schema
 from ..units import parse_fio2, resolve_unit, rounding_tolerance, to_canonical, values_match
-from .render import GOLD_DAY, RenderedNote
+from . import family_vocab
+from .render import FAMILY_STYLES, GOLD_DAY, RenderedNote
+
+# Hospital-day numbering ("HD#3", "hospital day 3", "day 3", "POD 2"): the families never write it.
+_DAY_NUMBER = re.compile(r"(?i)\b(?:hospital\s+day|HD|POD|day)\s*#?\s*\d")
 
 
 def check_note(note: RenderedNote, schema: Schema, source: dict | None = None) -> list[str]:
@@ -16,6 +22,17 @@ def check_note(note: RenderedNote, schema: Schema, source: dict | None = None) -
     for m in note.mentions:
         if text[m.start:m.end] != m.text:
             bad.append(f"{m.field}: offsets {m.start}-{m.end} do not hold the mention")
+        f = schema.fields.get(m.field)
+        if f is not None and f.type == "number" and m.kind != "static":
+            # the metadata's canonical value is what survlm.units makes of the value and unit as written
+            try:
+                back = round(to_canonical(f, m.value, m.unit), 4)
+            except ValueError:
+                back = None
+            if back is None or not values_match(back, m.canonical):
+                bad.append(f"{m.field}: a day-{m.day} mention's value and unit do not convert to its canonical value")
+    if note.style in FAMILY_STYLES:
+        bad += _family_violations(note)
     for f in schema:
         if not f.is_physiology:
             continue
@@ -61,6 +78,17 @@ def check_note(note: RenderedNote, schema: Schema, source: dict | None = None) -
             bad.append(f"{name}: target parses to {r.value}, label {expect}")
         elif not isinstance(expect, float) and r.value != expect:
             bad.append(f"{name}: target parses to {r.value!r}, label {expect!r}")
+    return bad
+
+
+def _family_violations(note: RenderedNote) -> list[str]:
+    """The families name days by calendar date only, and write the admission date so day 3 can be counted."""
+    bad = []
+    if _DAY_NUMBER.search(note.text):
+        bad.append("the note numbers hospital days")
+    admission = dt.date.fromisoformat(note.admission_date)
+    if not any(admission.strftime(f) in note.text for f in family_vocab.TEXT[note.style]["date_formats"]):
+        bad.append("the admission date is not written")
     return bad
 
 

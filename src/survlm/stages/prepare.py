@@ -19,7 +19,7 @@ from ..data.userfile import UserDataError, load_user_records
 from ..evidence import STATUSES, UNLOCATED_POLICIES, locate, target_text, value_only_item
 from ..extraction import compact_json
 from ..notes.checks import check_note, trap_stats
-from ..notes.render import STYLES, RenderError, render_to_budget
+from ..notes.render import ORIGINAL_STYLES, STYLES, RenderError, render_to_budget
 from ..schema import SchemaError, load_schema, system_prompt, target_json_schema
 from ..split import SPLITS, assign_splits, record_order
 from .common import atomic_dir, fail, load_params, write_json, write_jsonl
@@ -55,7 +55,7 @@ def _render_one(job: tuple[dict, str, int]) -> tuple[str, dict, list[str]]:
 
 
 def _styles_for(params: dict) -> tuple[list[str], list[str]]:
-    styles = list(params.get("styles", STYLES))
+    styles = list(params.get("styles", ORIGINAL_STYLES))  # the chart families only where listed
     heldout = list(params.get("heldout_styles", []) or [])
     unknown = [s for s in styles + heldout if s not in STYLES]
     if unknown:

@@ -1,0 +1,204 @@
+"""Leave-one-style-out: how well does the SFT adapter read a note style it was never trained on?
+
+For each style F in --families, in its own work directory (WORK/F) and with its own params.yaml (the preset,
+then --set overrides, then prepare.heldout_styles: [F] with F added to prepare.styles if missing, so F is
+rendered only for test patients):
+
+  prepare -> sft -> select_ckpt -> infer (the selected SFT adapter alone, no baselines, no decoding comparison)
+
+each stage run as `dvc.yaml` runs it (its `cmd`, in the work directory, with the stage's default paths), then
+scored here with survlm.metrics on the render metadata: the test split (the training styles) and the
+test_heldout split (F). The regex baseline is scored on the same left-out notes, for reference.
+
+The result file (--out) is written after every style and merged with what is already there, so the styles can
+be run a few per invocation (one GPU machine at a time) and gathered in one file; a file written with another
+preset or other overrides is refused rather than mixed:
+
+  in_distribution_accuracy   test-split field accuracy (training styles), mean over the runs
+  left_out                   per style: accuracy, fabrication_rate, last_value_rate, notes (left-out notes
+                             scored), and the run's in-distribution numbers, regex accuracy, stage seconds
+  min_left_out_accuracy      the lowest left-out accuracy
+
+  python benchmarks/style_transfer.py --preset params/gpu-smollm2-h200-style-transfer.yaml \\
+      --families labsheet datagrid --out metrics/style_transfer.json
+  python benchmarks/style_transfer.py --preset params/gpu-smollm2-h200-style-transfer.yaml \\
+      --families handoff narrative --out metrics/style_transfer.json          # merges into the same file
+
+Without --base, the preset's base model is built once by the base_model stage in WORK/_base.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+STAGES = ("prepare", "sft", "select_ckpt", "infer")
+
+
+def apply_overrides(params: dict, overrides: list[str]) -> dict:
+    """`section.key=value` (YAML value) into a copy of params; an unknown key is an error, as in quality_run.sh."""
+    params = copy.deepcopy(params)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        node, *path = key.split(".")
+        if not sep or not path or node not in params:
+            sys.exit(f"--set {item}: expected section.key=value with a section of the preset")
+        target = params[node]
+        for part in path[:-1]:
+            if not isinstance(target.get(part), dict):
+                sys.exit(f"--set {item}: {key} is not a key of the preset")
+            target = target[part]
+        if path[-1] not in target:
+            sys.exit(f"--set {item}: {key} is not a key of the preset")
+        target[path[-1]] = yaml.safe_load(value)
+    return params
+
+
+def run_params(params: dict, family: str) -> dict:
+    """The params of one leave-one-out run: F held out of training, the SFT adapter scored alone."""
+    p = copy.deepcopy(params)
+    styles = list(p["prepare"]["styles"])
+    p["prepare"]["styles"] = styles if family in styles else styles + [family]
+    p["prepare"]["heldout_styles"] = [family]
+    p["infer"].update(adapter="models/sft_best", baselines=[], decoding_comparison=None)
+    return p
+
+
+def stage_command(stage: str) -> list[str]:
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"].split()
+    return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
+
+
+def run_stage(stage: str, cwd: Path, log) -> float:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
+    t0 = time.perf_counter()
+    print(f"=== {cwd.name}: {stage}", flush=True)
+    done = subprocess.run(stage_command(stage), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        sys.exit(f"{cwd.name}: stage {stage} failed (exit {done.returncode}); its output: {log.name}")
+    return round(time.perf_counter() - t0, 1)
+
+
+def ensure_base(params: dict, base: str | None, work: Path) -> Path:
+    if base:
+        path = Path(base).resolve()
+        if not (path / "config.json").is_file():
+            sys.exit(f"--base {base}: not a model directory")
+        return path
+    root = work / "_base"
+    if not (root / "models" / "base" / "config.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        with open(root / "stages.log", "w") as log:
+            run_stage("base_model", root, log)
+    return (root / "models" / "base").resolve()
+
+
+def score_split(prepared: Path, predictions: Path, split: str) -> tuple[dict, dict]:
+    """(model scores, regex baseline scores) on the notes of `split` the model answered."""
+    from survlm.baselines import regex_answer
+    from survlm.extraction import parse_answer
+    from survlm.metrics import score
+    from survlm.modeling.extractor import read_rows, row_results
+    from survlm.stages.common import load_prompt, note_of, read_jsonl, render_meta
+
+    schema, _ = load_prompt(prepared)
+    rows = {r["id"]: r for r in read_jsonl(prepared / f"{split}.jsonl")}
+    path = predictions / f"{split}.jsonl"
+    answered = list(read_rows(path)) if path.is_file() else []
+    meta = render_meta(prepared, {p["id"] for p in answered})
+    model = score(schema, [(rows[p["id"]]["labels"], row_results(p), meta.get(p["id"])) for p in answered])
+    regex = score(schema, [(rows[p["id"]]["labels"], parse_answer(regex_answer(schema, note_of(rows[p["id"]])), schema,
+                                                                   note_of(rows[p["id"]])), meta.get(p["id"]))
+                           for p in answered])
+    return model, regex
+
+
+def run_family(family: str, params: dict, base: Path, work: Path) -> dict:
+    wd = work / family
+    shutil.rmtree(wd, ignore_errors=True)
+    (wd / "models").mkdir(parents=True)
+    (wd / "models" / "base").symlink_to(base, target_is_directory=True)
+    p = run_params(params, family)
+    (wd / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    seconds = {}
+    with open(wd / "stages.log", "w") as log:
+        for stage in STAGES:
+            seconds[stage] = run_stage(stage, wd, log)
+    prepared, predictions = wd / "data" / "prepared", wd / "data" / "predictions"
+    test, _ = score_split(prepared, predictions, "test")
+    left, regex = score_split(prepared, predictions, "test_heldout")
+    if not left["notes"]:
+        sys.exit(f"{family}: no left-out notes were scored (infer.heldout_notes, or too few test patients)")
+    return {"accuracy": left["field_accuracy"], "fabrication_rate": left["fabrication_rate"],
+            "last_value_rate": left["last_value_rate"], "notes": left["notes"],
+            "first_value_rate": left["first_value_rate"], "json_valid_rate": left["json_valid_rate"],
+            "errors": left["errors"], "per_field": left["per_field"],
+            "regex_accuracy": regex["field_accuracy"],
+            "in_distribution": {"accuracy": test["field_accuracy"], "notes": test["notes"],
+                                "fabrication_rate": test["fabrication_rate"],
+                                "last_value_rate": test["last_value_rate"]},
+            "train_styles": [s for s in p["prepare"]["styles"] if s != family], "seconds": seconds}
+
+
+def summarise(result: dict) -> dict:
+    left = result["left_out"]
+    ind = [r["in_distribution"]["accuracy"] for r in left.values() if r["in_distribution"]["accuracy"] is not None]
+    acc = [r["accuracy"] for r in left.values() if r["accuracy"] is not None]
+    result["in_distribution_accuracy"] = round(statistics.fmean(ind), 4) if ind else None
+    result["min_left_out_accuracy"] = min(acc) if acc else None
+    result["runs"] = len(left)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="params/gpu-smollm2-h200-style-transfer.yaml")
+    ap.add_argument("--families", nargs="+", help="styles to leave out, one run each (default: the preset's styles)")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--base", help="base model dir (default: built from the preset's model section)")
+    ap.add_argument("--work", default="runs/style_transfer", help="one work directory per style under it")
+    ap.add_argument("--out", default="metrics/style_transfer.json")
+    args = ap.parse_args(argv)
+    from survlm.notes.render import STYLES
+    from survlm.stages.common import write_json
+
+    preset = yaml.safe_load(Path(args.preset).read_text())
+    params = apply_overrides(preset, args.overrides)
+    families = args.families or list(params["prepare"]["styles"])
+    unknown = [f for f in families if f not in STYLES]
+    if unknown:
+        sys.exit(f"--families: unknown style(s) {', '.join(unknown)}; known: {', '.join(STYLES)}")
+    setup = {"preset": str(args.preset), "overrides": list(args.overrides), "styles": params["prepare"]["styles"]}
+    out = Path(args.out)
+    result = json.loads(out.read_text()) if out.is_file() else {"setup": setup, "left_out": {}}
+    if result.get("setup") != setup:
+        sys.exit(f"{out}: written with another preset or overrides ({result.get('setup')}); use another --out")
+    work = Path(args.work).resolve()
+    base = ensure_base(params, args.base, work)
+    for family in families:
+        t0 = time.perf_counter()
+        result["left_out"][family] = run_family(family, params, base, work)
+        result["left_out"][family]["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+        write_json(out, summarise(result))
+        r = result["left_out"][family]
+        print(f"{family}: left-out accuracy {r['accuracy']} on {r['notes']} notes (regex {r['regex_accuracy']}), "
+              f"in-distribution {r['in_distribution']['accuracy']}; {r['seconds']['total']} s", flush=True)
+    print(f"{out}: {result['runs']} styles left out; min left-out accuracy {result['min_left_out_accuracy']}, "
+          f"in-distribution {result['in_distribution_accuracy']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""benchmarks/style_transfer.py end to end on CPU: one left-out style through the real prepare, sft, select_ckpt
+and infer stages on a tiny random Llama, the result file's shape, and merging rules."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["prepare.max_patients=200", "prepare.note_tokens=400", "prepare.workers=1",
+        "prepare.styles=[flowsheet, discharge, signout, progress, nursing, labsheet, datagrid, handoff, narrative]",
+        "sft.max_train_notes=4", "sft.max_steps=2", "sft.save_steps=2", "sft.eval_steps=2", "sft.eval_notes=1",
+        "select_ckpt.val_notes=1", "select_ckpt.max_new_tokens=8", "infer.test_notes=2", "infer.heldout_notes=2",
+        "infer.max_new_tokens=8"]
+
+
+def _benchmark():
+    spec = importlib.util.spec_from_file_location("style_transfer", REPO / "benchmarks" / "style_transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_one_left_out_style_end_to_end(tiny_llama_dir, tmp_path):
+    bench = _benchmark()
+    out = tmp_path / "style_transfer.json"
+    argv = ["--preset", str(REPO / "params.yaml"), "--base", str(tiny_llama_dir), "--families", "handoff",
+            "--work", str(tmp_path / "work"), "--out", str(out), "--set", *TINY]
+    bench.main(argv)
+    result = json.loads(out.read_text())
+    assert set(result) == {"setup", "left_out", "in_distribution_accuracy", "min_left_out_accuracy", "runs"}
+    assert list(result["left_out"]) == ["handoff"] and result["runs"] == 1
+    r = result["left_out"]["handoff"]
+    assert r["notes"] == 2 and r["in_distribution"]["notes"] == 2
+    for key in ("accuracy", "last_value_rate", "regex_accuracy"):
+        assert 0.0 <= r[key] <= 1.0, key
+    assert r["fabrication_rate"] is None or 0.0 <= r["fabrication_rate"] <= 1.0
+    assert result["in_distribution_accuracy"] == r["in_distribution"]["accuracy"]
+    assert result["min_left_out_accuracy"] == r["accuracy"]
+    assert "handoff" not in r["train_styles"] and len(r["train_styles"]) == 8
+    assert set(r["seconds"]) == {"prepare", "sft", "select_ckpt", "infer", "total"}
+    # the run's own prepare held the style out of training and scored only its notes as left out
+    prepared = tmp_path / "work" / "handoff" / "data" / "prepared"
+    styles = json.loads((tmp_path / "work" / "handoff" / "metrics" / "prepare.json").read_text())["styles"]
+    assert set(styles["test_heldout"]) == {"handoff"} and "handoff" not in styles["train"]
+    assert all(json.loads(line)["style"] == "handoff" for line in (prepared / "test_heldout.jsonl").open())
+
+    # another setup must not be merged into this file; nothing runs and the file stays as it was
+    before = out.read_bytes()
+    with pytest.raises(SystemExit, match="another preset or overrides"):
+        bench.main([*argv[:-len(TINY)], *TINY[:-1], "infer.max_new_tokens=16"])
+    assert out.read_bytes() == before
+
+    # merging: the summary is over every style in the file
+    merged = {"left_out": {"handoff": r, "labsheet": {**r, "accuracy": 0.25,
+                                                      "in_distribution": {**r["in_distribution"], "accuracy": 0.5}}}}
+    summary = bench.summarise(merged)
+    assert summary["runs"] == 2 and summary["min_left_out_accuracy"] == min(0.25, r["accuracy"])
+    assert summary["in_distribution_accuracy"] == round((r["in_distribution"]["accuracy"] + 0.5) / 2, 4)
+
+
+def test_run_params_hold_one_style_out():
+    bench = _benchmark()
+    import yaml
+
+    params = yaml.safe_load((REPO / "params" / "gpu-smollm2-h200-style-transfer.yaml").read_text())
+    p = bench.run_params(params, "datagrid")
+    assert p["prepare"]["heldout_styles"] == ["datagrid"] and "datagrid" in p["prepare"]["styles"]
+    assert p["infer"]["adapter"] == "models/sft_best" and p["infer"]["baselines"] == []
+    assert params["prepare"]["heldout_styles"] == ["nursing"]                  # the preset itself is not changed
+    with pytest.raises(SystemExit, match="not a key"):
+        bench.apply_overrides(params, ["sft.learning_rate=1e-4"])
+    assert bench.apply_overrides(params, ["sft.lora.r=8"])["sft"]["lora"]["r"] == 8
