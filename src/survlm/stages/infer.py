@@ -6,6 +6,8 @@ Outputs (data/predictions, kept between runs so an interrupted run resumes):
   test.jsonl, test_heldout.jsonl                  the DPO adapter
   baselines/<name>/<split>.jsonl                  sft, zero_shot
   decoding/<strategy>.jsonl                       DPO adapter on validation notes, per decoding strategy
+                                                  (`vote`: each field the majority of the samples, its
+                                                  confidence the share of samples that agree)
   calibration.json, abstain/<split>.jsonl         with `abstention.enabled`: the DPO adapter's field confidences
                                                   calibrated on its greedy validation answers, and its test
                                                   answers with calibrated confidences, unsure values made null
