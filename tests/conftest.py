@@ -1,7 +1,9 @@
-"""Shared fixtures: the bundled schema, the real SUPPORT2 rows, a tiny random Llama with the real tokenizer."""
+"""Shared fixtures and builders: the bundled schema, the real SUPPORT2 rows, a tiny random Llama with the real
+tokenizer, tiny sft/dpo params, chat records and preference pairs, stage subprocesses."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -86,3 +88,77 @@ def tiny_lora_pair(tmp_path_factory):
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     lora.save_pretrained(root / "lora")
     return root / "base", root / "lora"
+
+
+# The sft and dpo params a tiny random Llama trains with on CPU in seconds (sections as in params.yaml).
+TINY_SFT = {
+    "quantization": "none", "lr": 5e-3, "epochs": 1, "max_steps": 6, "batch_size": 1, "grad_accum": 1,
+    "warmup_steps": 0, "lr_scheduler": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 0,
+    "max_length": 256, "max_train_notes": None, "eval_notes": 2, "save_steps": 2, "eval_steps": 2,
+    "gradient_checkpointing": False, "attn_implementation": "sdpa", "liger": False, "optim": "auto",
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+}
+TINY_DPO = {"beta": 0.1, "loss_type": "sigmoid", "lr": 5e-3, "epochs": 1, "max_steps": 3, "batch_size": 1,
+            "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
+            "max_length": 256, "max_prompt_length": 200, "precompute_ref_log_probs": False, "seed": 0,
+            "gradient_checkpointing": False, "optim": "auto", "max_pairs": None, "loss_weights": None,
+            "save_steps": None, "eval_steps": None, "val_notes": 0}
+
+
+def sft_params(**overrides):
+    """survlm.config.SFTParams: TINY_SFT with `overrides`."""
+    from survlm.config import parse_section
+
+    return parse_section("sft", {**TINY_SFT, **overrides})
+
+
+def dpo_params(**overrides):
+    """survlm.config.DPOParams: TINY_DPO with `overrides`."""
+    from survlm.config import parse_section
+
+    return parse_section("dpo", {**TINY_DPO, **overrides})
+
+
+def record(i, answer='{"sodium_meq_l":{"value":"138","unit":null,"evidence":"Na 138"}}'):
+    """A prepared chat record whose answer is the day-3 sodium."""
+    return {"id": f"n{i}", "messages": [
+        {"role": "system", "content": "Extract the day-3 sodium as JSON."},
+        {"role": "user", "content": f"HD1 Na 131. HD3 Na 138. HD4 Na 14{i}."},
+        {"role": "assistant", "content": answer}], "labels": {"sodium_meq_l": 138.0}}
+
+
+def pair(i, rejected_value):
+    """A preference pair on record(i): gold sodium chosen, `rejected_value` rejected."""
+    r = record(i)
+    bad = '{"sodium_meq_l":{"value":"%s","unit":null,"evidence":"Na %s"}}' % (rejected_value, rejected_value)
+    return {"id": r["id"], "source": "synthetic", "tags": ["last_value"], "prompt": r["messages"][:2],
+            "chosen": r["messages"][2:], "rejected": [{"role": "assistant", "content": bad}]}
+
+
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]  # 2 processes; DDP over gloo on CPU
+
+
+def run_stage(launcher: list[str], stage: str, args: list[str], cwd: Path):
+    """`python [launcher] -m survlm.stages.<stage> args` in cwd, on CPU, with this checkout's code."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, *launcher, "-m", f"survlm.stages.{stage}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-30000:]
+    return done
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tiny_llama_dir, tmp_path_factory):
+    """A 2-step SFT adapter on the tiny Llama to start DPO from, trained once: (prepared dir, adapter dir).
+    Read-only: a test that changes it copies it first."""
+    from survlm.modeling.sft import train_sft
+
+    root = tmp_path_factory.mktemp("sft-adapter")
+    prepared = root / "prepared"
+    prepared.mkdir()
+    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
+    (prepared / "val.jsonl").write_text("")
+    train_sft(sft_params(max_steps=2, save_steps=2, eval_notes=0), prepared, tiny_llama_dir, root / "sft", None)
+    return prepared, root / "sft" / "checkpoint-2"
