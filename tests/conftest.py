@@ -18,6 +18,17 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
+# Tests that load a model (the tiny random Llamas, an adapter trained on one) or copy the project to run DVC take
+# seconds to minutes: they are `slow`, so `pytest -m "not slow"` runs the pure core in well under a minute.
+SLOW_FIXTURES = {"tiny_llama_dir", "tiny_lora_pair", "sft_adapter", "repo_copy"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def schema():
     from survlm.schema import load_schema
