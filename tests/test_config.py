@@ -76,6 +76,8 @@ def test_unknown_key_is_one_line_naming_section_and_key(tmp_path):
         parse_section("infer", {"engine": {"max_len": 10}})
     with pytest.raises(ConfigError, match=r"^params\.yaml: sft\.lr: expected a number, got 'fast'$"):
         parse_section("sft", {"lr": "fast"})
+    with pytest.raises(ConfigError, match=r"^params\.yaml: sft\.max_steps: expected an integer, got 2\.5$"):
+        parse_section("sft", {"max_steps": 2.5})
     with pytest.raises(ConfigError, match=r"^params\.yaml: dpo\.report\.constrained: expected true or false"):
         parse_section("dpo", {"report": {"constrained": "yes"}})
 
@@ -101,5 +103,7 @@ def test_partial_sections_take_the_defaults_and_coerce_yaml_values(tmp_path):
     # engine keys not given come from params.yaml's engine block, not from BackendSettings' own defaults
     assert infer.engine == BackendSettings.from_params({**ENGINE_DEFAULTS, "batch_size": 2})
     assert infer.baselines == ("sft",) and load_config("dpo", tmp_path / "params.yaml") == SECTIONS["dpo"]()
+    # an empty block (`engine:` with nothing under it) is the block's defaults
+    assert parse_section("infer", {"engine": None, "decoding_comparison": None}) == SECTIONS["infer"]()
     with pytest.raises(dataclasses.FrozenInstanceError):
         sft.lr = 1.0

@@ -264,9 +264,8 @@ SECTIONS: dict[str, type] = {"model": ModelParams, "prepare": PrepareParams, "sf
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     """`value` as the annotation `hint` says: numbers from YAML strings (`5e-3`), lists as tuples, nested blocks
     parsed; anything else as given."""
-    if value is None:
-        return None
     if hint is BackendSettings:
+        value = {} if value is None else value     # an empty block: params.yaml's engine settings
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping of engine settings, got {value!r}")
         try:
@@ -274,7 +273,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
     if dataclasses.is_dataclass(hint):
-        return _parse(hint, value, where)
+        return _parse(hint, value, where)          # None (an empty block): the block's defaults
+    if value is None:
+        return None
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     options = [o for o in options if o is not type(None)]
     if isinstance(value, list) and any(typing.get_origin(o) is tuple for o in options):
@@ -286,7 +287,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                     raise ConfigError(f"{where}: expected true or false, got {value!r}")
                 return value
             try:
-                return kind(value)
+                number = kind(value)
+                if kind is int and float(value) != number:   # 2.5 is no integer, and is not cut to 2
+                    raise ValueError
+                return number
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}: expected {'an integer' if kind is int else 'a number'}, "
                                   f"got {value!r}") from None
