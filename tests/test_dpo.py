@@ -2,7 +2,7 @@
 frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
 
-from conftest import TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, sft_params
+from conftest import TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here, sft_params
 
 
 def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, sft_adapter, tmp_path, monkeypatch):
@@ -63,9 +63,9 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
         (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
         params = {**TINY_DPO, "max_steps": 4, "batch_size": per_device, "val_notes": 0}
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
-        done = run_stage(launcher, "dpo", ["--prepared", str(prepared), "--pairs", "pairs", "--base",
-                                           str(tiny_llama_dir), "--sft", "sft_best", "--out", "dpo", "--live", "live",
-                                           "--metrics", "dpo.json"], work)
+        args = ["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft_best",
+                "--out", "dpo", "--live", "live", "--metrics", "dpo.json"]
+        done = run_stage(launcher, "dpo", args, work) if launcher else run_stage_here("dpo", args, work)
         summaries[name], stdout[name] = json.loads((work / "dpo.json").read_text())["train"], done.stdout
         rows = (work / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
         curves[name] = [float(r.split("\t")[-1]) for r in rows]

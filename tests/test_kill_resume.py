@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_DPO, TINY_SFT, pair, record, run_stage
+from conftest import TINY_DPO, TINY_SFT, pair, record, run_module_here, run_stage, run_stage_here
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,8 @@ def test_extract_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, t
                 "--out", out, "--backend", "hf", "--fields", "sex,heart_rate_bpm", "--max-new-tokens", "200",
                 "--batch-size", "1", "--quiet"]
 
-    assert _start(cmd("clean.csv"), tmp_path).wait(300) == 0
+    # the uninterrupted reference, in this process; the interrupted runs and their reruns are real processes
+    assert run_module_here("survlm.cli", cmd("clean.csv")[2:], tmp_path).returncode == 0
     proc = _start(cmd("cut.csv"), tmp_path)
     _kill_when(proc, lambda: _lines(tmp_path / "cut.csv.predictions.jsonl") >= 1)
     assert not (tmp_path / "cut.csv").exists()
@@ -113,7 +114,7 @@ def test_infer_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, tmp
     args = ["-m", "survlm.stages.infer", "--prepared", "prepared", "--base", "base", "--adapter", str(lora),
             "--sft", str(lora), "--out", "predictions", "--metrics", "infer.json"]
     clean, cut = _infer_workdir(tmp_path / "clean", base, lora), _infer_workdir(tmp_path / "cut", base, lora)
-    assert _start(args, clean).wait(300) == 0
+    run_stage_here("infer", args[2:], clean)        # the uninterrupted reference; the cut run is a real process
     proc = _start(args, cut)
     _kill_when(proc, lambda: _lines(cut / "predictions" / "test.jsonl") >= 2)
     assert _start(args, cut).wait(300) == 0
@@ -142,7 +143,7 @@ def _sft_workdir(root: Path, base: Path) -> Path:
 def test_sft_killed_while_saving_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path):
     args = ["--prepared", "prepared", "--base", "base", "--out", "sft", "--live", "live", "--metrics", "sft.json"]
     clean, cut = _sft_workdir(tmp_path / "clean", tiny_llama_dir), _sft_workdir(tmp_path / "cut", tiny_llama_dir)
-    run_stage([], "sft", args, clean)
+    run_stage_here("sft", args, clean)              # the uninterrupted reference; the cut run is a real process
     proc = _start(["-m", "survlm.stages.sft", *args], cut)
     _kill_when(proc, lambda: (cut / "sft" / "checkpoint-4" / "trainer_state.json").is_file())
     # as a kill between the Trainer's writes leaves it: checkpoint-4 without its trainer_state.json (written last)
@@ -182,7 +183,7 @@ def test_dpo_killed_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, sft_a
         (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": {**TINY_DPO, "max_steps": 6, "val_notes": 0}}))
     clean, cut = works["clean"], works["cut"]
-    run_stage([], "dpo", args, clean)
+    run_stage_here("dpo", args, clean)              # the uninterrupted reference; the cut run is a real process
     proc = _start(["-m", "survlm.stages.dpo", *args], cut)
     _kill_when(proc, lambda: _lines(cut / "live" / "plots" / "metrics" / "loss.tsv") >= 3)
     assert list(cut.glob(".dpo*.tmp-*"))                     # what the kill left: its training directory

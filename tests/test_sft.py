@@ -4,7 +4,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SFT, TORCHRUN_2, record, run_stage, sft_params
+from conftest import TINY_SFT, TORCHRUN_2, record, run_stage, run_stage_here, sft_params
 
 from survlm.stages.select_ckpt import choose_best
 
@@ -93,7 +93,7 @@ def test_choose_best_prefers_accuracy_then_earlier_step():
 
 def _run_sft_stage(launcher: list[str], cwd: Path) -> dict:
     args = ["--prepared", "prepared", "--base", "base", "--out", "sft", "--live", "live", "--metrics", "sft.json"]
-    done = run_stage(launcher, "sft", args, cwd)
+    done = run_stage(launcher, "sft", args, cwd) if launcher else run_stage_here("sft", args, cwd)
     state = json.loads((cwd / "sft" / "checkpoint-4" / "trainer_state.json").read_text())
     return {"summary": json.loads((cwd / "sft.json").read_text()), "stdout": done.stdout,
             "losses": [h["loss"] for h in state["log_history"] if "loss" in h]}
