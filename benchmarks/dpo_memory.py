@@ -61,12 +61,13 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
         if not (adapter_dir / "adapter_config.json").is_file():
             get_peft_model(model, lora_config(LoraParams(**LORA))).save_pretrained(adapter_dir)
             model = load_base(base, "nf4", "cuda", "sdpa")
-        params = parse_section("dpo", {"beta": 0.1, "loss_type": "sigmoid", "loss_weights": None, "lr": 1e-5, "epochs": 1, "max_steps": steps, "batch_size": 1,
-                  "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
-                  "max_length": n + 8, "precompute_ref_log_probs": False, "seed": 0,
-                  "gradient_checkpointing": variant != "anchor_stock_trl",
-                  "activation_offloading": variant == "survlm_offload", "optim": "auto",
-                  "save_steps": None, "eval_steps": None})
+        params = parse_section("dpo", {
+            "beta": 0.1, "loss_type": "sigmoid", "loss_weights": None, "lr": 1e-5, "epochs": 1, "max_steps": steps,
+            "batch_size": 1, "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
+            "max_length": n + 8, "precompute_ref_log_probs": False, "seed": 0,
+            "gradient_checkpointing": variant != "anchor_stock_trl",
+            "activation_offloading": variant == "survlm_offload", "optim": "auto",
+            "save_steps": None, "eval_steps": None})
         torch.cuda.reset_peak_memory_stats()
         try:
             if variant == "anchor_stock_trl":
