@@ -114,7 +114,8 @@ def refit_block(schema, records: dict, results: dict[str, dict], ids: list[str],
         for a, b in ((0, 1), (1, 0)):
             try:
                 fit = SurvivalModels(schema, [labels[i] for i in halves[a]], [records[i]["time"] for i in halves[a]],
-                                     [records[i]["event"] for i in halves[a]], dataclasses.replace(params, rsf_trees=10))
+                                     [records[i]["event"] for i in halves[a]],
+                                     dataclasses.replace(params, rsf_trees=10))
                 risk = fit.risks([labels[i] for i in halves[b]])["cox"]
             except NoVariation:
                 risk = np.zeros(len(halves[b]))   # nothing to rank by: every pair is a tie (C = 0.5)

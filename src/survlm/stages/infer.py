@@ -13,7 +13,7 @@ import argparse
 import time
 from pathlib import Path
 
-from ..artifacts import first_records, load_prompt, note_of, write_json
+from ..artifacts import first_records, load_prompt, note_of, render_meta, write_json
 from ..predictions import prediction_path
 from .common import stage_params
 
@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True, help="predictions dir (kept between runs to resume)")
     ap.add_argument("--metrics", required=True, help="the summary JSON")
     args = ap.parse_args(argv)
-    from ..artifacts import render_meta
     from ..metrics import score
     from ..modeling.backends import Decoding, make_backend
     from ..modeling.extractor import Task, run_tasks
