@@ -44,6 +44,7 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
+    from survlm.config import LoraParams, parse_section
     from survlm.modeling.dpo import build_dpo_trainer, pair_lengths
     from survlm.modeling.loading import load_base, load_tokenizer, lora_config
 
@@ -58,13 +59,15 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
         row = {"variant": variant, "seq": n}
         model = load_base(base, "nf4", "cuda", "sdpa")
         if not (adapter_dir / "adapter_config.json").is_file():
-            get_peft_model(model, lora_config(LORA)).save_pretrained(adapter_dir)
+            get_peft_model(model, lora_config(LoraParams(**LORA))).save_pretrained(adapter_dir)
             model = load_base(base, "nf4", "cuda", "sdpa")
-        params = {"beta": 0.1, "loss_type": "sigmoid", "lr": 1e-5, "epochs": 1, "max_steps": steps, "batch_size": 1,
-                  "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
-                  "max_length": n + 8, "precompute_ref_log_probs": False, "seed": 0,
-                  "gradient_checkpointing": variant != "anchor_stock_trl",
-                  "activation_offloading": variant == "survlm_offload", "optim": "auto"}
+        params = parse_section("dpo", {
+            "beta": 0.1, "loss_type": "sigmoid", "loss_weights": None, "lr": 1e-5, "epochs": 1, "max_steps": steps,
+            "batch_size": 1, "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
+            "max_length": n + 8, "precompute_ref_log_probs": False, "seed": 0,
+            "gradient_checkpointing": variant != "anchor_stock_trl",
+            "activation_offloading": variant == "survlm_offload", "optim": "auto",
+            "save_steps": None, "eval_steps": None})
         torch.cuda.reset_peak_memory_stats()
         try:
             if variant == "anchor_stock_trl":
@@ -77,7 +80,7 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
                                  save_strategy="no", report_to="none", optim="paged_adamw_8bit",
                                  gradient_checkpointing=True, disable_tqdm=True)
                 trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([pair] * steps),
-                                     processing_class=tokenizer, peft_config=lora_config(LORA))
+                                     processing_class=tokenizer, peft_config=lora_config(LoraParams(**LORA)))
                 times = []
 
                 from transformers import TrainerCallback

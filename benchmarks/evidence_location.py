@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> None:
     from survlm.data.userfile import load_user_records
     from survlm.evidence import locate
     from survlm.schema import load_schema
-    from survlm.stages.common import load_params
+    from survlm.config import load_config
     from survlm.stages.prepare import _support2_records
 
-    params = load_params("prepare", args.params)
-    schema_path = str(params.get("schema", "bundled:support2-v1"))
+    params = load_config("prepare", args.params)
+    schema_path = params.schema
     schema = load_schema(schema_path)
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "date": dt.date.today().isoformat(),
         "notes": len(users), "splits": dict(Counter(test[u["id"]]["split"] for u in users)),
-        "note_tokens": int(params["note_tokens"]), "seed": int(params.get("seed", 42)),
+        "note_tokens": params.note_tokens, "seed": params.seed,
         "labelled_fields": total["labels"],
         "labels_with_value": with_value,
         "located": total["located"],

@@ -76,7 +76,7 @@ def main() -> None:
     import torch
 
     from survlm.modeling.backends import BackendSettings, Decoding, make_backend
-    from survlm.stages.common import load_prompt, note_of, read_jsonl
+    from survlm.artifacts import load_prompt, note_of, read_jsonl
 
     shape = {**LLAMA31_8B, **json.loads(args.shape or "{}")}
     schema, system = load_prompt(args.prepared)

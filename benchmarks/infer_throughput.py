@@ -48,7 +48,7 @@ VARIANTS = {
 
 
 def _records(args):
-    from survlm.stages.common import first_records, load_prompt, note_of
+    from survlm.artifacts import first_records, load_prompt, note_of
 
     schema, system = load_prompt(args.prepared)
     rows = first_records(Path(args.prepared) / "test.jsonl", args.notes)
@@ -58,7 +58,7 @@ def _records(args):
 def run_variant(name: str, args) -> dict:
     """One variant in this process: engine start, then every note in one `generate` call."""
     from survlm.modeling.backends import BackendSettings, Decoding, make_backend
-    from survlm.modeling.loading import trained_quantization
+    from survlm.artifacts import trained_quantization
 
     backend_name, overrides, with_adapter, constrained, max_new = VARIANTS[name]
     schema, system, records = _records(args)

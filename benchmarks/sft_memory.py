@@ -79,6 +79,7 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from survlm.modeling.loading import load_base, load_tokenizer, lora_config
+    from survlm.config import parse_section
     from survlm.modeling.sft import build_trainer, example_lengths
 
     tokenizer = load_tokenizer(base)
@@ -94,11 +95,12 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
         row = {"variant": variant, "seq": n}
         try:
             if variant.startswith("survlm"):
-                params = {"lr": 1e-5, "epochs": 1, "max_steps": steps, "batch_size": 1, "grad_accum": 1,
-                          "warmup_steps": 0, "lr_scheduler": "constant", "weight_decay": 0.0, "seed": 0,
-                          "max_length": n + 8, "save_steps": None, "eval_steps": 1, "gradient_checkpointing": True,
-                          "activation_offloading": variant == "survlm_offload", "liger": True, "optim": "auto",
-                          "lora": LORA}
+                params = parse_section("sft", {
+                    "lr": 1e-5, "epochs": 1, "max_steps": steps, "batch_size": 1, "grad_accum": 1,
+                    "warmup_steps": 0, "lr_scheduler": "constant", "weight_decay": 0.0, "seed": 0,
+                    "max_length": n + 8, "save_steps": None, "eval_steps": 1, "gradient_checkpointing": True,
+                    "activation_offloading": variant == "survlm_offload", "liger": True, "optim": "auto",
+                    "lora": LORA})
                 trainer = build_trainer(model, tokenizer, params, [ex] * steps, [], base.parent / "sft-bench-out",
                                         "cuda")
                 t0 = time.perf_counter()
@@ -117,7 +119,7 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
                 else:
                     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
                     model.enable_input_require_grads()
-                peft_model = get_peft_model(model, lora_config(LORA))
+                peft_model = get_peft_model(model, lora_config(parse_section("sft", {"lora": LORA}).lora))
                 peft_model.train()
                 import bitsandbytes as bnb
 

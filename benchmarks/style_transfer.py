@@ -72,12 +72,17 @@ def run_params(params: dict, family: str) -> dict:
     styles = list(p["prepare"]["styles"])
     p["prepare"]["styles"] = styles if family in styles else styles + [family]
     p["prepare"]["heldout_styles"] = [family]
-    p["infer"].update(adapter="models/sft_best", baselines=[], decoding_comparison=None)
+    p["infer"]["baselines"] = []
+    p["infer"]["decoding_comparison"]["val_notes"] = 0
+    p["infer"]["abstention"]["enabled"] = False
     return p
 
 
 def stage_command(stage: str) -> list[str]:
+    """The stage's dvc.yaml command; infer serves the selected SFT adapter as the model under evaluation."""
     cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"].split()
+    if stage == "infer":
+        cmd[cmd.index("--adapter") + 1] = cmd[cmd.index("--sft") + 1]
     return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
 
 

@@ -9,7 +9,7 @@ import json, os, subprocess, sys, time, urllib.request
 from pathlib import Path
 sys.path.insert(0, "src")
 from survlm.modeling.backends import BackendSettings, Decoding, make_backend
-from survlm.stages.common import first_records, load_prompt
+from survlm.artifacts import first_records, load_prompt
 
 schema, system = load_prompt(Path("data/prepared"))
 rows = first_records(Path("data/prepared/val.jsonl"), 2)

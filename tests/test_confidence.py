@@ -3,7 +3,8 @@ import math
 
 from survlm.confidence import (Answered, Calibration, Curve, abstained_row, field_confidences, fit_calibration,
                                value_spans)
-from survlm.extraction import FieldResult, result_to_json
+from survlm.extraction import FieldResult
+from survlm.predictions import result_to_json
 
 ANSWER = '{"age":{"value":"63","evidence":"63-year-old"},"temp":{"value":"101.2","unit":"F","evidence":"T 101.2F"},' \
          '"albumin":null}'

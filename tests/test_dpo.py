@@ -2,49 +2,23 @@
 frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
 
-
-from test_sft import BASE_PARAMS, TORCHRUN_2, _record, run_stage
-
-DPO_PARAMS = {"beta": 0.1, "loss_type": "sigmoid", "lr": 5e-3, "epochs": 1, "max_steps": 3, "batch_size": 1,
-              "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
-              "max_length": 256, "max_prompt_length": 200, "precompute_ref_log_probs": False, "seed": 0,
-              "gradient_checkpointing": False, "optim": "auto", "max_pairs": None}
+from conftest import TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here, sft_params
 
 
-def _pair(i, rejected_value):
-    r = _record(i)
-    bad = '{"sodium_meq_l":{"value":"%s","unit":null,"evidence":"Na %s"}}' % (rejected_value, rejected_value)
-    return {"id": r["id"], "source": "synthetic", "tags": ["last_value"], "prompt": r["messages"][:2],
-            "chosen": r["messages"][2:], "rejected": [{"role": "assistant", "content": bad}]}
-
-
-def _sft_adapter(tiny_llama_dir, tmp_path):
-    """A 2-step SFT adapter to start DPO from; returns (prepared dir, adapter dir)."""
-    from survlm.modeling.sft import train_sft
-
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
-    (prepared / "val.jsonl").write_text("")
-    train_sft({**BASE_PARAMS, "max_steps": 2, "save_steps": 2, "eval_notes": 0}, prepared, tiny_llama_dir,
-              tmp_path / "sft", None)
-    return prepared, tmp_path / "sft" / "checkpoint-2"
-
-
-def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, tmp_path, monkeypatch):
+def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, sft_adapter, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
     from survlm.modeling import dpo as dpo_mod
 
-    _, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
+    _, sft_adapter = sft_adapter
     sft_tensors = load_file(str(sft_adapter / "adapter_model.safetensors"))
 
     loads = []
     real_load_base = dpo_mod.load_base
     monkeypatch.setattr(dpo_mod, "load_base", lambda *a, **k: loads.append(a) or real_load_base(*a, **k))
-    too_long = _pair(7, "14" * 300)  # longer than max_length: dropped and counted, never truncated
-    summary = dpo_mod.train_dpo(DPO_PARAMS, [_pair(i, f"14{i}") for i in range(3)] + [too_long],
-                                [_pair(5, "145")], tiny_llama_dir, sft_adapter, "none", tmp_path / "dpo", None)
+    too_long = pair(7, "14" * 300)  # longer than max_length: dropped and counted, never truncated
+    summary = dpo_mod.train_dpo(dpo_params(), [pair(i, f"14{i}") for i in range(3)] + [too_long],
+                                [pair(5, "145")], tiny_llama_dir, sft_adapter, "none", tmp_path / "dpo", None)
     assert len(loads) == 1                                   # one base model serves policy and reference
     assert summary["adapters_in_model"] == ["default", "ref"]
     assert summary["ref_adapter_max_abs_diff_from_sft"] == 0.0   # bit for bit the SFT adapter
@@ -63,7 +37,7 @@ def test_dpo_pair_lengths_follow_chat_template(tiny_llama_dir):
     from survlm.modeling.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_llama_dir)
-    p = _pair(0, "141")
+    p = pair(0, "141")
     n_prompt, n_full = pair_lengths(tok, p)
     assert 10 < n_prompt < n_full
     kept, dropped = select_pairs(tok, [p], max_prompt_length=n_prompt - 1, max_length=1000)
@@ -72,26 +46,26 @@ def test_dpo_pair_lengths_follow_chat_template(tiny_llama_dir):
     assert dropped == 0 and kept == [p]
 
 
-def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, tmp_path):
+def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tmp_path):
     """torchrun with 2 processes (gloo on CPU, NCCL on GPUs), batch 1 each, against one process with batch 2."""
     import shutil
 
     import yaml
 
-    prepared, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
+    prepared, sft_adapter = sft_adapter
     curves, summaries, stdout = {}, {}, {}
     for name, per_device, launcher in (("one", 2, []), ("ddp", 1, TORCHRUN_2)):
         work = tmp_path / name
         (work / "pairs").mkdir(parents=True)
-        (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(_pair(i, f"14{i}")) + "\n" for i in range(8)))
+        (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(8)))
         (work / "pairs" / "eval.jsonl").write_text("")
         shutil.copytree(sft_adapter, work / "sft_best")
         (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
-        params = {**DPO_PARAMS, "max_steps": 4, "batch_size": per_device, "val_notes": 0}
+        params = {**TINY_DPO, "max_steps": 4, "batch_size": per_device, "val_notes": 0}
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
-        done = run_stage(launcher, "dpo", ["--prepared", str(prepared), "--pairs", "pairs", "--base",
-                                           str(tiny_llama_dir), "--sft", "sft_best", "--out", "dpo", "--live", "live",
-                                           "--metrics", "dpo.json"], work)
+        args = ["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft_best",
+                "--out", "dpo", "--live", "live", "--metrics", "dpo.json"]
+        done = run_stage(launcher, "dpo", args, work) if launcher else run_stage_here("dpo", args, work)
         summaries[name], stdout[name] = json.loads((work / "dpo.json").read_text())["train"], done.stdout
         rows = (work / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
         curves[name] = [float(r.split("\t")[-1]) for r in rows]
@@ -104,17 +78,17 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, tmp_path):
         assert abs(a - b) <= 0.01, curves
 
 
-def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, tmp_path):
+def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, sft_adapter, tmp_path):
     """DPO alone can widen the margin while the gold answer itself gets less likely (on the H200, 2026-11-28:
     -59 nats, and the DPO model then filled every null field). `loss_type: [sigmoid, sft]` adds the gold
     answer's NLL; `gold_logp_change` reports the effect."""
     from survlm.modeling.dpo import train_dpo
 
-    _, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
-    pairs, eval_pairs = [_pair(i, f"14{i}") for i in range(3)], [_pair(5, "145")]
+    _, sft_adapter = sft_adapter
+    pairs, eval_pairs = [pair(i, f"14{i}") for i in range(3)], [pair(5, "145")]
 
     def run(name, **params):
-        return train_dpo({**DPO_PARAMS, "max_steps": 6, **params}, pairs, eval_pairs, tiny_llama_dir, sft_adapter,
+        return train_dpo(dpo_params(**{"max_steps": 6, **params}), pairs, eval_pairs, tiny_llama_dir, sft_adapter,
                          "none", tmp_path / name, None)
 
     plain = run("sigmoid")
@@ -151,22 +125,23 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
     prepared = tmp_path / "prepared"
     prepared.mkdir()
     (tmp_path / "schema.yaml").write_text(SODIUM_SCHEMA)
-    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(3)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(5, 7)))
+    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
+    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(5, 7)))
     (prepared / "prompt.json").write_text(json.dumps({"schema_path": str(tmp_path / "schema.yaml"),
                                                       "system_prompt": "Extract the day-3 sodium as JSON."}))
     (prepared / "render_meta.jsonl").write_text("")
     # 100 steps on three notes: greedy then writes the right answer on the validation notes
-    train_sft({**BASE_PARAMS, "lr": 1e-2, "max_steps": 100, "save_steps": 100, "eval_notes": 0,
-               "lora": {**BASE_PARAMS["lora"], "r": 8, "alpha": 16}}, prepared, tiny_llama_dir, tmp_path / "sft", None)
+    train_sft(sft_params(lr=1e-2, max_steps=100, save_steps=100, eval_notes=0,
+                         lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}),
+              prepared, tiny_llama_dir, tmp_path / "sft", None)
     sft = tmp_path / "sft_best"
     (tmp_path / "sft" / "checkpoint-100").rename(sft)
     (sft / "selected.json").write_text(json.dumps({"quantization": "none"}))
     (tmp_path / "pairs").mkdir()
-    (tmp_path / "pairs" / "train.jsonl").write_text("".join(json.dumps(_pair(i, f"14{i}")) + "\n" for i in range(4)))
-    (tmp_path / "pairs" / "eval.jsonl").write_text(json.dumps(_pair(5, "145")) + "\n")
+    (tmp_path / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(4)))
+    (tmp_path / "pairs" / "eval.jsonl").write_text(json.dumps(pair(5, "145")) + "\n")
     monkeypatch.chdir(tmp_path)
-    params = {**DPO_PARAMS, "lr": 1.0, "max_steps": 4, "save_steps": 2, "val_notes": 2,
+    params = {**TINY_DPO, "lr": 1.0, "max_steps": 4, "save_steps": 2, "val_notes": 2,
               "report": {"backend": "hf", "max_new_tokens": 40, "constrained": True}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
     dpo.main(["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", str(sft),

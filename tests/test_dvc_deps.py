@@ -84,3 +84,27 @@ def test_import_closure_follows_function_level_and_relative_imports():
     assert "survlm/modeling/extractor.py" in closure      # imported inside main()
     assert "survlm/units.py" in closure                   # two hops away
     assert "survlm/modeling/sft.py" not in closure
+
+
+def test_layers_modeling_never_imports_stages_and_stages_not_each_other():
+    """The core (config, artifacts, predictions, ...) and modeling never import a stage; a stage imports the core,
+    modeling and stages.common, never another stage (what two stages share lives below them)."""
+    wrong = {}
+    for path in sorted((SRC / "survlm").rglob("*.py")):
+        module = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        stages = {m for m in _imported_modules(path) if m.startswith("survlm.stages.")}
+        if module.startswith("survlm.stages."):
+            stages = {m for m in stages if not m.startswith("survlm.stages.common")}
+        if stages:
+            wrong[module] = sorted(stages)
+    assert not wrong, wrong
+
+
+def test_config_and_artifacts_import_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, survlm.config, survlm.artifacts, survlm.predictions, survlm.stages.common; "
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(SRC)}, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr

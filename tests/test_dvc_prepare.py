@@ -1,9 +1,11 @@
 """Real `dvc repro` of base_model + prepare in a temp copy of the project, with a small params override."""
 import json
+import shutil
 import subprocess
 
+import pytest
 import yaml
-from conftest import dvc_env
+from conftest import dvc_env, make_repo_copy
 
 
 def _dvc(repo, *args, check=True):
@@ -18,11 +20,27 @@ def _set_params(repo, **sections):
     p.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
+@pytest.fixture(scope="module")
+def with_base(tmp_path_factory, tiny_llama_dir):
+    """The project in a DVC repo with base_model reproduced from the tiny Llama, once for this module."""
+    repo = make_repo_copy(tmp_path_factory.mktemp("with-base") / "repo")
+    _set_params(repo, model={"base": str(tiny_llama_dir)})
+    _dvc(repo, "repro", "base_model")
+    return repo
+
+
+@pytest.fixture
+def repo_copy(with_base, tmp_path):
+    """A copy of `with_base` per test: `dvc repro prepare` finds base_model up to date."""
+    return shutil.copytree(with_base, tmp_path / "repo", symlinks=True)
+
+
 def test_dvc_repro_prepare(repo_copy, tiny_llama_dir):
     _set_params(repo_copy, model={"base": str(tiny_llama_dir)},
                 prepare={"max_patients": 60, "note_tokens": 600, "workers": 1})
     run = _dvc(repo_copy, "repro", "prepare", check=False)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "'base_model' didn't change" in run.stdout     # reproduced once for the module, not again
     out = repo_copy / "data" / "prepared"
     metrics = json.loads((repo_copy / "metrics" / "prepare.json").read_text())
     assert metrics["patients"] == 60 and sum(metrics["splits"].values()) == 60

@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from survlm.extraction import compact_json, parse_answer
-from survlm.modeling.extractor import result_to_json
 from survlm.notes.render import render_patient
+from survlm.predictions import result_to_json
 from survlm.schema import system_prompt
 
 
@@ -66,7 +66,8 @@ def project(tmp_path, schema, support2_rows, monkeypatch):
 def test_evaluate_on_known_predictions(project):
     from survlm.stages import evaluate
 
-    evaluate.main([])
+    evaluate.main(["--prepared", "data/prepared", "--predictions", "data/predictions", "--metrics",
+                   "metrics/evaluate.json", "--plots", "metrics/plots", "--report", "metrics/report.md"])
     ev = json.loads(open("metrics/evaluate.json").read())
     test = ev["extraction_by_model"]["test"]
     assert set(test) == {"dpo", "sft", "zero_shot", "regex"}

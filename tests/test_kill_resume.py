@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY_DPO, TINY_SFT, pair, record, run_module_here, run_stage, run_stage_here
 from safetensors.torch import load_file
-
-from test_sft import BASE_PARAMS, _record, run_stage
 
 pytestmark = pytest.mark.slow
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -65,7 +64,8 @@ def test_extract_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, t
                 "--out", out, "--backend", "hf", "--fields", "sex,heart_rate_bpm", "--max-new-tokens", "200",
                 "--batch-size", "1", "--quiet"]
 
-    assert _start(cmd("clean.csv"), tmp_path).wait(300) == 0
+    # the uninterrupted reference, in this process; the interrupted runs and their reruns are real processes
+    assert run_module_here("survlm.cli", cmd("clean.csv")[2:], tmp_path).returncode == 0
     proc = _start(cmd("cut.csv"), tmp_path)
     _kill_when(proc, lambda: _lines(tmp_path / "cut.csv.predictions.jsonl") >= 1)
     assert not (tmp_path / "cut.csv").exists()
@@ -101,8 +101,8 @@ def _infer_workdir(root: Path, base: Path, lora: Path) -> Path:
                               {"role": "assistant", "content": "{}"}]} for i in range(n)]
         (prepared / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1", "system_prompt": system}))
-    params = {"adapter": str(lora), "baselines": ["zero_shot"], "test_notes": 3, "heldout_notes": 2,
-              "backend": "hf", "max_new_tokens": 64, "constrained": False, "batch_size": 1, "chunk_overlap": 16,
+    params = {"baselines": ["zero_shot"], "test_notes": 3, "heldout_notes": 2,
+              "backend": "hf", "max_new_tokens": 64, "constrained": False, "chunk_overlap": 16,
               "seed": 0, "decoding_comparison": {"val_notes": 0}, "engine": {"max_model_len": 1024, "batch_size": 1}}
     (work / "params.yaml").write_text(yaml.safe_dump({"infer": params}))
     (work / "base").symlink_to(base)
@@ -111,10 +111,10 @@ def _infer_workdir(root: Path, base: Path, lora: Path) -> Path:
 
 def test_infer_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, tmp_path):
     base, lora = tiny_lora_pair
-    args = ["-m", "survlm.stages.infer", "--prepared", "prepared", "--base", "base", "--out", "predictions",
-            "--metrics", "infer.json"]
+    args = ["-m", "survlm.stages.infer", "--prepared", "prepared", "--base", "base", "--adapter", str(lora),
+            "--sft", str(lora), "--out", "predictions", "--metrics", "infer.json"]
     clean, cut = _infer_workdir(tmp_path / "clean", base, lora), _infer_workdir(tmp_path / "cut", base, lora)
-    assert _start(args, clean).wait(300) == 0
+    run_stage_here("infer", args[2:], clean)        # the uninterrupted reference; the cut run is a real process
     proc = _start(args, cut)
     _kill_when(proc, lambda: _lines(cut / "predictions" / "test.jsonl") >= 2)
     assert _start(args, cut).wait(300) == 0
@@ -132,10 +132,10 @@ def test_infer_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, tmp
 def _sft_workdir(root: Path, base: Path) -> Path:
     prepared = root / "prepared"
     prepared.mkdir(parents=True)
-    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(3)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(5, 7)))
+    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
+    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(5, 7)))
     (root / "base").symlink_to(base)
-    params = {**BASE_PARAMS, "max_steps": 6, "save_steps": 2, "eval_steps": 2}
+    params = {**TINY_SFT, "max_steps": 6, "save_steps": 2, "eval_steps": 2}
     (root / "params.yaml").write_text(yaml.safe_dump({"sft": params}))
     return root
 
@@ -143,7 +143,7 @@ def _sft_workdir(root: Path, base: Path) -> Path:
 def test_sft_killed_while_saving_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path):
     args = ["--prepared", "prepared", "--base", "base", "--out", "sft", "--live", "live", "--metrics", "sft.json"]
     clean, cut = _sft_workdir(tmp_path / "clean", tiny_llama_dir), _sft_workdir(tmp_path / "cut", tiny_llama_dir)
-    run_stage([], "sft", args, clean)
+    run_stage_here("sft", args, clean)              # the uninterrupted reference; the cut run is a real process
     proc = _start(["-m", "survlm.stages.sft", *args], cut)
     _kill_when(proc, lambda: (cut / "sft" / "checkpoint-4" / "trainer_state.json").is_file())
     # as a kill between the Trainer's writes leaves it: checkpoint-4 without its trainer_state.json (written last)
@@ -169,23 +169,21 @@ def test_sft_killed_while_saving_then_rerun_equals_an_uninterrupted_run(tiny_lla
         assert [float(r[1]) for r in rows[cut]] == pytest.approx([float(r[1]) for r in rows[clean]], abs=1e-4)
 
 
-def test_dpo_killed_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, tmp_path):
-    from test_dpo import DPO_PARAMS, _pair, _sft_adapter
-
-    prepared, sft_adapter = _sft_adapter(tiny_llama_dir, tmp_path)
+def test_dpo_killed_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, sft_adapter, tmp_path):
+    prepared, sft_adapter = sft_adapter
     args = ["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft_best",
             "--out", "dpo", "--live", "live", "--metrics", "dpo.json"]
     works = {}
     for name in ("clean", "cut"):
         work = works[name] = tmp_path / name
         (work / "pairs").mkdir(parents=True)
-        (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(_pair(i, f"14{i}")) + "\n" for i in range(6)))
+        (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(6)))
         (work / "pairs" / "eval.jsonl").write_text("")
         shutil.copytree(sft_adapter, work / "sft_best")
         (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
-        (work / "params.yaml").write_text(yaml.safe_dump({"dpo": {**DPO_PARAMS, "max_steps": 6, "val_notes": 0}}))
+        (work / "params.yaml").write_text(yaml.safe_dump({"dpo": {**TINY_DPO, "max_steps": 6, "val_notes": 0}}))
     clean, cut = works["clean"], works["cut"]
-    run_stage([], "dpo", args, clean)
+    run_stage_here("dpo", args, clean)              # the uninterrupted reference; the cut run is a real process
     proc = _start(["-m", "survlm.stages.dpo", *args], cut)
     _kill_when(proc, lambda: _lines(cut / "live" / "plots" / "metrics" / "loss.tsv") >= 3)
     assert list(cut.glob(".dpo*.tmp-*"))                     # what the kill left: its training directory

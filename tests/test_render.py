@@ -11,6 +11,7 @@ from survlm.notes.render import GOLD_DAY, STYLES, render_patient, render_to_budg
 from survlm.schema import target_json_schema
 
 
+@pytest.mark.slow   # renders all 9,105 patients
 def test_invariants_hold_over_the_whole_cohort(schema, support2_rows):
     """Every patient, each in one style (rotating): labels come from the day-3 mention, nulls have none."""
     violations = []

@@ -4,13 +4,14 @@ import json
 
 
 def _prepare(tmp_path, tiny_llama_dir, name, renderings):
+    from survlm.config import parse_section
     from survlm.stages.prepare import prepare
 
-    params = {
+    params = parse_section("prepare", {
         "source": "support2", "schema": "bundled:support2-v1", "seed": 42, "note_tokens": 600, "prompt": "brief",
         "styles": ["flowsheet", "discharge", "signout", "progress", "nursing"], "heldout_styles": ["nursing"],
         "split": {"train": 0.6, "val": 0.1, "pairs": 0.1, "test": 0.2}, "alt_unit_rate": 0.3, "derived_rate": 0.3,
-        "max_patients": 40, "renderings_per_patient": renderings, "workers": 1}
+        "max_patients": 40, "renderings_per_patient": renderings, "workers": 1})
     out = tmp_path / name
     metrics = prepare(params, str(tiny_llama_dir), str(out), str(tmp_path / f"{name}.json"))
     return out, metrics

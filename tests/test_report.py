@@ -60,7 +60,8 @@ def run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from survlm.stages import report
 
-    report.main([])
+    report.main(["--metrics-dir", "metrics", "--dvclive", "dvclive", "--headline-dir", "metrics/headline", "--html",
+                 "metrics/report.html", "--lock", "dvc.lock", "--params", "params.yaml"])
     return tmp_path
 
 

@@ -3,7 +3,7 @@ beside them, everything escaped, nothing fetched."""
 import re
 
 from survlm.extraction import compact_json, parse_answer
-from survlm.modeling.extractor import result_to_json
+from survlm.predictions import result_to_json
 from survlm.review import find_span, review_html
 
 NOTE = ("Admitted 3/1.\nHD3:  HR   112, temp 101.3 F <febrile>.\nHD5: HR 90.\nNa 140 on HD3; "

@@ -3,7 +3,7 @@ import json
 
 import yaml
 
-from test_sft import BASE_PARAMS, _record
+from conftest import record, sft_params
 
 
 def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
@@ -12,15 +12,15 @@ def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
 
     prepared = tmp_path / "prepared"
     prepared.mkdir()
-    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(3)))
+    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
+    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
     (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
                                                       "system_prompt": "Extract the day-3 sodium as JSON."}))
     (prepared / "render_meta.jsonl").write_text("")
-    train_sft({**BASE_PARAMS, "max_steps": 4}, prepared, tiny_llama_dir, tmp_path / "sft", None)
+    train_sft(sft_params(max_steps=4), prepared, tiny_llama_dir, tmp_path / "sft", None)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"select_ckpt": {
-        "val_notes": 2, "max_new_tokens": 12, "batch_size": 2, "include_zero_shot": True}}))
+        "val_notes": 2, "max_new_tokens": 12, "engine": {"batch_size": 2}, "include_zero_shot": True}}))
     select_ckpt.main(["--prepared", str(prepared), "--base", str(tiny_llama_dir), "--sft", str(tmp_path / "sft"),
                       "--out", str(tmp_path / "best"), "--metrics", "m.json", "--curve", "curve.json"])
     curve = json.loads((tmp_path / "curve.json").read_text())
@@ -36,7 +36,7 @@ def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
 def test_hf_greedy_is_batch_independent_and_primed(tiny_llama_dir, schema):
     from survlm.modeling.backends import BackendSettings, Decoding, HFBackend
 
-    prompts = [_record(i)["messages"][:2] for i in range(3)]
+    prompts = [record(i)["messages"][:2] for i in range(3)]
     free = Decoding(max_new_tokens=24, constrained=False)
     two = HFBackend(tiny_llama_dir, {}, schema, BackendSettings(batch_size=2)).generate(prompts, free)
     three = HFBackend(tiny_llama_dir, {}, schema, BackendSettings(batch_size=3)).generate(prompts, free)
@@ -52,21 +52,23 @@ def test_infer_stage_decoding_comparison_alone(tiny_llama_dir, tmp_path, monkeyp
 
     prepared = tmp_path / "prepared"
     prepared.mkdir()
-    (prepared / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(2)))
+    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
+    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
     for split in ("test", "test_heldout"):
-        (prepared / f"{split}.jsonl").write_text(json.dumps(_record(9)) + "\n")
+        (prepared / f"{split}.jsonl").write_text(json.dumps(record(9)) + "\n")
     (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
                                                       "system_prompt": "Extract the day-3 sodium as JSON."}))
     (prepared / "render_meta.jsonl").write_text("")
-    train_sft({**BASE_PARAMS, "max_steps": 2, "save_steps": 2}, prepared, tiny_llama_dir, tmp_path / "sft", None)
+    train_sft(sft_params(max_steps=2, save_steps=2), prepared, tiny_llama_dir, tmp_path / "sft", None)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"infer": {
-        "adapter": str(tmp_path / "sft" / "checkpoint-2"), "baselines": [], "test_notes": 0, "heldout_notes": 0,
-        "backend": "hf", "max_new_tokens": 12, "constrained": True, "batch_size": 8, "chunk_overlap": 16, "seed": 0,
+        "baselines": [], "test_notes": 0, "heldout_notes": 0, "backend": "hf", "max_new_tokens": 12,
+        "constrained": True, "engine": {"batch_size": 8}, "chunk_overlap": 16, "seed": 0,
         "decoding_comparison": {"val_notes": 2, "strategies": ["greedy", "sample", "beam"], "temperature": 0.7,
                                 "top_p": 0.95, "beam_width": 2}}}))
-    infer.main(["--prepared", str(prepared), "--base", str(tiny_llama_dir), "--out", "pred", "--metrics", "m.json"])
+    adapter = str(tmp_path / "sft" / "checkpoint-2")   # no baselines: --sft is not read
+    infer.main(["--prepared", str(prepared), "--base", str(tiny_llama_dir), "--adapter", adapter, "--sft", adapter,
+                "--out", "pred", "--metrics", "m.json"])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert sorted(metrics["tasks"]) == ["decoding/beam", "decoding/greedy", "decoding/sample"]
     assert 0 < metrics["beam_search_s"] < metrics["generation_s"]  # beam is timed apart from the batched tasks

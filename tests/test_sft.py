@@ -4,33 +4,18 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SFT, TORCHRUN_2, record, run_stage, run_stage_here, sft_params
 
 from survlm.stages.select_ckpt import choose_best
-
-BASE_PARAMS = {
-    "quantization": "none", "lr": 5e-3, "epochs": 1, "max_steps": 6, "batch_size": 1, "grad_accum": 1,
-    "warmup_steps": 0, "lr_scheduler": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 0,
-    "max_length": 256, "max_train_notes": None, "eval_notes": 2, "save_steps": 2, "eval_steps": 2,
-    "gradient_checkpointing": False, "attn_implementation": "sdpa", "liger": False, "optim": "auto",
-    "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
-}
-
-
-def _record(i, answer='{"sodium_meq_l":{"value":"138","unit":null,"evidence":"Na 138"}}'):
-    return {"id": f"n{i}", "messages": [
-        {"role": "system", "content": "Extract the day-3 sodium as JSON."},
-        {"role": "user", "content": f"HD1 Na 131. HD3 Na 138. HD4 Na 14{i}."},
-        {"role": "assistant", "content": answer}], "labels": {"sodium_meq_l": 138.0}}
-
 
 @pytest.fixture
 def prepared(tmp_path):
     d = tmp_path / "prepared"
     d.mkdir()
-    (d / "train.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(3)))
-    long = _record(9, answer="x " * 400)  # longer than max_length: must be dropped, not truncated
+    (d / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
+    long = record(9, answer="x " * 400)  # longer than max_length: must be dropped, not truncated
     (d / "train.jsonl").open("a").write(json.dumps(long) + "\n")
-    (d / "val.jsonl").write_text("".join(json.dumps(_record(i)) + "\n" for i in range(5, 7)))
+    (d / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(5, 7)))
     return d
 
 
@@ -42,13 +27,13 @@ def test_prompt_tokens_are_masked(tiny_llama_dir, prepared):
     from survlm.modeling.sft import example_lengths, prompt_completion
 
     tok = load_tokenizer(tiny_llama_dir)
-    ex = prompt_completion(_record(0))
+    ex = prompt_completion(record(0))
     n_prompt, n_full = example_lengths(tok, ex)
     trainer = SFTTrainer(model=load_base(tiny_llama_dir, "none", "cpu"),
                          args=SFTConfig(output_dir=str(prepared / "x"), completion_only_loss=True, report_to="none",
                                         max_length=256, use_cpu=True),
                          train_dataset=Dataset.from_list([ex]), processing_class=tok,
-                         peft_config=lora_config(BASE_PARAMS["lora"]))
+                         peft_config=lora_config(sft_params().lora))
     batch = trainer.data_collator([trainer.train_dataset[0]])
     labels = batch["labels"][0]
     assert labels.shape[0] == n_full
@@ -64,22 +49,22 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
     import survlm.modeling.sft as sft
 
     out, live = tmp_path / "sft", tmp_path / "live"
-    real_callbacks = sft._callbacks
+    real_callbacks = sft.callbacks
 
     class Crash(TrainerCallback):  # the process dies right after the step-3 update (checkpoint-2 is on disk)
         def on_step_end(self, args, state, control, **kw):
             if state.global_step == 3:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(sft, "_callbacks", lambda live, device: real_callbacks(live, device) + [Crash()])
+    monkeypatch.setattr(sft, "callbacks", lambda live, device: real_callbacks(live, device) + [Crash()])
     with pytest.raises(KeyboardInterrupt):
-        sft.train_sft(dict(BASE_PARAMS), prepared, tiny_llama_dir, out, live)
+        sft.train_sft(sft_params(), prepared, tiny_llama_dir, out, live)
     assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
     assert not (out / "checkpoint-2" / "model.safetensors").exists()  # adapter only, never base weights
     assert json.loads((out / "run.json").read_text())["complete"] is False
 
-    monkeypatch.setattr(sft, "_callbacks", real_callbacks)
-    summary = sft.train_sft(dict(BASE_PARAMS), prepared, tiny_llama_dir, out, live)
+    monkeypatch.setattr(sft, "callbacks", real_callbacks)
+    summary = sft.train_sft(sft_params(), prepared, tiny_llama_dir, out, live)
     assert summary["resumed_from"] == "checkpoint-2" and summary["steps"] == 6
     assert summary["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert summary["train_examples"] == 3 and summary["dropped_too_long"] == {"train": 1, "val": 0}
@@ -95,7 +80,7 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
     assert len((live / "plots" / "metrics" / "loss.tsv").read_text().splitlines()) >= 1 + 6
 
     # Different params: the stale checkpoints are not resumed.
-    summary2 = sft.train_sft({**BASE_PARAMS, "max_steps": 2}, prepared, tiny_llama_dir, out, live)
+    summary2 = sft.train_sft(sft_params(max_steps=2), prepared, tiny_llama_dir, out, live)
     assert summary2["resumed_from"] is None and summary2["checkpoints"] == ["checkpoint-2"]
 
 
@@ -106,26 +91,9 @@ def test_choose_best_prefers_accuracy_then_earlier_step():
     assert choose_best([{"step": 5, "field_accuracy": 0.2}, {"step": 9, "field_accuracy": 0.3}])["step"] == 9
 
 
-TORCHRUN_2 = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]  # 2 processes; DDP over gloo on CPU
-
-
-def run_stage(launcher: list[str], stage: str, args: list[str], cwd: Path):
-    """`python [launcher] -m survlm.stages.<stage> args` in cwd, on CPU, with this checkout's code."""
-    import os
-    import subprocess
-    import sys
-
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": src, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, *launcher, "-m", f"survlm.stages.{stage}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-30000:]
-    return done
-
-
 def _run_sft_stage(launcher: list[str], cwd: Path) -> dict:
     args = ["--prepared", "prepared", "--base", "base", "--out", "sft", "--live", "live", "--metrics", "sft.json"]
-    done = run_stage(launcher, "sft", args, cwd)
+    done = run_stage(launcher, "sft", args, cwd) if launcher else run_stage_here("sft", args, cwd)
     state = json.loads((cwd / "sft" / "checkpoint-4" / "trainer_state.json").read_text())
     return {"summary": json.loads((cwd / "sft.json").read_text()), "stdout": done.stdout,
             "losses": [h["loss"] for h in state["log_history"] if "loss" in h]}
@@ -146,7 +114,7 @@ def test_sft_stage_under_ddp_matches_one_process(tiny_llama_dir, prepared, tmp_p
         work.mkdir()
         shutil.copytree(prepared, work / "prepared")
         (work / "base").symlink_to(tiny_llama_dir)
-        params = {**BASE_PARAMS, "max_steps": 4, "batch_size": per_device, "save_steps": 4, "eval_steps": 4}
+        params = {**TINY_SFT, "max_steps": 4, "batch_size": per_device, "save_steps": 4, "eval_steps": 4}
         (work / "params.yaml").write_text(yaml.safe_dump({"sft": params}))
         runs[name] = _run_sft_stage(launcher, work)
     one, ddp = runs["one"], runs["ddp"]

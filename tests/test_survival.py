@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from survlm.config import SurvivalParams
 from survlm.survival import SUPPORT_NORMALS, Encoder, SurvivalModels, eval_times, harrell_c, risk_group_km
 
 
@@ -47,7 +48,7 @@ def test_models_rank_risk_and_degrade_with_noise(schema):
               for i, a in enumerate(age)]
     time = rng.exponential(2000 / np.exp((age - 50) / 15))
     event = (rng.uniform(size=n) < 0.8).astype(int)
-    m = SurvivalModels(schema, labels[:300], time[:300], event[:300], {"rsf_trees": 20, "n_jobs": 1})
+    m = SurvivalModels(schema, labels[:300], time[:300], event[:300], SurvivalParams(rsf_trees=20, n_jobs=1))
     grid = eval_times(time[:300], time[300:])
     good = m.evaluate(labels[300:], time[300:], event[300:], grid)
     noisy = [dict(x, age=float(rng.uniform(20, 90))) for x in labels[300:]]

@@ -98,9 +98,10 @@ def test_user_notes_through_every_stage(repo_copy, tiny_llama_dir):
     params["make_pairs"].update(notes=3, samples=1, **gen)
     params["dpo"].update(max_pairs=4, max_steps=1, max_length=1024, max_prompt_length=900, val_notes=1,
                          report={**gen, "max_new_tokens": 24})
-    params["infer"].update(test_notes=None, heldout_notes=0, baselines=["sft"], batch_size=16, chunk_overlap=16,
+    params["infer"].update(test_notes=None, heldout_notes=0, baselines=["sft"], chunk_overlap=16,
                            **{k: v for k, v in gen.items()})
     params["evaluate"]["survival"].update(rsf_trees=10, rsf_min_leaf=2, n_jobs=1)
+    params["evaluate"]["bootstrap"].update(resamples=50)      # intervals are not checked here
     p.write_text(yaml.safe_dump(params, sort_keys=False))
 
     run = _dvc(repo_copy, "repro")

@@ -34,7 +34,7 @@ def main() -> None:
 
     from survlm.modeling.backends import BackendSettings, Decoding, make_backend
     from survlm.schema import answer_prefix, load_schema, system_prompt
-    from survlm.stages.common import first_records, load_prompt, note_of
+    from survlm.artifacts import first_records, load_prompt, note_of
 
     if args.prepared:  # real notes
         schema, system = load_prompt(args.prepared)

@@ -84,7 +84,7 @@ def _extract(args) -> int:
 def _remove_leftovers(out, raw, had_raw: bool, created: list) -> None:
     """A failed or interrupted run leaves only answers worth resuming from: no empty answer file, no run record
     without answers, no temp file, no directory it made and left empty."""
-    from .stages.common import remove_stale_temps
+    from .artifacts import remove_stale_temps
 
     if out.parent.is_dir():
         out.with_name(f".{out.name}.tmp-{os.getpid()}").unlink(missing_ok=True)
@@ -253,7 +253,7 @@ def _export(args) -> int:
     """Faithful merge of a QLoRA adapter (dequantized NF4 base + LoRA), with the logit comparison as proof."""
     from .modeling.export import ROUTES, adapter_quantization, compare_routes, export_merged
     from .modeling.loading import compute_dtype, load_tokenizer, pick_device
-    from .stages.common import first_records, write_json
+    from .artifacts import first_records, write_json
 
     adapter, base = Path(args.adapter), Path(args.base)
     if not (adapter / "adapter_config.json").is_file():

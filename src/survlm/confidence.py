@@ -19,7 +19,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from .extraction import FieldResult, result_from_json, result_to_json
+from .extraction import FieldResult
+from .predictions import result_from_json, result_to_json
 
 _DECODER = json.JSONDecoder()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .schema import Field, Schema
@@ -25,16 +25,6 @@ class FieldResult:
     candidate: Any = None      # the value code computed before a later check rejected it
     written: Any = None        # the field's JSON as the model wrote it
     recovered: bool = False    # read from a malformed answer, field by field
-
-
-def result_to_json(r: FieldResult) -> dict:
-    """A prediction row's form of a result, compact: absent keys mean None (and recovered=False). `is`, not `in`:
-    0.0 == False must survive."""
-    return {k: v for k, v in asdict(r).items() if not (v is None or (k == "recovered" and v is False))}
-
-
-def result_from_json(d: dict) -> FieldResult:
-    return FieldResult(**d)
 
 
 def compact_json(obj: Any) -> str:

@@ -15,8 +15,6 @@ from .schema import Field, Schema
 from .units import values_match
 
 GOLD_DAY = 3
-# the extractors compared on the same notes: the pipeline's model, it abstaining where unsure, its baselines
-MODELS = ("dpo", "dpo_abstain", "sft", "zero_shot", "regex")
 ERROR_TAGS = ("invalid_json", "omitted", "fabricated", "last_value", "first_value", "wrong_day", "unit_wrong",
               "wrong_category", "wrong_value", "unparsed")
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .metrics import MODELS
+from .predictions import MODELS
 
 MODEL_NAMES = {"dpo": "DPO", "dpo_abstain": "DPO, abstaining", "sft": "SFT", "zero_shot": "zero-shot",
                "regex": "regex"}

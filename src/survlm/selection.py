@@ -6,6 +6,15 @@ when a DPO checkpoint is strictly more accurate than the SFT model it started fr
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+
+def checkpoints(train_dir: Path) -> list[tuple[int, Path]]:
+    """The `checkpoint-<step>` directories a Trainer wrote into `train_dir`, as (step, path) by step."""
+    found = [(int(p.name.split("-")[1]), p) for p in Path(train_dir).glob("checkpoint-*")
+             if p.name.split("-")[1].isdigit()]
+    return sorted(found)
+
 
 def choose_checkpoint(scores: list[dict]) -> dict:
     """scores: [{"step": int, "field_accuracy": float | None, ...}] -> the chosen entry.

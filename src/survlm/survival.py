@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import SurvivalParams
 from .schema import Schema
 
 # SUPPORT's documented imputation values for physiology where a missing lab means "normal".
@@ -89,7 +90,7 @@ def structured(time, event):
 class SurvivalModels:
     """Cox PH (lifelines) and a random survival forest (scikit-survival), fit once on train gold covariates."""
 
-    def __init__(self, schema: Schema, train_labels: list[dict], time, event, params: dict):
+    def __init__(self, schema: Schema, train_labels: list[dict], time, event, params: SurvivalParams):
         import pandas as pd
         from lifelines import CoxPHFitter
         from sksurv.ensemble import RandomSurvivalForest
@@ -106,11 +107,9 @@ class SurvivalModels:
         Xs = (X - self.mean) / self.std
         self.time, self.event = np.asarray(time, dtype=float), np.asarray(event, dtype=int)
         df = pd.DataFrame(Xs, columns=self.columns).assign(T=self.time, E=self.event)
-        self.cox = CoxPHFitter(penalizer=float(params.get("cox_penalizer", 0.01))).fit(df, "T", "E")
-        self.rsf = RandomSurvivalForest(n_estimators=int(params.get("rsf_trees", 100)),
-                                        min_samples_leaf=int(params.get("rsf_min_leaf", 15)),
-                                        max_features="sqrt", n_jobs=int(params.get("n_jobs", 2)),
-                                        random_state=int(params.get("seed", 0)))
+        self.cox = CoxPHFitter(penalizer=params.cox_penalizer).fit(df, "T", "E")
+        self.rsf = RandomSurvivalForest(n_estimators=params.rsf_trees, min_samples_leaf=params.rsf_min_leaf,
+                                        max_features="sqrt", n_jobs=params.n_jobs, random_state=params.seed)
         self.rsf.fit(Xs, structured(self.time, self.event))
         self.y_train = structured(self.time, self.event)
 

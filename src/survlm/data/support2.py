@@ -4,12 +4,13 @@ A pickle can run arbitrary code when loaded, so its SHA-256 is checked before un
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import math
 import pickle
 from pathlib import Path
+
+from ..hashing import sha256_file
 
 SURVSET_VERSION = "0.2.11"
 PICKLE = "resources/pickles/support2.pickle"
@@ -25,14 +26,6 @@ def support2_pickle_path() -> Path:
     if spec is None or spec.origin is None:
         raise CohortError(f"SUPPORT2 needs the package survset=={SURVSET_VERSION} (pip install 'survset=={SURVSET_VERSION}')")
     return Path(spec.origin).parent / PICKLE
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_support2(path: Path | None = None, expected_sha256: str = PICKLE_SHA256) -> list[dict]:

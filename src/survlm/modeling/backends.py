@@ -13,18 +13,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator
+
+from ..config import NF4_SERVING, QUANTIZATIONS, BackendSettings  # noqa: F401  (engine settings live in config)
 
 STRATEGIES = ("greedy", "sample", "beam")
 BACKENDS = ("vllm", "hf", "openai", "auto")
 # json_schema: OpenAI's `response_format`, any compatible server; the server picks the separators (vllm 0.24
 # picks spaced ones). vllm_grammar: vLLM's `structured_outputs` request field with compact_json_grammar.
 OPENAI_CONSTRAINTS = ("json_schema", "vllm_grammar")
-QUANTIZATIONS = ("auto", "nf4", "none")
-NF4_SERVING = ("dequantized", "bitsandbytes")
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,11 @@ class Decoding:
 
     @classmethod
     def from_params(cls, params: dict, **override) -> "Decoding":
-        known = {k: params[k] for k in cls.__dataclass_fields__ if k in params}
-        return replace(cls(**known), **override)
+        """Decoding from a mapping of its own keys; an unknown key is an error, as in BackendSettings."""
+        unknown = set(params) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown decoding setting(s): {', '.join(sorted(unknown))}")
+        return replace(cls(**params), **override)
 
     @property
     def uses_constraint(self) -> bool:
@@ -65,58 +68,6 @@ class Generation:
     # gave each one among the tokens the grammar allowed there: per-field confidence (survlm.confidence)
     token_texts: list[str] | None = None
     token_logprobs: list[float] | None = None
-
-
-@dataclass
-class BackendSettings:
-    """Engine options (the `infer.engine` params); unknown keys are rejected by `from_params`."""
-    max_model_len: int = 4096
-    dtype: str = "auto"                       # auto: bfloat16 on CUDA, float32 on CPU (bf16 answers wrongly there)
-    batch_size: int = 8                       # hf: prompts per generate call; openai: concurrent requests
-    gpu_memory_utilization: float = 0.4
-    enforce_eager: bool = True                # CPU start 31 s instead of ~100 s; on GPU set false for CUDA graphs
-    tensor_parallel_size: int = 1
-    quantization: str = "auto"                # the base the adapters were trained on: nf4 | none | auto (their run records)
-    nf4_serving: str = "dequantized"          # vllm, NF4 base: dequantized (exact NF4 weights, bf16 kernels) | bitsandbytes
-    max_lora_rank: int | None = None          # default: the largest adapter's r
-    seed: int = 0
-    openai_base_url: str = "http://localhost:8000/v1"
-    openai_model: str | None = None           # served base model name; adapters use their --lora-modules names
-    openai_constraint: str = "json_schema"    # or vllm_grammar: our compact grammar itself (vLLM servers only)
-    openai_retries: int = 4
-    openai_timeout_s: float = 600.0
-    openai_logprobs: bool = True              # ask for token log-probabilities (field confidence); off for servers without
-    extra: dict = field(default_factory=dict)  # passed to vllm.LLM as is
-
-    @classmethod
-    def from_params(cls, params: dict | None) -> "BackendSettings":
-        params = dict(params or {})
-        unknown = set(params) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown engine setting(s): {', '.join(sorted(unknown))}")
-        if params.get("quantization") is None:
-            params.pop("quantization", None)
-        settings = cls(**params)
-        if settings.quantization not in QUANTIZATIONS:
-            raise ValueError(f"engine quantization must be one of {', '.join(QUANTIZATIONS)}: the base the adapters "
-                             f"were trained on (got {settings.quantization!r})")
-        if settings.nf4_serving not in NF4_SERVING:
-            raise ValueError(f"engine nf4_serving must be one of {', '.join(NF4_SERVING)} (got {settings.nf4_serving!r})")
-        return settings
-
-    def base_quantization(self, adapters: dict[str, str]) -> str:
-        """The quantization of the base the adapters were trained on. `auto` reads their run records, which must
-        agree; with no adapter (zero-shot alone) or no record it is the full-precision base."""
-        if self.quantization != "auto":
-            return self.quantization
-        from .loading import trained_quantization
-
-        found = {name: trained_quantization(path) for name, path in adapters.items()}
-        kinds = {q for q in found.values() if q is not None}
-        if len(kinds) > 1:
-            raise ValueError("adapters trained on different bases cannot share an engine: "
-                             + ", ".join(f"{n}: {q}" for n, q in sorted(found.items())))
-        return kinds.pop() if kinds else "none"
 
 
 def resolve_backend(name: str) -> str:

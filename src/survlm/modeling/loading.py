@@ -8,12 +8,13 @@ took 39.6 GiB against 8.8 GiB for ours (H200, benchmarks/results/sft_memory.json
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 
 import torch
+
+from ..config import LoraParams
 
 QUANTIZATIONS = ("nf4", "none", "auto")
 
@@ -145,20 +146,6 @@ def save_plain(model, out_dir: str | Path, tokenizer_dir: str | Path) -> None:
     load_tokenizer(tokenizer_dir).save_pretrained(str(out_dir))
 
 
-def trained_quantization(adapter_dir: str | Path) -> str | None:
-    """How the base was loaded when this adapter was trained (`nf4` or `none`), from the run record that the
-    sft (`run.json`, beside its checkpoints), select_ckpt (`selected.json`) and dpo (`dpo_run.json`) stages
-    write; None for an adapter with no record."""
-    adapter_dir = Path(adapter_dir)
-    for record in (adapter_dir / "dpo_run.json", adapter_dir / "selected.json", adapter_dir / "run.json",
-                   adapter_dir.parent / "run.json"):
-        if record.is_file():
-            value = json.loads(record.read_text()).get("quantization")
-            if value in ("nf4", "none"):
-                return value
-    return None
-
-
 def dequantized_nf4(base_dir: str | Path, device: str, dtype: torch.dtype):
     """The NF4 base as training loaded it, dequantized exactly (bitsandbytes) into a plain `dtype` model."""
     return load_base(base_dir, "nf4", device).dequantize(dtype=dtype).to(dtype)
@@ -200,10 +187,10 @@ def load_tokenizer(base_dir: str | Path):
     return tok
 
 
-def lora_config(params: dict):
+def lora_config(params: LoraParams):
     from peft import LoraConfig
 
-    targets = params.get("target_modules", "all-linear")
-    return LoraConfig(r=int(params["r"]), lora_alpha=int(params["alpha"]), lora_dropout=float(params["dropout"]),
+    targets = params.target_modules
+    return LoraConfig(r=params.r, lora_alpha=params.alpha, lora_dropout=params.dropout,
                       target_modules=targets if isinstance(targets, str) else list(targets),
                       bias="none", task_type="CAUSAL_LM")

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import resource
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from .loading import (compute_dtype, is_main_process, load_base, load_tokenizer, lora_config, model_digest,
-                      pick_device, resolve_quantization)
+from ..config import SFTParams, to_dict
+from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
+                      resolve_quantization)
+from .training import callbacks, peak_memory_gib, trainer_config
 
 RUN_FILE = "run.json"
 
@@ -70,10 +70,10 @@ def _with_masks(tokenizer, examples: list[dict], rows: list[dict]) -> list[dict]
     return [mask_placeholders(tokenizer, ex, spans[ex["id"]]) for ex in examples]
 
 
-def _fingerprint(params: dict, quantization: str, files: list[Path], base_dir: Path) -> str:
+def _fingerprint(params: SFTParams, quantization: str, files: list[Path], base_dir: Path) -> str:
     """Params, data and the base model's files: checkpoints of another base (even one with the same
     config.json) are never resumed."""
-    h = hashlib.sha256(json.dumps({"params": params, "quantization": quantization}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"params": to_dict(params), "quantization": quantization}, sort_keys=True).encode())
     for f in files:
         h.update(hashlib.sha256(f.read_bytes()).digest())
     h.update(model_digest(base_dir).encode())
@@ -113,104 +113,26 @@ def select_examples(tokenizer, rows: list[dict], max_length: int) -> tuple[list[
     return kept, dropped
 
 
-def _peak_memory_gib(device: str) -> float:
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process RSS)
-
-
-def _callbacks(live, device: str) -> list:
-    from transformers import TrainerCallback
-    from transformers.integrations import DVCLiveCallback
-
-    class Throughput(TrainerCallback):
-        """tokens/s and peak memory next to TRL's loss, lr and grad-norm in the same dvclive step."""
-
-        def __init__(self):
-            self.t0, self.tokens0 = None, 0
-            self.history: list[float] = []
-
-        def on_train_begin(self, args, state, control, **kw):
-            self.t0 = time.perf_counter()
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            if logs is None or "num_tokens" not in logs or self.t0 is None:
-                return
-            now = time.perf_counter()
-            tokens = logs["num_tokens"]
-            logs["tokens_per_s"] = round((tokens - self.tokens0) / max(now - self.t0, 1e-9), 2)
-            self.history.append(logs["tokens_per_s"])
-            logs["peak_mem_gib"] = round(_peak_memory_gib(device), 3)
-            self.t0, self.tokens0 = now, tokens
-
-    # Throughput must run before DVCLive so the values it adds to `logs` are logged too.
-    return [Throughput()] + ([DVCLiveCallback(live=live)] if live is not None else [])
-
-
-def sft_config(params: dict, out_dir: Path, device: str, with_eval: bool):
-    """TRL SFTConfig from the `sft` params section (memory discipline on CUDA, see module loading)."""
+def sft_config(params: SFTParams, out_dir: Path, device: str, with_eval: bool):
+    """TRL SFTConfig from the `sft` params (device settings and memory discipline: modeling.training)."""
     from trl import SFTConfig
 
-    on_cuda = device == "cuda"
-    liger = bool(params.get("liger", False)) and on_cuda
-    if liger:
-        import importlib.util
-
-        liger = importlib.util.find_spec("liger_kernel") is not None
-    optim = params.get("optim", "auto")
-    return SFTConfig(
-        output_dir=str(out_dir),
-        learning_rate=float(params["lr"]),
-        num_train_epochs=float(params["epochs"]),
-        max_steps=int(params.get("max_steps") or -1),
-        per_device_train_batch_size=int(params["batch_size"]),
-        per_device_eval_batch_size=int(params["batch_size"]),
-        gradient_accumulation_steps=int(params["grad_accum"]),
-        warmup_steps=int(params["warmup_steps"]),
-        lr_scheduler_type=str(params.get("lr_scheduler", "cosine")),
-        weight_decay=float(params["weight_decay"]),
-        max_grad_norm=float(params.get("max_grad_norm", 1.0)),
-        seed=int(params["seed"]),
-        data_seed=int(params["seed"]),
-        max_length=int(params["max_length"]),
-        completion_only_loss=True,
-        packing=False,
-        save_strategy="steps" if params.get("save_steps") else "no",
-        save_steps=int(params.get("save_steps") or 1),
-        save_total_limit=None,
-        eval_strategy="steps" if with_eval else "no",
-        eval_steps=int(params["eval_steps"]),
-        logging_steps=1,
-        gradient_checkpointing=bool(params["gradient_checkpointing"]),
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        # The checkpointed per-layer inputs (seq x hidden x layers: 4.3 GiB at 16k on the 8B shape) move
-        # to pinned CPU memory; what stays on the GPU is the 4-bit weights and one layer's recompute.
-        activation_offloading=bool(params.get("activation_offloading", False)) and on_cuda,
-        bf16=compute_dtype(device) == torch.bfloat16,
-        optim=("paged_adamw_8bit" if on_cuda else "adamw_torch") if optim == "auto" else str(optim),
-        use_liger_kernel=liger,
-        report_to="none",
-        dataloader_num_workers=0,
-        # Tokenizing thousands of 3k-16k-token notes is CPU work a GPU machine's cores can share; on a small
-        # CPU machine the training itself needs them.
-        dataset_num_proc=min(8, os.cpu_count() or 1) if on_cuda else None,
-        use_cpu=not on_cuda,
-        disable_tqdm=False,           # the Trainer's step bar (rank 0 only): steps, s/step, ETA
-    )
+    return trainer_config(SFTConfig, params, out_dir, device, with_eval, completion_only_loss=True, packing=False,
+                          save_total_limit=None)
 
 
-def build_trainer(model, tokenizer, params: dict, train: list[dict], val: list[dict], out_dir: Path, device: str,
+def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: list[dict], out_dir: Path, device: str,
                   live=None):
     """SFTTrainer over `model` (wrapped with a fresh LoRA adapter); `trainer.throughput` has tokens/s per step."""
     from datasets import Dataset
     from trl import SFTTrainer
 
-    callbacks = _callbacks(live, device)
+    hooks = callbacks(live, device)
     trainer = SFTTrainer(model=model, args=sft_config(params, out_dir, device, bool(val)),
                          train_dataset=Dataset.from_list(train),
                          eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
-                         peft_config=lora_config(params["lora"]), callbacks=callbacks)
-    trainer.throughput = callbacks[0]
+                         peft_config=lora_config(params.lora), callbacks=hooks)
+    trainer.throughput = hooks[0]
     return trainer
 
 
@@ -254,12 +176,12 @@ def rewind_live(live_dir: Path, checkpoint: str) -> None:
         summary.write_text(json.dumps({**json.loads(summary.read_text()), "step": logged - 1}, indent=4) + "\n")
 
 
-def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, live_dir: Path | None) -> dict:
+def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Path, live_dir: Path | None) -> dict:
     """Train (or resume) and return a summary; `live_dir` None skips dvclive."""
     from accelerate import PartialState
 
     device = pick_device()
-    quantization = resolve_quantization(str(params.get("quantization", "auto")), device)
+    quantization = resolve_quantization(params.quantization, device)
     train_path, val_path = prepared_dir / "train.jsonl", prepared_dir / "val.jsonl"
     renderings = prepared_dir / "train_renderings.jsonl"
     fingerprint = _fingerprint(params, quantization, [train_path, val_path]
@@ -280,12 +202,12 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
                                         "base": str(base_dir), "complete": False}, indent=2) + "\n")
     state.wait_for_everyone()
 
-    torch.manual_seed(int(params["seed"]))
+    torch.manual_seed(params.seed)
     tokenizer = load_tokenizer(base_dir)
-    max_length = int(params["max_length"])
+    max_length = params.max_length
     # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
-    train_rows = training_rows(prepared_dir, params.get("max_train_notes"))
-    val_rows = _read(val_path, params.get("eval_notes"))
+    train_rows = training_rows(prepared_dir, params.max_train_notes)
+    val_rows = _read(val_path, params.eval_notes)
     no_target = sum(len(r["messages"]) != 3 for r in train_rows)
     train_rows = [r for r in train_rows if len(r["messages"]) == 3]
     val_rows = [r for r in val_rows if len(r["messages"]) == 3]
@@ -295,7 +217,7 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
 
-    model = load_base(base_dir, quantization, device, str(params.get("attn_implementation", "sdpa")))
+    model = load_base(base_dir, quantization, device, params.attn_implementation)
     live = None
     if live_dir is not None and main_process:
         from dvclive import Live
@@ -321,7 +243,7 @@ def train_sft(params: dict, prepared_dir: Path, base_dir: Path, out_dir: Path, l
         "steps": trainer.state.global_step, "train_loss": _mean_logged_loss(trainer.state.log_history, result),
         "final_eval_loss": next((round(h["eval_loss"], 5) for h in reversed(trainer.state.log_history)
                                  if "eval_loss" in h), None),
-        "train_seconds": round(time.perf_counter() - t0, 1), "peak_mem_gib": round(_peak_memory_gib(device), 3),
+        "train_seconds": round(time.perf_counter() - t0, 1), "peak_mem_gib": round(peak_memory_gib(device), 3),
         "checkpoints": sorted((p.name for p in out_dir.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1])),
     }
     if state.num_processes > 1:

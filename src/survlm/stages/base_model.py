@@ -4,17 +4,16 @@ from __future__ import annotations
 import argparse
 
 from ..modeling.base import BaseModelError, materialise_base
-from .common import fail, load_params
+from .common import fail, stage_params
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="models/base")
+    ap.add_argument("--out", required=True, help="the base model dir to write (models/base)")
     args = ap.parse_args(argv)
-    params = load_params("model")
+    params = stage_params("model")
     try:
-        manifest = materialise_base(str(params.get("base", "bundled:smollm2-135m-instruct")), args.out,
-                                    allow_download=bool(params.get("allow_download", False)))
+        manifest = materialise_base(params.base, args.out, allow_download=params.allow_download)
     except BaseModelError as exc:
         fail(str(exc))
     print(f"base model: {manifest['source']['spec']} ({manifest['parameters'] / 1e6:.0f}M parameters) -> {args.out}")

@@ -13,10 +13,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..selection import dpo_selection
-from .common import (atomic_dir, fail, labelled_records, load_params, load_prompt, read_jsonl, scratch_dir,
-                     write_json)
-from .select_ckpt import checkpoints
+from ..artifacts import atomic_dir, labelled_records, load_prompt, read_jsonl, scratch_dir, write_json
+from ..selection import checkpoints, dpo_selection
+from .common import fail, stage_params
 
 REPORT_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "first_value_rate", "json_valid_rate")
 CURVE_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")
@@ -45,15 +44,15 @@ def copy_adapter(src: Path, dst: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--pairs", default="data/pairs")
-    ap.add_argument("--base", default="models/base")
-    ap.add_argument("--sft", default="models/sft_best")
-    ap.add_argument("--out", default="models/dpo")
-    ap.add_argument("--live", default="dvclive/dpo")
-    ap.add_argument("--metrics", default="metrics/dpo.json")
+    ap.add_argument("--prepared", required=True, help="prepare's output dir (validation notes, prompt)")
+    ap.add_argument("--pairs", required=True, help="make_pairs' train.jsonl and eval.jsonl")
+    ap.add_argument("--base", required=True, help="the base model dir")
+    ap.add_argument("--sft", required=True, help="the selected SFT adapter to start from")
+    ap.add_argument("--out", required=True, help="where the shipped adapter goes")
+    ap.add_argument("--live", required=True, help="dvclive dir")
+    ap.add_argument("--metrics", required=True, help="the summary JSON")
     args = ap.parse_args(argv)
-    params = load_params("dpo")
+    params = stage_params("dpo")
     sft, prepared = Path(args.sft), Path(args.prepared)
     if not (sft / "adapter_config.json").is_file():
         fail(f"{sft}: no SFT adapter to start DPO from")
@@ -81,13 +80,13 @@ def main(argv: list[str] | None = None) -> None:
         leave_process_group()  # the selection's generation engine must not see the DDP job's ranks
         steps = candidates(train_dir, summary["steps"])
         ship, selection = steps[-1][1], {"selected": "dpo", "selected_step": steps[-1][0], "guarded": False}
-        if int(params.get("val_notes") or 0) > 0:
+        if (params.val_notes or 0) > 0:
             schema, system = load_prompt(prepared)
-            rows = labelled_records(prepared / "val.jsonl", params["val_notes"])
+            rows = labelled_records(prepared / "val.jsonl", params.val_notes)
             names = {0: "sft", **{step: f"checkpoint-{step}" for step, _ in steps}}
             with tempfile.TemporaryDirectory() as work:
                 m = score_adapters(Path(args.base), {"sft": sft, **{names[st]: p for st, p in steps}}, rows, schema,
-                                   system, prepared, params.get("report", {}), Path(work))
+                                   system, prepared, params.report, Path(work))
             curve = [{"step": st, "checkpoint": names[st], **{k: m[names[st]][k] for k in CURVE_KEYS}}
                      for st in sorted(names)]
             selection = {**dpo_selection(curve), "guarded": True}

@@ -9,12 +9,15 @@ on the test notes that were extracted. The regex baseline and gold are also scor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
-from ..metrics import MODELS
-from .common import load_params, load_prompt, note_of, read_jsonl, render_meta, write_json
+from ..artifacts import load_prompt, note_of, read_jsonl, render_meta, write_json
+from ..config import SurvivalParams
+from ..predictions import MODELS
+from .common import stage_params
 
 HEADLINE = ("field_accuracy", "fabrication_rate", "omission_rate", "last_value_rate", "first_value_rate",
             "json_valid_rate", "unit_errors", "grounding_failures")
@@ -30,8 +33,7 @@ def load_model_results(pred_dir: Path, split: str, schema, records: dict[str, di
     """model -> {id: parsed results} for the notes that model answered (regex: every record)."""
     from ..baselines import regex_answer
     from ..extraction import parse_answer
-    from ..modeling.extractor import read_rows, row_results
-    from .infer import prediction_path
+    from ..predictions import prediction_path, read_rows, row_results
 
     out: dict[str, dict] = {}
     for model in MODELS:
@@ -97,13 +99,14 @@ def cindex_ci(models, sources: dict[str, list[dict]], time, event, boot: dict) -
     return bootstrap_ci(stats, len(time), **boot)
 
 
-def refit_block(schema, records: dict, results: dict[str, dict], ids: list[str], params: dict) -> dict | None:
+def refit_block(schema, records: dict, results: dict[str, dict], ids: list[str], params: SurvivalParams
+                ) -> dict | None:
     """Cox refit on *extracted* covariates: 2-fold cross-fit on the extracted test notes, C-index per source."""
-    if len(ids) < int(params.get("refit_min_notes", 40)):
+    if len(ids) < params.refit_min_notes:
         return None
     from ..survival import NoVariation, SurvivalModels, harrell_c
 
-    rng = np.random.default_rng(int(params.get("seed", 0)))
+    rng = np.random.default_rng(params.seed)
     order = rng.permutation(len(ids))
     halves = [[ids[k] for k in order[: len(ids) // 2]], [ids[k] for k in order[len(ids) // 2:]]]
     sources = {"gold": {i: records[i]["labels"] for i in ids}}
@@ -114,7 +117,8 @@ def refit_block(schema, records: dict, results: dict[str, dict], ids: list[str],
         for a, b in ((0, 1), (1, 0)):
             try:
                 fit = SurvivalModels(schema, [labels[i] for i in halves[a]], [records[i]["time"] for i in halves[a]],
-                                     [records[i]["event"] for i in halves[a]], {**params, "rsf_trees": 10})
+                                     [records[i]["event"] for i in halves[a]],
+                                     dataclasses.replace(params, rsf_trees=10))
                 risk = fit.risks([labels[i] for i in halves[b]])["cox"]
             except NoVariation:
                 risk = np.zeros(len(halves[b]))   # nothing to rank by: every pair is a tie (C = 0.5)
@@ -204,23 +208,22 @@ def km_rows(models, records: dict, cohorts: dict[str, tuple[list[str], dict[str,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--predictions", default="data/predictions")
-    ap.add_argument("--metrics", default="metrics/evaluate.json")
-    ap.add_argument("--plots", default="metrics/plots")
-    ap.add_argument("--report", default="metrics/report.md")
+    ap.add_argument("--prepared", required=True, help="prepare's output dir")
+    ap.add_argument("--predictions", required=True, help="infer's predictions dir")
+    ap.add_argument("--metrics", required=True, help="the metrics JSON")
+    ap.add_argument("--plots", required=True, help="plot data dir")
+    ap.add_argument("--report", required=True, help="the Markdown report")
     args = ap.parse_args(argv)
     from ..survival import SurvivalModels
 
-    params = load_params("evaluate")
-    boot_params = params.get("bootstrap", {})
-    boot = {"resamples": int(boot_params.get("resamples", 1000)), "seed": int(boot_params.get("seed", 0))}
+    params = stage_params("evaluate")
+    boot = dataclasses.asdict(params.bootstrap)
     prepared, preds = Path(args.prepared), Path(args.predictions)
     schema, _ = load_prompt(prepared)
     train = list(read_jsonl(prepared / "train.jsonl"))
     train_time = np.array([r["time"] for r in train], dtype=float)
     models = SurvivalModels(schema, [r["labels"] for r in train], train_time, [r["event"] for r in train],
-                            params.get("survival", {}))
+                            params.survival)
     ev: dict = {"extraction_by_model": {}}
     km: list[dict] = []
     survival: dict = {}
@@ -243,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
 
         survival = {"notes": block["notes"], "by_source": sources_of(block), "ci95": block.get("ci95"),
                     "full_test": {"notes": full["notes"], "by_source": sources_of(full), "ci95": full.get("ci95")},
-                    "refit_on_extracted": refit_block(schema, records, results, extracted, params.get("survival", {}))}
+                    "refit_on_extracted": refit_block(schema, records, results, extracted, params.survival)}
         src = survival["by_source"]
         for name in ("gold",) + MODELS:
             survival[f"cindex_{name}"] = src.get(name, {}).get("cox_harrell")

@@ -19,26 +19,20 @@ import shutil
 import time
 from pathlib import Path
 
-from .common import first_records, load_params, load_prompt, note_of, write_json, write_jsonl
+from ..artifacts import first_records, load_prompt, note_of, render_meta, write_json, write_jsonl
+from ..predictions import ABSTAINING, prediction_path, read_rows, row_results
+from .common import stage_params
 
 SPLITS = {"test": "test_notes", "test_heldout": "heldout_notes"}
-ABSTAINING = "dpo_abstain"   # the DPO adapter's answers with calibrated confidence and abstention
 
 
-def adapter_dirs(params: dict) -> dict[str, Path | None]:
-    """Model name -> adapter dir (None = base). `dpo` is the model under evaluation."""
-    out: dict[str, Path | None] = {"dpo": Path(params.get("adapter", "models/dpo"))}
-    for name in params.get("baselines", []):
-        out[name] = None if name == "zero_shot" else Path({"sft": "models/sft_best"}.get(name, name))
+def adapter_dirs(baselines, adapter: Path, sft: Path) -> dict[str, Path | None]:
+    """Model name -> adapter dir (None = base). `dpo` is the model under evaluation; the baseline `sft` is the
+    selected SFT adapter, `zero_shot` the base, any other name an adapter dir."""
+    out: dict[str, Path | None] = {"dpo": adapter}
+    for name in baselines:
+        out[name] = None if name == "zero_shot" else sft if name == "sft" else Path(name)
     return out
-
-
-def prediction_path(out: Path, model: str, split: str) -> Path:
-    if model == "dpo":
-        return out / f"{split}.jsonl"
-    if model == ABSTAINING:
-        return out / "abstain" / f"{split}.jsonl"
-    return out / "baselines" / model / f"{split}.jsonl"
 
 
 def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
@@ -46,7 +40,6 @@ def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
     answers with calibrated confidences and abstentions (model `dpo_abstain`). Returns the calibration summary."""
     from ..confidence import abstained_row, fit_calibration, validation_answers
     from ..metrics import score
-    from ..modeling.extractor import read_rows, row_results
 
     labels = {r["id"]: r["labels"] for r in val_rows}
     greedy = list(read_rows(out / "decoding" / "greedy.jsonl"))
@@ -69,44 +62,47 @@ def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--base", default="models/base")
-    ap.add_argument("--out", default="data/predictions")
-    ap.add_argument("--metrics", default="metrics/infer.json")
+    ap.add_argument("--prepared", required=True, help="prepare's output dir (test splits, validation, prompt)")
+    ap.add_argument("--base", required=True, help="the base model dir")
+    ap.add_argument("--adapter", required=True, help="the adapter under evaluation (dpo's output)")
+    ap.add_argument("--sft", required=True, help="the selected SFT adapter, the `sft` baseline")
+    ap.add_argument("--out", required=True, help="predictions dir (kept between runs to resume)")
+    ap.add_argument("--metrics", required=True, help="the summary JSON")
     args = ap.parse_args(argv)
     from ..metrics import score
     from ..modeling.backends import Decoding, make_backend
-    from ..modeling.extractor import Task, read_rows, row_results, run_tasks
-    from .common import render_meta
+    from ..modeling.extractor import Task, run_tasks
 
-    params = load_params("infer")
+    params = stage_params("infer")
     prepared, out = Path(args.prepared), Path(args.out)
     schema, system = load_prompt(prepared)
-    models = adapter_dirs(params)
-    greedy = Decoding.from_params(params, strategy="greedy", n=1)
+    models = adapter_dirs(params.baselines, Path(args.adapter), Path(args.sft))
+    greedy = Decoding(strategy="greedy", **params.decoding_args())
     tasks = []
     for split, key in SPLITS.items():
-        records = [{"id": r["id"], "note": note_of(r)} for r in first_records(prepared / f"{split}.jsonl", params[key])]
+        split_rows = first_records(prepared / f"{split}.jsonl", getattr(params, key))
+        records = [{"id": r["id"], "note": note_of(r)} for r in split_rows]
         if not records:  # e.g. test_notes: 0 to run only the decoding comparison
             continue
         for model, path in models.items():
             tasks.append(Task(f"{model}/{split}", None if path is None else model, records,
                               prediction_path(out, model, split)))
-    comparison = params.get("decoding_comparison") or {}
-    val_rows = first_records(prepared / "val.jsonl", comparison.get("val_notes", 0)) if comparison else []
+    comparison = params.decoding_comparison
+    val_rows = first_records(prepared / "val.jsonl", comparison.val_notes) if comparison.val_notes != 0 else []
     val_records = [{"id": r["id"], "note": note_of(r)} for r in val_rows]
-    for strategy in comparison.get("strategies", []) if val_records else []:
-        if strategy == "vote":   # self-consistency: the majority of `vote_samples` samples, field by field
-            dec = Decoding.from_params({**params, **comparison}, strategy="sample",
-                                       n=int(comparison.get("vote_samples", 5)))
-        else:
-            dec = greedy if strategy == "greedy" else Decoding.from_params({**params, **comparison},
-                                                                            strategy=strategy, n=1)
+    for strategy in comparison.strategies if val_records else []:
+        if strategy == "greedy":
+            dec = greedy
+        else:   # vote: self-consistency, the per-field majority of `vote_samples` samples
+            dec = Decoding(strategy="sample" if strategy == "vote" else strategy,
+                           n=comparison.vote_samples if strategy == "vote" else 1,
+                           temperature=comparison.temperature, top_p=comparison.top_p,
+                           beam_width=comparison.beam_width, **params.decoding_args())
         tasks.append(Task(f"decoding/{strategy}", "dpo", val_records, out / "decoding" / f"{strategy}.jsonl", dec,
                           vote=strategy == "vote"))
     adapters = {m: p for m, p in models.items() if p is not None}
     t0 = time.perf_counter()
-    backend = make_backend(params.get("backend", "auto"), Path(args.base), adapters, schema, params.get("engine"))
+    backend = make_backend(params.backend, Path(args.base), adapters, schema, params.engine)
     started = time.perf_counter() - t0
     # beam search runs apart (vLLM's beam_search steps the engine once per token), so its cost is timed apart
     is_beam = [t.decoding is not None and t.decoding.strategy == "beam" for t in tasks]
@@ -117,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, group in groups.items():
             t1 = time.perf_counter()
             counts.update(run_tasks(backend, group, schema, system, greedy,
-                                    chunk_overlap=int(params["chunk_overlap"])))
+                                    chunk_overlap=params.chunk_overlap))
             seconds[name] = time.perf_counter() - t1
     finally:
         backend.close()
@@ -147,8 +143,7 @@ def main(argv: list[str] | None = None) -> None:
                 summary["decoding_comparison"][task.name.split("/")[1]] = {
                     k: m[k] for k in ("notes", "field_accuracy", "last_value_rate", "first_value_rate",
                                       "fabrication_rate", "json_valid_rate")}
-    abstention = params.get("abstention") or {}
-    if abstention.get("enabled") and "greedy" in comparison.get("strategies", []) and val_rows:
+    if params.abstention.enabled and "greedy" in comparison.strategies and val_rows:
         summary["abstention"] = abstain(out, schema, val_rows, list(SPLITS))
     else:   # answers of an earlier run must not pass for this one's
         shutil.rmtree(out / "abstain", ignore_errors=True)

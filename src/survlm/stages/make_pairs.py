@@ -4,26 +4,29 @@ render metadata fill in the failure modes the model did not show. -> data/pairs/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 from pathlib import Path
 
+from ..artifacts import atomic_dir, first_records, load_prompt, note_of, render_meta, write_json, write_jsonl
+from ..config import MakePairsParams
 from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, summarize
-from .common import (atomic_dir, fail, first_records, load_params, load_prompt, note_of, render_meta, write_json,
-                     write_jsonl)
+from .common import fail, stage_params
 
 
-def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: dict
+def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: MakePairsParams
                        ) -> list[list[str]]:
     """Greedy plus `samples` sampled answers per note, in one generation pass."""
     from ..modeling.backends import Decoding, make_backend
 
-    greedy = Decoding.from_params(params, strategy="greedy", n=1)
-    sampled = Decoding.from_params(params, strategy="sample", n=int(params["samples"]))
+    args = {**params.decoding_args(), "temperature": params.temperature, "top_p": params.top_p}
+    greedy = Decoding(strategy="greedy", **args)
+    sampled = Decoding(strategy="sample", n=params.samples, **args)
     prompts = [[{"role": "system", "content": system}, {"role": "user", "content": note_of(r)}] for r in rows]
-    decodings = [greedy] * len(rows) + ([sampled] * len(rows) if int(params["samples"]) > 0 else [])
+    decodings = [greedy] * len(rows) + ([sampled] * len(rows) if params.samples > 0 else [])
     from tqdm import tqdm
 
-    backend = make_backend(params.get("backend", "auto"), base, {"sft": adapter}, schema, params.get("engine"))
+    backend = make_backend(params.backend, base, {"sft": adapter}, schema, params.engine)
     gens: list = [None] * len(decodings)
     try:
         with tqdm(total=len(decodings), desc="make_pairs", unit="answer") as bar:
@@ -48,29 +51,29 @@ def _trained_labels(record: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--base", default="models/base")
-    ap.add_argument("--adapter", default="models/sft_best")
-    ap.add_argument("--out", default="data/pairs")
-    ap.add_argument("--metrics", default="metrics/make_pairs.json")
+    ap.add_argument("--prepared", required=True, help="prepare's output dir")
+    ap.add_argument("--base", required=True, help="the base model dir")
+    ap.add_argument("--adapter", required=True, help="the selected SFT adapter")
+    ap.add_argument("--out", required=True, help="where train.jsonl and eval.jsonl go")
+    ap.add_argument("--metrics", required=True, help="the summary JSON")
     args = ap.parse_args(argv)
-    params = load_params("make_pairs")
+    params = stage_params("make_pairs")
     prepared, adapter = Path(args.prepared), Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter}: no adapter (select_ckpt chose the zero-shot base); preference pairs need an SFT adapter")
     schema, system = load_prompt(prepared)
-    rows = first_records(prepared / "pairs.jsonl", params["notes"])
+    rows = first_records(prepared / "pairs.jsonl", params.notes)
     rows = [r for r in rows if len(r["messages"]) == 3]  # records without a gold answer cannot give a pair
     if not rows:
         fail(f"{prepared / 'pairs.jsonl'}: no record with a gold answer to build preference pairs from")
     meta = render_meta(prepared, {r["id"] for r in rows})
     completions = sample_completions(Path(args.base), adapter, rows, schema, system, params)
-    rates = params.get("synthetic", {})
+    rates = dataclasses.asdict(params.synthetic)
     pairs, fully_correct, n_completions, unfilled = [], 0, 0, 0
     for r, texts in zip(rows, completions):
         r = _trained_labels(r)
-        got, counters = build_pairs(schema, r, note_of(r), meta.get(r["id"]), texts, rates, int(params["seed"]),
-                                    int(params["max_model_rejections"]), bool(params.get("single_field", False)))
+        got, counters = build_pairs(schema, r, note_of(r), meta.get(r["id"]), texts, rates, params.seed,
+                                    params.max_model_rejections, params.single_field)
         if r.get("untrained"):  # placeholders come from the model's answer, or the pair is dropped (counted)
             filled = [fill_untrained(p, r["untrained"], p["rejected"][0]["content"] if p["source"] == "model"
                                      else texts[0]) for p in got]
@@ -80,14 +83,13 @@ def main(argv: list[str] | None = None) -> None:
         pairs.extend(got)
         fully_correct += counters["fully_correct"]
         n_completions += counters["completions"]
-    pairs, balance = balance_pairs(pairs, params.get("max_type_ratio"), params.get("max_direction_ratio"),
-                                   int(params["seed"]))
+    pairs, balance = balance_pairs(pairs, params.max_type_ratio, params.max_direction_ratio, params.seed)
     # a seeded order, so that dpo.max_pairs takes a random sample and not the first notes
-    random.Random(int(params["seed"])).shuffle(pairs)
+    random.Random(params.seed).shuffle(pairs)
     # eval pairs: whole notes held out, so no prompt is in both files
     ids = sorted({p["id"] for p in pairs})
-    random.Random(int(params["seed"])).shuffle(ids)
-    n_eval = max(1, round(len(ids) * float(params["eval_fraction"]))) if len(ids) > 1 else 0
+    random.Random(params.seed).shuffle(ids)
+    n_eval = max(1, round(len(ids) * params.eval_fraction)) if len(ids) > 1 else 0
     eval_ids = set(ids[:n_eval])
     with atomic_dir(args.out) as tmp:
         write_jsonl(tmp / "train.jsonl", (p for p in pairs if p["id"] not in eval_ids))
@@ -97,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
                     "dropped_unfilled_placeholders": unfilled,
                     "train_pairs": sum(p["id"] not in eval_ids for p in pairs),
                     "eval_pairs": sum(p["id"] in eval_ids for p in pairs), "balance": balance,
-                    "single_field": bool(params.get("single_field", False)),
+                    "single_field": params.single_field,
                     "by_source_and_type": {src: summarize([p for p in pairs if p["source"] == src])["by_error_type"]
                                            for src in ("model", "synthetic")}})
     write_json(args.metrics, summary)

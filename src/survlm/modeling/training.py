@@ -1,0 +1,103 @@
+"""What SFT and DPO training share: the TRL config built from a `TrainerParams` block (a few keys renamed, the
+device decided in one place) and the callbacks that log throughput and peak memory next to TRL's metrics."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import resource
+import time
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from ..config import SFTParams, TrainerParams
+from .loading import compute_dtype
+
+# params.yaml name -> TRL TrainingArguments name; every other trainer knob has TRL's own name
+TRL_NAMES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
+             "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type",
+             "liger": "use_liger_kernel"}
+# our own keys (data selection, model loading, generation), not TRL's
+NOT_TRAINER = {"quantization", "max_train_notes", "eval_notes", "attn_implementation", "lora", "max_pairs",
+               "max_prompt_length", "val_notes", "report"}
+
+
+def device_args(params: TrainerParams, device: str) -> dict:
+    """The TRL settings that depend on the device. On CUDA: bf16, paged 8-bit AdamW (optim `auto`), Liger kernels
+    where asked for and installed, optional activation offloading, parallel dataset tokenizing. On CPU: fp32,
+    plain AdamW, none of the CUDA-only options."""
+    on_cuda = device == "cuda"
+    out = {
+        "bf16": compute_dtype(device) == torch.bfloat16,
+        "optim": ("paged_adamw_8bit" if on_cuda else "adamw_torch") if params.optim == "auto" else params.optim,
+        # The checkpointed per-layer inputs (seq x hidden x layers: 4.3 GiB at 16k on the 8B shape) move to pinned
+        # CPU memory; what stays on the GPU is the 4-bit weights and one layer's recompute.
+        "activation_offloading": params.activation_offloading and on_cuda,
+        "use_cpu": not on_cuda,
+    }
+    if isinstance(params, SFTParams):
+        out["use_liger_kernel"] = params.liger and on_cuda and importlib.util.find_spec("liger_kernel") is not None
+        # Tokenizing thousands of 3k-16k-token notes is CPU work a GPU machine's cores can share; on a small CPU
+        # machine the training itself needs them.
+        out["dataset_num_proc"] = min(8, os.cpu_count() or 1) if on_cuda else None
+    return out
+
+
+def trainer_config(config_cls, params: TrainerParams, out_dir: Path, device: str, with_eval: bool, **fixed):
+    """`config_cls` (TRL's SFTConfig or DPOConfig) from the params block: each trainer knob under its TRL name,
+    then the device settings, then `fixed` (what the calling trainer always sets)."""
+    args = {TRL_NAMES.get(f.name, f.name): getattr(params, f.name) for f in fields(params)
+            if f.name not in NOT_TRAINER}
+    args.update(
+        max_steps=params.max_steps or -1,
+        per_device_eval_batch_size=params.batch_size,
+        data_seed=params.seed,
+        save_strategy="steps" if params.save_steps else "no",
+        save_steps=params.save_steps or 1,
+        # eval loss once per epoch unless eval_steps asks for more
+        eval_strategy=("steps" if params.eval_steps else "epoch") if with_eval else "no",
+        eval_steps=params.eval_steps or 1,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        logging_steps=1,
+        report_to="none",
+        dataloader_num_workers=0,
+        disable_tqdm=False,           # the Trainer's step bar (rank 0 only): steps, s/step, ETA
+    )
+    args.update(device_args(params, device))
+    args.update(fixed)
+    return config_cls(output_dir=str(out_dir), **args)
+
+
+def peak_memory_gib(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (process RSS)
+
+
+def callbacks(live, device: str) -> list:
+    """[Throughput, DVCLive (when `live` is given)]: tokens/s and peak memory next to TRL's loss, lr and grad-norm
+    in the same dvclive step."""
+    from transformers import TrainerCallback
+    from transformers.integrations import DVCLiveCallback
+
+    class Throughput(TrainerCallback):
+        def __init__(self):
+            self.t0, self.tokens0 = None, 0
+            self.history: list[float] = []
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = time.perf_counter()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs is None or "num_tokens" not in logs or self.t0 is None:
+                return
+            now = time.perf_counter()
+            tokens = logs["num_tokens"]
+            logs["tokens_per_s"] = round((tokens - self.tokens0) / max(now - self.t0, 1e-9), 2)
+            self.history.append(logs["tokens_per_s"])
+            logs["peak_mem_gib"] = round(peak_memory_gib(device), 3)
+            self.t0, self.tokens0 = now, tokens
+
+    # Throughput must run before DVCLive so the values it adds to `logs` are logged too.
+    return [Throughput()] + ([DVCLiveCallback(live=live)] if live is not None else [])
