@@ -116,8 +116,8 @@ def score_split(prepared: Path, predictions: Path, split: str) -> tuple[dict, di
     from survlm.baselines import regex_answer
     from survlm.extraction import parse_answer
     from survlm.metrics import score
-    from survlm.modeling.extractor import read_rows, row_results
-    from survlm.stages.common import load_prompt, note_of, read_jsonl, render_meta
+    from survlm.artifacts import load_prompt, note_of, read_jsonl, render_meta
+    from survlm.predictions import read_rows, row_results
 
     schema, _ = load_prompt(prepared)
     rows = {r["id"]: r for r in read_jsonl(prepared / f"{split}.jsonl")}
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="metrics/style_transfer.json")
     args = ap.parse_args(argv)
     from survlm.notes.render import STYLES
-    from survlm.stages.common import write_json
+    from survlm.artifacts import write_json
 
     preset = yaml.safe_load(Path(args.preset).read_text())
     params = apply_overrides(preset, args.overrides)

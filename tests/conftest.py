@@ -217,3 +217,27 @@ def sft_adapter(tiny_llama_dir, tmp_path_factory):
     (prepared / "val.jsonl").write_text("")
     train_sft(sft_params(max_steps=2, save_steps=2, eval_notes=0), prepared, tiny_llama_dir, root / "sft", None)
     return prepared, root / "sft" / "checkpoint-2"
+
+
+_COHORT_JOB: tuple = ()
+
+
+def _cohort_slice(bounds: tuple[int, int]) -> list:
+    check, rows = _COHORT_JOB
+    return [check(i, rows[i]) for i in range(*bounds)]
+
+
+def over_cohort(rows: list[dict], check, workers: int = 2) -> list:
+    """[check(i, row) for every row], split over `workers` forked processes: a whole-cohort render check is
+    CPU-bound Python, and the machine has another core. `check` returns something picklable."""
+    import multiprocessing
+
+    global _COHORT_JOB
+    _COHORT_JOB = (check, rows)
+    step = -(-len(rows) // workers)
+    bounds = [(k, min(k + step, len(rows))) for k in range(0, len(rows), step)]
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            return [result for part in pool.map(_cohort_slice, bounds) for result in part]
+    finally:
+        _COHORT_JOB = ()

@@ -9,8 +9,12 @@ def test_bundled_base_is_bitwise_stable_and_loads(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    a = materialise_base("bundled:smollm2-135m-instruct", tmp_path / "a")
-    b = materialise_base("bundled:smollm2-135m-instruct", tmp_path / "b")
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # two independent conversions, one per core
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        a, b = pool.map(materialise_base, ["bundled:smollm2-135m-instruct"] * 2, [tmp_path / "a", tmp_path / "b"])
     assert a["files"] == b["files"] and "model.safetensors" in a["files"]
     assert a["architecture"] == ["LlamaForCausalLM"] and 130e6 < a["parameters"] < 140e6
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "a")

@@ -17,6 +17,7 @@ from survlm.notes.checks import check_note, trap_stats
 from survlm.notes.render import FAMILY_STYLES, GOLD_DAY, ORIGINAL_STYLES, STYLES, render_patient, render_to_budget
 from survlm.schema import target_json_schema
 from survlm.units import UnitError, resolve_unit
+from conftest import over_cohort
 
 
 def test_families_are_registered_after_the_original_styles():
@@ -30,15 +31,18 @@ def test_family_invariants_hold_over_the_whole_cohort(schema, support2_rows):
     mention's metadata converts back to its canonical value, days are named by date only, and every target is
     an answer the decoding schema allows."""
     validator = jsonschema.Draft202012Validator(target_json_schema(schema))
-    violations, traps, seen = [], [], set()
-    for i, row in enumerate(support2_rows):
+    def check(i, row):
         style = FAMILY_STYLES[i % len(FAMILY_STYLES)]
         note = render_patient(row, schema, style, 11, row["id"], n_days=4 + i % 5, filler_per_day=i % 3)
-        violations += [f"{row['id']} {style}: {v}" for v in check_note(note, schema, row)]
-        violations += [f"{row['id']} {style}: {e.message}" for e in validator.iter_errors(json.loads(compact_json(note.target)))]
-        traps += trap_stats(note, schema).values()
-        seen.add(note.style)
-    assert len(support2_rows) == 9105 and seen == set(FAMILY_STYLES)
+        found = [f"{row['id']} {style}: {v}" for v in check_note(note, schema, row)]
+        found += [f"{row['id']} {style}: {e.message}" for e in validator.iter_errors(json.loads(compact_json(note.target)))]
+        return found, list(trap_stats(note, schema).values()), note.style
+
+    results = over_cohort(support2_rows, check)
+    violations = [v for vs, _, _ in results for v in vs]
+    traps = [t for _, ts, _ in results for t in ts]
+    seen = {style for _, _, style in results}
+    assert len(support2_rows) == len(results) == 9105 and seen == set(FAMILY_STYLES)
     assert violations == []
     assert statistics.fmean(t["first_wrong"] for t in traps) > 0.999
     assert statistics.fmean(t["last_wrong"] for t in traps) == 1.0

@@ -9,18 +9,20 @@ from survlm.extraction import compact_json
 from survlm.notes.checks import check_note, trap_stats
 from survlm.notes.render import GOLD_DAY, STYLES, render_patient, render_to_budget
 from survlm.schema import target_json_schema
+from conftest import over_cohort
 
 
 @pytest.mark.slow   # renders all 9,105 patients
 def test_invariants_hold_over_the_whole_cohort(schema, support2_rows):
     """Every patient, each in one style (rotating): labels come from the day-3 mention, nulls have none."""
-    violations = []
-    traps = []
-    for i, row in enumerate(support2_rows):
+    def check(i, row):
         note = render_patient(row, schema, STYLES[i % len(STYLES)], 7, row["id"], n_days=5, filler_per_day=1)
-        violations += [f"{row['id']}: {v}" for v in check_note(note, schema, row)]
-        traps += trap_stats(note, schema).values()
-    assert len(support2_rows) == 9105
+        return [f"{row['id']}: {v}" for v in check_note(note, schema, row)], list(trap_stats(note, schema).values())
+
+    results = over_cohort(support2_rows, check)
+    violations = [v for vs, _ in results for v in vs]
+    traps = [t for _, ts in results for t in ts]
+    assert len(support2_rows) == len(results) == 9105
     assert violations == []
     # The first and last mention of a physiology value are (almost) never the day-3 value; a home
     # glucometer reading may coincide with it by chance.

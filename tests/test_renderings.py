@@ -57,6 +57,7 @@ def test_renderings_per_patient(tiny_llama_dir, tmp_path, schema):
 def test_renderings_land_in_different_families_seeded(tiny_llama_dir, tmp_path, schema):
     """With the chart families in the style list: a training patient's renderings are each in another training
     family (none of them the held-out one), other splits have one note per patient, and the assignment is seeded."""
+    from survlm.config import parse_section
     from survlm.notes.render import STYLES
     from survlm.stages.prepare import prepare
 
@@ -66,7 +67,8 @@ def test_renderings_land_in_different_families_seeded(tiny_llama_dir, tmp_path, 
             "styles": list(STYLES), "heldout_styles": ["handoff"],
             "split": {"train": 0.6, "val": 0.1, "pairs": 0.1, "test": 0.2}, "alt_unit_rate": 0.3,
             "derived_rate": 0.3, "max_patients": 30, "renderings_per_patient": 5, "workers": 1}
-        metrics = prepare(params, str(tiny_llama_dir), str(tmp_path / name), str(tmp_path / f"{name}.json"))
+        metrics = prepare(parse_section("prepare", params), str(tiny_llama_dir), str(tmp_path / name),
+                          str(tmp_path / f"{name}.json"))
         return tmp_path / name, metrics
 
     out, metrics = run("a", 42)

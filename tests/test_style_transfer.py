@@ -67,7 +67,10 @@ def test_run_params_hold_one_style_out():
     params = yaml.safe_load((REPO / "params" / "gpu-smollm2-h200-style-transfer.yaml").read_text())
     p = bench.run_params(params, "datagrid")
     assert p["prepare"]["heldout_styles"] == ["datagrid"] and "datagrid" in p["prepare"]["styles"]
-    assert p["infer"]["adapter"] == "models/sft_best" and p["infer"]["baselines"] == []
+    assert p["infer"]["baselines"] == [] and p["infer"]["decoding_comparison"]["val_notes"] == 0
+    assert not p["infer"]["abstention"]["enabled"]
+    infer = bench.stage_command("infer")                       # the SFT adapter is the one under evaluation
+    assert infer[infer.index("--adapter") + 1] == infer[infer.index("--sft") + 1] == "models/sft_best"
     assert params["prepare"]["heldout_styles"] == ["nursing"]                  # the preset itself is not changed
     with pytest.raises(SystemExit, match="not a key"):
         bench.apply_overrides(params, ["sft.learning_rate=1e-4"])
