@@ -114,28 +114,16 @@ def merge_field(f, results: list[FieldResult], tolerance: float) -> tuple[FieldR
         listed = list(items.values())
         conflict = len(lists) > 1
         return FieldResult("ok", value=len(listed), written={"value": listed}), conflict
-    groups: list[list[FieldResult]] = []
-    for r in oks:
-        for g in groups:
-            same = (values_match(float(r.value), float(g[0].value), tolerance) if f.type == "number"
-                    else r.value == g[0].value)
-            if same:
-                g.append(r)
-                break
-        else:
-            groups.append([r])
+    groups = agreeing_groups(f, oks, tolerance)
     best = max(groups, key=len)  # max keeps the first of equal-size groups: the earliest chunk wins ties
     return best[0], len(groups) > 1
 
 
-def vote_field(f, results: list[FieldResult], tolerance: float) -> tuple[FieldResult, float]:
-    """Self-consistency: one field's answers from several samples of the same prompt -> the most frequent
-    answer (null counts as an answer; equal numbers within tolerance agree; the earliest sample wins ties) and
-    the share of samples that gave it. Failed answers do not vote unless nothing else was answered."""
+def agreeing_groups(f, results: list[FieldResult], tolerance: float) -> list[list[FieldResult]]:
+    """`ok` and `null` answers grouped by what they say, in order of first appearance: nulls together, numbers
+    within tolerance together, other values when equal."""
     groups: list[list[FieldResult]] = []
     for r in results:
-        if r.status not in ("ok", "null"):
-            continue
         for g in groups:
             if g[0].status != r.status:
                 continue
@@ -145,6 +133,14 @@ def vote_field(f, results: list[FieldResult], tolerance: float) -> tuple[FieldRe
                 break
         else:
             groups.append([r])
+    return groups
+
+
+def vote_field(f, results: list[FieldResult], tolerance: float) -> tuple[FieldResult, float]:
+    """Self-consistency: one field's answers from several samples of the same prompt -> the most frequent
+    answer (null counts as an answer; equal numbers within tolerance agree; the earliest sample wins ties) and
+    the share of samples that gave it. Failed answers do not vote unless nothing else was answered."""
+    groups = agreeing_groups(f, [r for r in results if r.status in ("ok", "null")], tolerance)
     if not groups:
         return results[0], 0.0
     best = max(groups, key=len)
