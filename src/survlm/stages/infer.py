@@ -46,11 +46,12 @@ def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
     calibration = fit_calibration(validation_answers(schema, greedy, labels))
     write_json(out / "calibration.json", calibration.to_json())
     for split in splits:
-        source = prediction_path(out, "dpo", split)
+        source, target = prediction_path(out, "dpo", split), prediction_path(out, ABSTAINING, split)
         if source.is_file():
-            prediction_path(out, ABSTAINING, split).parent.mkdir(parents=True, exist_ok=True)
-            write_jsonl(prediction_path(out, ABSTAINING, split),
-                        (abstained_row(row, calibration) for row in read_rows(source)))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl(target, (abstained_row(row, calibration) for row in read_rows(source)))
+        else:   # no DPO answers on this split in this run: none from an earlier one either
+            target.unlink(missing_ok=True)
     keys = ("field_accuracy", "fabrication_rate", "omission_rate")
     scored = {kind: score(schema, [(labels[p["id"]], row_results(how(p)), None) for p in greedy])
               for kind, how in (("raw", lambda p: p), ("abstaining", lambda p: abstained_row(p, calibration)))}
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     for strategy in comparison.strategies if val_records else []:
         if strategy == "greedy":
             dec = greedy
-        else:   # vote: self-consistency, the per-field majority of `vote_samples` samples
+        else:   # vote (self-consistency): `vote_samples` samples, the majority taken per field
             dec = Decoding(strategy="sample" if strategy == "vote" else strategy,
                            n=comparison.vote_samples if strategy == "vote" else 1,
                            temperature=comparison.temperature, top_p=comparison.top_p,
