@@ -146,6 +146,23 @@ def dpo_params(**overrides):
     return parse_section("dpo", {**TINY_DPO, **overrides})
 
 
+# A one-field schema for the sodium records below.
+SODIUM_SCHEMA = """name: sodium-only
+version: 1
+fields:
+  sodium_meq_l:
+    type: number
+    unit: mEq/L
+    day: 3
+    decimals: 0
+    range: [100, 190]
+    description: Serum sodium on hospital day 3.
+    rule: The day-3 sodium with its unit as written.
+    units: {mEq/L: 1, mmol/L: 1}
+    implicit_unit: mEq/L
+"""
+
+
 def record(i, answer='{"sodium_meq_l":{"value":"138","unit":null,"evidence":"Na 138"}}'):
     """A prepared chat record whose answer is the day-3 sodium."""
     return {"id": f"n{i}", "messages": [

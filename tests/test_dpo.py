@@ -2,7 +2,8 @@
 frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
 
-from conftest import TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here, sft_params
+from conftest import (SODIUM_SCHEMA, TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here,
+                      sft_params)
 
 
 def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, sft_adapter, tmp_path, monkeypatch):
@@ -95,22 +96,6 @@ def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, sft_adapter, tmp_
     with_sft = run("sigmoid_sft", loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0])
     assert plain["gold_logp_change_on"] == with_sft["gold_logp_change_on"] == "eval"
     assert with_sft["gold_logp_change"] > plain["gold_logp_change"] + 1.0
-
-
-SODIUM_SCHEMA = """name: sodium-only
-version: 1
-fields:
-  sodium_meq_l:
-    type: number
-    unit: mEq/L
-    day: 3
-    decimals: 0
-    range: [100, 190]
-    description: Serum sodium on hospital day 3.
-    rule: The day-3 sodium with its unit as written.
-    units: {mEq/L: 1, mmol/L: 1}
-    implicit_unit: mEq/L
-"""
 
 
 def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeypatch):
