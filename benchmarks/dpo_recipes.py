@@ -25,7 +25,6 @@ dpo stage's guard would ship (the SFT adapter unless a checkpoint beats it).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -36,7 +35,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from survlm.artifacts import labelled_records, load_prompt, read_jsonl, write_json  # noqa: E402
+from survlm.artifacts import (ArtifactError, check_adapter_runs, continued_run, labelled_records,  # noqa: E402
+                              load_prompt, read_jsonl, write_adapter_run, write_json)
 from survlm.config import ConfigError, load_config, parse_section, to_dict  # noqa: E402
 from survlm.pairs import DIRECTIONS, balance_pairs, summarize  # noqa: E402
 from survlm.selection import checkpoints, dpo_selection  # noqa: E402
@@ -103,9 +103,17 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(f"{args.recipes}: no recipe named {sorted(missing)[0]}")
         recipes = [r for r in recipes if r["name"] in args.only]
     sft, prepared, work = Path(args.sft), Path(args.prepared), Path(args.work)
-    quantization = json.loads((sft / "selected.json").read_text())["quantization"]
     from survlm.modeling.dpo import train_dpo
     from survlm.modeling.extractor import score_adapters
+    from survlm.modeling.loading import model_digest
+
+    try:
+        schema, system = load_prompt(prepared)
+        sft_run = check_adapter_runs({"sft": sft}, args.base, model_digest(Path(args.base)), prepared, schema,
+                                     system)["sft"]
+    except ArtifactError as exc:
+        sys.exit(str(exc))
+    quantization = sft_run["quantization"]
 
     train_all = list(read_jsonl(Path(args.pairs) / "train.jsonl"))
     eval_pairs = list(read_jsonl(Path(args.pairs) / "eval.jsonl"))
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         steps = dict(checkpoints(out_dir))
         steps.setdefault(summary["steps"], out_dir)
         for step, path in steps.items():
+            write_adapter_run(path, continued_run(sft_run, "dpo", step))
             adapters[f"{name}@{step}"] = path
         result["recipes"][name] = {
             "directions": list(recipe["directions"]), "max_direction_ratio": recipe["max_direction_ratio"],
@@ -132,9 +141,7 @@ def main(argv: list[str] | None = None) -> None:
               f" gold answers' log-prob changed by {summary['gold_logp_change']} nats", flush=True)
         write_json(args.out, result)   # a run cut short keeps what it trained
 
-    val = base_params.val_notes
-    schema, system = load_prompt(prepared)
-    rows = labelled_records(prepared / "val.jsonl", val)
+    rows = labelled_records(prepared / "val.jsonl", base_params.val_notes)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         scores = score_adapters(Path(args.base), adapters, rows, schema, system, prepared, base_params.report,

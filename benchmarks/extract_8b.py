@@ -76,13 +76,12 @@ def main() -> None:
     import torch
 
     from survlm.modeling.backends import BackendSettings, Decoding, make_backend
-    from survlm.artifacts import load_prompt, note_of, read_jsonl
+    from survlm.artifacts import chat_prompt, load_prompt, read_jsonl
 
     shape = {**LLAMA31_8B, **json.loads(args.shape or "{}")}
     schema, system = load_prompt(args.prepared)
     rows = [r for split in ("test", "val", "pairs", "train") for r in read_jsonl(Path(args.prepared) / f"{split}.jsonl")]
-    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": note_of(r)}]
-               for r in rows[:args.notes]]
+    prompts = [chat_prompt(system, r) for r in rows[:args.notes]]
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
         base, adapter = Path(tmp) / "base", Path(tmp) / "lora"
         write_base(base, Path(args.tokenizer), shape)

@@ -58,7 +58,7 @@ def _records(args):
 def run_variant(name: str, args) -> dict:
     """One variant in this process: engine start, then every note in one `generate` call."""
     from survlm.modeling.backends import BackendSettings, Decoding, make_backend
-    from survlm.artifacts import trained_quantization
+    from survlm.artifacts import read_adapter_run
 
     backend_name, overrides, with_adapter, constrained, max_new = VARIANTS[name]
     schema, system, records = _records(args)
@@ -66,7 +66,7 @@ def run_variant(name: str, args) -> dict:
         records = records[:args.hf_notes]
     settings = BackendSettings(**{"max_model_len": args.max_model_len, "batch_size": args.hf_batch,
                                   "gpu_memory_utilization": args.gpu_memory_utilization,
-                                  "quantization": trained_quantization(args.adapter) or "none", **overrides})
+                                  "quantization": read_adapter_run(args.adapter)["quantization"], **overrides})
     t0 = time.perf_counter()
     backend = make_backend(backend_name, args.base, {"adapter": args.adapter} if with_adapter else {}, schema, settings)
     start_s = time.perf_counter() - t0

@@ -9,11 +9,11 @@ import json, os, subprocess, sys, time, urllib.request
 from pathlib import Path
 sys.path.insert(0, "src")
 from survlm.modeling.backends import BackendSettings, Decoding, make_backend
-from survlm.artifacts import first_records, load_prompt
+from survlm.artifacts import chat_prompt, first_records, load_prompt
 
 schema, system = load_prompt(Path("data/prepared"))
 rows = first_records(Path("data/prepared/val.jsonl"), 2)
-prompts = [[{"role": "system", "content": system}, {"role": "user", "content": r["messages"][1]["content"]}] for r in rows]
+prompts = [chat_prompt(system, r) for r in rows]
 dec = Decoding(max_new_tokens=96, constrained=True)
 constraint = sys.argv[1] if len(sys.argv) > 1 else "json_schema"
 server_flags = (["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]

@@ -1,10 +1,10 @@
 """Shared fixtures and builders: the bundled schema, the real SUPPORT2 rows, a tiny random Llama with the real
-tokenizer, tiny sft/dpo params, chat records and preference pairs, stage subprocesses."""
+tokenizer, tiny sft/dpo params, prepared records (with their prompt.json), adapter run records, preference pairs,
+stage subprocesses."""
 from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -114,6 +114,10 @@ def tiny_lora_pair(tmp_path_factory):
     model = _random_llama(root / "base", 256)
     lora = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     lora.save_pretrained(root / "lora")
+    # as if trained on this base in full precision to answer the bundled schema's brief prompt (extract's default)
+    from survlm.schema import load_schema, system_prompt
+
+    write_run_record(root / "lora", root / "base", system_prompt(load_schema(), "brief"))
     return root / "base", root / "lora"
 
 
@@ -163,20 +167,53 @@ fields:
 """
 
 
-def record(i, answer='{"sodium_meq_l":{"value":"138","unit":null,"evidence":"Na 138"}}'):
-    """A prepared chat record whose answer is the day-3 sodium."""
-    return {"id": f"n{i}", "messages": [
-        {"role": "system", "content": "Extract the day-3 sodium as JSON."},
-        {"role": "user", "content": f"HD1 Na 131. HD3 Na 138. HD4 Na 14{i}."},
-        {"role": "assistant", "content": answer}], "labels": {"sodium_meq_l": 138.0}}
+SODIUM_PROMPT = "Extract the day-3 sodium as JSON."   # the system prompt of record(i)'s prepared dirs
+
+
+def record(i, answer='{"sodium_meq_l":{"value":"138","unit":null,"evidence":"Na 138"}}', split="train", note=None):
+    """A prepared record whose target is the day-3 sodium (of its default note)."""
+    from survlm.artifacts import prepared_record
+
+    return prepared_record(id=f"n{i}", split=split, style="flowsheet",
+                           text=note or f"HD1 Na 131. HD3 Na 138. HD4 Na 14{i}.",
+                           labels={"sodium_meq_l": 138.0}, target=answer, time=30.0 + i, event=i % 2, n_tokens=20)
+
+
+def write_prepared(prepared: Path, splits: dict[str, list[dict]], system: str = SODIUM_PROMPT,
+                   schema_path: str = "bundled:support2-v1") -> Path:
+    """A prepared dir as prepare writes it: `<split>.jsonl` per entry of `splits`, and prompt.json."""
+    from survlm.artifacts import write_jsonl, write_prompt
+    from survlm.schema import load_schema
+
+    prepared.mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        write_jsonl(prepared / f"{split}.jsonl", rows)
+    write_prompt(prepared, system, load_schema(schema_path), schema_path)
+    return prepared
+
+
+def write_run_record(adapter: Path, base: Path, system: str = SODIUM_PROMPT, schema_path: str = "bundled:support2-v1",
+                     quantization: str = "none", stage: str = "sft", step: int = 2) -> dict:
+    """adapter_run.json for `adapter`, as the sft stage writes it for a checkpoint trained on `base`."""
+    from survlm.artifacts import adapter_run, write_adapter_run
+    from survlm.modeling.loading import model_digest
+    from survlm.schema import load_schema
+
+    run = adapter_run(base_digest=model_digest(Path(base)), quantization=quantization, system=system,
+                      schema=load_schema(schema_path), stage=stage, step=step)
+    write_adapter_run(adapter, run)
+    return run
 
 
 def pair(i, rejected_value):
     """A preference pair on record(i): gold sodium chosen, `rejected_value` rejected."""
+    from survlm.artifacts import chat_prompt, target_of
+
     r = record(i)
     bad = '{"sodium_meq_l":{"value":"%s","unit":null,"evidence":"Na %s"}}' % (rejected_value, rejected_value)
-    return {"id": r["id"], "source": "synthetic", "tags": ["last_value"], "prompt": r["messages"][:2],
-            "chosen": r["messages"][2:], "rejected": [{"role": "assistant", "content": bad}]}
+    return {"id": r["id"], "source": "synthetic", "tags": ["last_value"], "prompt": chat_prompt(SODIUM_PROMPT, r),
+            "chosen": [{"role": "assistant", "content": target_of(r)}],
+            "rejected": [{"role": "assistant", "content": bad}]}
 
 
 TORCHRUN_2 = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]  # 2 processes; DDP over gloo on CPU
@@ -228,10 +265,7 @@ def sft_adapter(tiny_llama_dir, tmp_path_factory):
     from survlm.modeling.sft import train_sft
 
     root = tmp_path_factory.mktemp("sft-adapter")
-    prepared = root / "prepared"
-    prepared.mkdir()
-    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
-    (prepared / "val.jsonl").write_text("")
+    prepared = write_prepared(root / "prepared", {"train": [record(i) for i in range(2)], "val": []})
     train_sft(sft_params(max_steps=2, save_steps=2, eval_notes=0), prepared, tiny_llama_dir, root / "sft", None)
     return prepared, root / "sft" / "checkpoint-2"
 

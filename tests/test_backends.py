@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from conftest import write_run_record
 
 from survlm.confidence import field_confidences
 from survlm.extraction import answer_is_valid_json, parse_answer
@@ -126,7 +127,7 @@ def test_qlora_adapter_is_served_on_its_dequantized_nf4_base(tiny_lora_pair, sch
     base, lora = tiny_lora_pair
     qlora = tmp_path / "qlora"
     shutil.copytree(lora, qlora)
-    (qlora / "selected.json").write_text(json.dumps({"quantization": "nf4"}))
+    write_run_record(qlora, base, quantization="nf4")
     sub = schema.subset(SUBSET)
     free = Decoding(max_new_tokens=24, constrained=False)
     mixed = ["a", None, "a"]
@@ -144,7 +145,9 @@ def test_qlora_adapter_is_served_on_its_dequantized_nf4_base(tiny_lora_pair, sch
 
 
 def test_engine_quantization_names_the_trained_base(tiny_lora_pair, tmp_path):
-    _, lora = tiny_lora_pair
+    from survlm.artifacts import MissingRunRecord
+
+    base, lora = tiny_lora_pair
     with pytest.raises(ValueError, match="the base the adapters were trained on"):
         BackendSettings.from_params({"quantization": "bitsandbytes"})
     assert BackendSettings.from_params({"quantization": None}).quantization == "auto"
@@ -153,7 +156,10 @@ def test_engine_quantization_names_the_trained_base(tiny_lora_pair, tmp_path):
     nf4, full = tmp_path / "nf4", tmp_path / "full"
     for path, q in ((nf4, "nf4"), (full, "none")):
         path.mkdir()
-        (path / "dpo_run.json").write_text(json.dumps({"quantization": q}))
+        write_run_record(path, base, quantization=q)
     assert auto.base_quantization({"a": str(nf4)}) == "nf4"
     with pytest.raises(ValueError, match="trained on different bases"):
         auto.base_quantization({"a": str(nf4), "b": str(full)})
+    with pytest.raises(MissingRunRecord, match=f"{tmp_path}/adapter_run.json: missing"):   # never guessed
+        auto.base_quantization({"a": str(tmp_path)})
+    assert BackendSettings(quantization="nf4").base_quantization({"a": str(tmp_path)}) == "nf4"   # stated: not read

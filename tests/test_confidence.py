@@ -129,7 +129,7 @@ def test_infer_calibrates_on_validation_and_evaluate_scores_the_abstaining_model
     assert raw["fabrication_rate"] > 0.3 and abstaining["fabrication_rate"] == 0.0
     assert abstaining["field_accuracy"] == 1.0 > raw["field_accuracy"]
     assert not prediction_path(out, ABSTAINING, "test_heldout").exists()   # no DPO answers there: nothing made up
-    records = {i: {"id": i, "labels": g, "messages": [{}, {"content": ""}]} for i, g in test_labels.items()}
+    records = {i: {"id": i, "labels": g, "text": ""} for i, g in test_labels.items()}
     results = load_model_results(out, "test", schema, records)
     assert set(results) == {"dpo", ABSTAINING, "regex"}
     for i, gold in test_labels.items():

@@ -3,7 +3,7 @@ frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
 
 from conftest import (SODIUM_SCHEMA, TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here,
-                      sft_params)
+                      sft_params, write_prepared)
 
 
 def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, sft_adapter, tmp_path, monkeypatch):
@@ -53,6 +53,8 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
 
     import yaml
 
+    from survlm.artifacts import read_adapter_run
+
     prepared, sft_adapter = sft_adapter
     curves, summaries, stdout = {}, {}, {}
     for name, per_device, launcher in (("one", 2, []), ("ddp", 1, TORCHRUN_2)):
@@ -61,7 +63,6 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
         (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(8)))
         (work / "pairs" / "eval.jsonl").write_text("")
         shutil.copytree(sft_adapter, work / "sft_best")
-        (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
         params = {**TINY_DPO, "max_steps": 4, "batch_size": per_device, "val_notes": 0}
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
         args = ["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft_best",
@@ -71,6 +72,9 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
         rows = (work / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
         curves[name] = [float(r.split("\t")[-1]) for r in rows]
         assert (work / "dpo" / "adapter_model.safetensors").is_file() and not list(work.glob(".dpo.tmp-*"))
+        # unguarded (val_notes 0): the final policy ships, its record continuing the SFT adapter's
+        run, source = read_adapter_run(work / "dpo"), read_adapter_run(work / "sft_best")
+        assert run == {**source, "trained": {"stage": "dpo", "step": 4, "source": source["trained"]}}
     assert "DDP over 2 processes" in stdout["ddp"] and "DDP" not in stdout["one"]
     assert summaries["ddp"]["ref_adapter_max_abs_diff_from_sft"] == 0.0
     assert len(curves["one"]) == len(curves["ddp"]) == 4
@@ -107,13 +111,10 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
     from survlm.modeling.sft import train_sft
     from survlm.stages import dpo
 
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
     (tmp_path / "schema.yaml").write_text(SODIUM_SCHEMA)
-    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(5, 7)))
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": str(tmp_path / "schema.yaml"),
-                                                      "system_prompt": "Extract the day-3 sodium as JSON."}))
+    prepared = write_prepared(tmp_path / "prepared", {"train": [record(i) for i in range(3)],
+                                                      "val": [record(i, split="val") for i in range(5, 7)]},
+                              schema_path=str(tmp_path / "schema.yaml"))
     (prepared / "render_meta.jsonl").write_text("")
     # 100 steps on three notes: greedy then writes the right answer on the validation notes
     train_sft(sft_params(lr=1e-2, max_steps=100, save_steps=100, eval_notes=0,
@@ -121,7 +122,6 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
               prepared, tiny_llama_dir, tmp_path / "sft", None)
     sft = tmp_path / "sft_best"
     (tmp_path / "sft" / "checkpoint-100").rename(sft)
-    (sft / "selected.json").write_text(json.dumps({"quantization": "none"}))
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(4)))
     (tmp_path / "pairs" / "eval.jsonl").write_text(json.dumps(pair(5, "145")) + "\n")
@@ -136,10 +136,8 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
     assert m["sft_field_accuracy"] == 1.0 and m["best_dpo_field_accuracy"] < 1.0
     assert m["selected"] == "sft" and m["selected_step"] == 0 and m["guarded"] is True
     assert m["margin_over_sft"] == 0.0 and m["best_dpo_margin_over_sft"] < 0
-    for f in ("adapter_model.safetensors", "adapter_config.json"):
+    for f in ("adapter_model.safetensors", "adapter_config.json", "adapter_run.json"):   # the SFT record too
         assert (tmp_path / "dpo" / f).read_bytes() == (sft / f).read_bytes()
-    run = json.loads((tmp_path / "dpo" / "dpo_run.json").read_text())
-    assert run["quantization"] == "none" and run["selected"] == "sft"
     assert not list(tmp_path.glob(".dpo*"))
     # where DPO moved probability, on the eval pair: SFT (the frozen ref copy) against the final policy
     by_type = m["logp_change_by_pair_type"]

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SODIUM_SCHEMA, TINY_DPO, pair, record
+from conftest import TINY_DPO, pair, record, write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,16 +67,11 @@ def test_two_recipes_end_to_end(tiny_llama_dir, sft_adapter, tmp_path, monkeypat
 
     bench = _benchmark()
     _, adapter = sft_adapter
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (tmp_path / "schema.yaml").write_text(SODIUM_SCHEMA)
-    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(5, 7)))
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": str(tmp_path / "schema.yaml"),
-                                                      "system_prompt": "Extract the day-3 sodium as JSON."}))
+    # the SFT adapter's prompt and schema (its run record is checked against them)
+    prepared = write_prepared(tmp_path / "prepared", {"val": [record(i, split="val") for i in range(5, 7)]})
     (prepared / "render_meta.jsonl").write_text("")
     sft = tmp_path / "sft"
     shutil.copytree(adapter, sft)
-    (sft / "selected.json").write_text(json.dumps({"quantization": "none"}))
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs" / "train.jsonl").write_text(
         "".join(json.dumps(_pair(i, "value_to_value")) + "\n" for i in range(4)))
@@ -98,4 +93,6 @@ def test_two_recipes_end_to_end(tiny_llama_dir, sft_adapter, tmp_path, monkeypat
         assert block["pairs"]["pairs"] == 4 and block["train"]["steps"] == 2
         assert block["selection"]["selected"] in ("sft", "dpo")
     assert apo["train"]["train_loss"] != sigmoid["train"]["train_loss"]   # another loss, not the same run twice
+    run = json.loads((tmp_path / "work" / "apo" / "checkpoint-1" / "adapter_run.json").read_text())
+    assert run["trained"]["stage"] == "dpo" and run["trained"]["step"] == 1
     assert (tmp_path / "work" / "apo" / "checkpoint-1" / "adapter_model.safetensors").is_file()

@@ -49,13 +49,19 @@ def test_dvc_repro_prepare(repo_copy, tiny_llama_dir):
     for split in ("train", "val", "pairs", "test", "test_heldout"):
         rows = [json.loads(line) for line in (out / f"{split}.jsonl").read_text().splitlines()]
         for r in rows:
-            assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+            # the plain layout: no chat turns, no system prompt (that is in prompt.json, once)
+            assert list(r) == ["id", "split", "style", "text", "labels", "target", "time", "event", "n_tokens"]
+            assert r["split"] == split and json.loads(r["target"]) and r["text"]
             assert set(r["labels"]) == set(metrics["null_rate"])
             ids.setdefault(r["id"], split)
         assert len(rows) == metrics["splits"][split]
         if split == "train":  # written in a seeded random order (heads are samples), not the source's
             assert [r["id"] for r in rows] != sorted(r["id"] for r in rows)
     assert len(ids) == 60  # patient-level split: each patient in exactly one split
+    from survlm.artifacts import load_prompt
+
+    schema, system = load_prompt(out)
+    assert schema.digest == metrics["schema"]["digest"] and system.startswith("Extract one JSON object")
     held = [json.loads(line)["style"] for line in (out / "test_heldout.jsonl").read_text().splitlines()]
     train = [json.loads(line)["style"] for line in (out / "train.jsonl").read_text().splitlines()]
     assert set(held) <= {"nursing"} and "nursing" not in train

@@ -5,6 +5,9 @@ import json
 import pytest
 import yaml
 
+from conftest import write_prepared
+
+from survlm.artifacts import note_of, prepared_record, target_of
 from survlm.extraction import compact_json, parse_answer
 from survlm.notes.render import render_patient
 from survlm.predictions import result_to_json
@@ -13,15 +16,14 @@ from survlm.schema import system_prompt
 
 def _record(schema, row, pid, split, style="flowsheet"):
     note = render_patient(row, schema, style, seed=2, pid=pid, n_days=5)
-    rec = {"id": f"p{pid}", "split": split, "style": style, "time": float(row["time"]), "event": int(row["event"]),
-           "labels": note.labels, "messages": [{"role": "system", "content": "x"},
-                                               {"role": "user", "content": note.text},
-                                               {"role": "assistant", "content": compact_json(note.target)}]}
+    rec = prepared_record(id=f"p{pid}", split=split, style=style, text=note.text, labels=note.labels,
+                          target=compact_json(note.target), time=float(row["time"]), event=int(row["event"]),
+                          n_tokens=len(note.text) // 4)
     return rec, {"id": rec["id"], **note.metadata()}
 
 
 def _row(schema, rec, answer):
-    results = parse_answer(answer, schema, rec["messages"][1]["content"])
+    results = parse_answer(answer, schema, note_of(rec))
     return {"id": rec["id"], "raw": [answer], "n_chunks": 1, "fields": {k: result_to_json(r) for k, r in results.items()},
             "prompt_tokens": 1, "completion_tokens": 1, "latency_s": 0.0, "finish_reasons": ["stop"]}
 
@@ -38,12 +40,10 @@ def project(tmp_path, schema, support2_rows, monkeypatch):
         rows = [_record(schema, support2_rows[p], p, split, style) for p in pids]
         recs[split] = [r for r, _ in rows]
         metas += [m for _, m in rows]
-        (prepared / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+    write_prepared(prepared, recs, system=system_prompt(schema, "brief"))
     (prepared / "render_meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
-                                                      "system_prompt": system_prompt(schema, "brief")}))
     for split in ("test", "test_heldout"):
-        gold = [_row(schema, r, r["messages"][2]["content"]) for r in recs[split]]
+        gold = [_row(schema, r, target_of(r)) for r in recs[split]]
         (preds / "baselines" / "sft").mkdir(parents=True, exist_ok=True)
         (preds / "baselines" / "zero_shot").mkdir(parents=True, exist_ok=True)
         (preds / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gold))
@@ -53,7 +53,7 @@ def project(tmp_path, schema, support2_rows, monkeypatch):
         # sft: gold except every answer says "male" (a known number of wrong_category errors)
         sft = []
         for r in recs[split]:
-            answer = json.loads(r["messages"][2]["content"])
+            answer = json.loads(target_of(r))
             answer["sex"] = {"value": "male", "evidence": None}
             sft.append(_row(schema, r, compact_json(answer)))
         (preds / "baselines" / "sft" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sft))
@@ -116,4 +116,4 @@ def test_evaluate_on_known_predictions(project):
     assert f"| sex | {test['sft']['per_field']['sex']} | wrong_category {n_female} |" in report
     assert "## Errors by field: dpo" not in report          # dpo is right everywhere: no table
     for r in project["test"][:3]:                             # no note text leaves the stage
-        assert r["messages"][1]["content"][:40] not in report + json.dumps(ev)
+        assert note_of(r)[:40] not in report + json.dumps(ev)

@@ -5,6 +5,8 @@ import json
 import pandas as pd
 import pytest
 
+from conftest import write_run_record
+
 from survlm.cli import main
 
 NOTES = [{"id": f"n{i}", "text": f"6{i} yo woman. HD3: HR 8{i}, T 37.{i} C. No diabetes.", "mrn": f"M-{i}"}
@@ -72,7 +74,12 @@ def test_extract_bad_input_fails_cleanly(tiny_lora_pair, workdir, capsys):
 
 
 def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
-    """A researcher's own schema YAML (not the bundled one): its fields, and only those, become the columns."""
+    """A researcher's own schema YAML (not the bundled one): its fields, and only those, become the columns. The
+    adapter was trained on it (its run record says so): one trained on the bundled schema is refused."""
+    import shutil
+
+    from survlm.schema import load_schema, system_prompt
+
     (workdir / "my_schema.yaml").write_text(
         "name: my-cohort\nversion: 1\nday_label: admission\nfields:\n"
         "  pulse:\n    type: number\n    unit: bpm\n    decimals: 0\n    range: [20, 250]\n"
@@ -80,9 +87,12 @@ def test_extract_with_a_user_schema_file(tiny_lora_pair, workdir):
         "  smoker:\n    type: bool\n    description: Current smoker.\n    rule: true if the note says the patient smokes.\n")
     (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES))
     base, lora = tiny_lora_pair
-    assert main(["extract", "notes.jsonl", "--adapter", str(lora), "--base", str(base), "--out", "c.csv",
-                 "--backend", "hf", "--schema", "my_schema.yaml", "--max-new-tokens", "200", "--batch-size", "3",
-                 "--quiet"]) == 0
+    args = ["extract", "notes.jsonl", "--base", str(base), "--out", "c.csv", "--backend", "hf", "--schema",
+            "my_schema.yaml", "--max-new-tokens", "200", "--batch-size", "3", "--quiet", "--adapter"]
+    assert main(args + [str(lora)]) == 1 and not (workdir / "c.csv").exists()
+    shutil.copytree(lora, workdir / "mine")
+    write_run_record(workdir / "mine", base, system_prompt(load_schema("my_schema.yaml"), "brief"), "my_schema.yaml")
+    assert main(args + ["mine"]) == 0
     rows = list(csv.DictReader(open(workdir / "c.csv")))
     assert [r["id"] for r in rows] == ["n0", "n1", "n2"]
     assert set(rows[0]) == {"id", "mrn", "pulse", "pulse_status", "smoker", "smoker_status", "pulse_confidence",
@@ -97,8 +107,13 @@ def _files(root):
     (("--fields", ",,,"), "--fields ',,,': no field names"),
     (("--batch-size", "0"), "--batch-size: must be at least 1 (got 0)"),
     (("--max-new-tokens", "-5"), "--max-new-tokens: must be at least 1"),
-    (("--prompt-file", "missing.json"), "missing.json: --prompt-file: cannot read it"),
-    (("--prompt-file", "bad_prompt.json"), "bad_prompt.json: --prompt-file: not a prompt.json"),
+    (("--prompt-file", "missing.json"), "missing.json: cannot read it"),
+    (("--prompt-file", "bad_prompt.json"), "bad_prompt.json: not a prompt.json"),
+    (("--prompt-file", "old_prompt.json"), "old_prompt.json: written by an older prepare"),
+    (("--prompt-file", "other_schema.json"), "other_schema.json: prepared with schema digest 0123456789abcdef, but "
+                                              "bundled:support2-v1 now has digest"),
+    (("--prompt-file", "sodium_prompt.json"), "{lora}/adapter_run.json: prompt_digest: the adapter was trained with"),
+    (("--adapter", "bare_lora"), "bare_lora/adapter_run.json: missing: no record of how this adapter was trained"),
     (("--out", "a_dir"), "--out a_dir: is a directory"),
     (("--out", "a_file/c.csv"), "--out a_file/c.csv: cannot write in a_file"),
     (("--base", "models/bse"), "--base models/bse: no such model directory, and not in the local Hugging Face"),
@@ -107,10 +122,22 @@ def _files(root):
 ])
 def test_extract_refuses_bad_options_in_one_line_and_writes_nothing(tiny_lora_pair, workdir, capsys, change,
                                                                     expected):
+    import shutil
+
+    from conftest import write_prepared
+
     (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES))
     (workdir / "bad_prompt.json").write_text('{"system": 1}')
+    (workdir / "old_prompt.json").write_text('{"system_prompt": "Extract.", "schema_path": "bundled:support2-v1"}')
+    prompt = json.loads((write_prepared(workdir / "prep", {}) / "prompt.json").read_text())  # another prompt
+    shutil.move(workdir / "prep" / "prompt.json", workdir / "sodium_prompt.json")
+    (workdir / "other_schema.json").write_text(json.dumps({**prompt, "schema": {"digest": "0123456789abcdef"}}))
+    (workdir / "prep").rmdir()
+    shutil.copytree(tiny_lora_pair[1], workdir / "bare_lora")
+    (workdir / "bare_lora" / "adapter_run.json").unlink()
     (workdir / "a_dir").mkdir()
     (workdir / "a_file").write_text("x")
+    expected = expected.format(lora=tiny_lora_pair[1])
     before = _files(workdir)
     args = _args(tiny_lora_pair, "notes.jsonl", "c.csv")
     for flag, value in zip(change[::2], change[1::2]):
@@ -136,12 +163,16 @@ def test_extract_serves_the_adapter_on_the_base_it_was_trained_on(tiny_lora_pair
     base, lora = tiny_lora_pair
     qlora = tmp_path_factory.mktemp("qlora") / "sft_best"
     shutil.copytree(lora, qlora)
-    (qlora / "selected.json").write_text(json.dumps({"step": 2, "quantization": "nf4"}))
+    write_run_record(qlora, base, system_prompt(load_schema(), "brief"), quantization="nf4")
     (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES[:2]))
     common = ["extract", "notes.jsonl", "--adapter", str(qlora), "--base", str(base), "--backend", "hf",
               "--fields", "sex", "--max-new-tokens", "40", "--batch-size", "2", "--quiet"]
     assert main(common + ["--out", "record.csv"]) == 0
     assert main(common + ["--out", "override.csv", "--quantization", "none"]) == 0
+    bare = qlora.with_name("bare")   # an adapter trained elsewhere (no record) is served as --quantization says
+    shutil.copytree(qlora, bare)
+    (bare / "adapter_run.json").unlink()
+    assert main([*common[:3], str(bare), *common[4:], "--out", "stated.csv", "--quantization", "nf4"]) == 0
     sub = load_schema().subset(["sex"])
     records = [{"id": n["id"], "note": n["text"]} for n in NOTES[:2]]
     raw = {}
@@ -153,6 +184,7 @@ def test_extract_serves_the_adapter_on_the_base_it_was_trained_on(tiny_lora_pair
     assert raw["nf4"] != raw["none"]                                 # the base's quantization shows in answers
     assert [r["raw"] for r in read_rows(workdir / "record.csv.predictions.jsonl")] == raw["nf4"]
     assert [r["raw"] for r in read_rows(workdir / "override.csv.predictions.jsonl")] == raw["none"]
+    assert [r["raw"] for r in read_rows(workdir / "stated.csv.predictions.jsonl")] == raw["nf4"]
 
 
 def test_review_page_only_when_asked(tiny_lora_pair, workdir):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_DPO, TINY_SFT, pair, record, run_module_here, run_stage, run_stage_here
+from conftest import TINY_DPO, TINY_SFT, pair, record, run_module_here, run_stage, run_stage_here, write_prepared
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -90,17 +90,13 @@ def test_extract_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, t
 
 
 def _infer_workdir(root: Path, base: Path, lora: Path) -> Path:
+    from survlm.schema import load_schema, system_prompt
+
     work = root
-    prepared = work / "prepared"
-    prepared.mkdir(parents=True)
-    system = "Extract the fields as JSON."
-    for split, n in (("test", 3), ("test_heldout", 2), ("val", 0)):
-        rows = [{"id": f"{split}{i}", "labels": {},
-                 "messages": [{"role": "system", "content": system},
-                              {"role": "user", "content": f"{split} {i}: 6{i} yo man, HD3 HR 8{i}."},
-                              {"role": "assistant", "content": "{}"}]} for i in range(n)]
-        (prepared / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1", "system_prompt": system}))
+    splits = {split: [record(i, answer="{}", split=split, note=f"{split} {i}: 6{i} yo man, HD3 HR 8{i}.")
+                      for i in range(n)] for split, n in (("test", 3), ("test_heldout", 2), ("val", 0))}
+    # the prompt the adapter's run record says it was trained with
+    write_prepared(work / "prepared", splits, system=system_prompt(load_schema(), "brief"))
     params = {"baselines": ["zero_shot"], "test_notes": 3, "heldout_notes": 2,
               "backend": "hf", "max_new_tokens": 64, "constrained": False, "chunk_overlap": 16,
               "seed": 0, "decoding_comparison": {"val_notes": 0}, "engine": {"max_model_len": 1024, "batch_size": 1}}
@@ -130,10 +126,8 @@ def test_infer_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, tmp
 
 
 def _sft_workdir(root: Path, base: Path) -> Path:
-    prepared = root / "prepared"
-    prepared.mkdir(parents=True)
-    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(5, 7)))
+    write_prepared(root / "prepared", {"train": [record(i) for i in range(3)],
+                                       "val": [record(i, split="val") for i in range(5, 7)]})
     (root / "base").symlink_to(base)
     params = {**TINY_SFT, "max_steps": 6, "save_steps": 2, "eval_steps": 2}
     (root / "params.yaml").write_text(yaml.safe_dump({"sft": params}))
@@ -180,7 +174,6 @@ def test_dpo_killed_then_rerun_equals_an_uninterrupted_run(tiny_llama_dir, sft_a
         (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(6)))
         (work / "pairs" / "eval.jsonl").write_text("")
         shutil.copytree(sft_adapter, work / "sft_best")
-        (work / "sft_best" / "selected.json").write_text(json.dumps({"quantization": "none"}))
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": {**TINY_DPO, "max_steps": 6, "val_notes": 0}}))
     clean, cut = works["clean"], works["cut"]
     run_stage_here("dpo", args, clean)              # the uninterrupted reference; the cut run is a real process

@@ -3,6 +3,7 @@ backend), and the stage writes balanced single-field pairs, shuffled, with count
 import json
 
 import yaml
+from conftest import write_prepared
 
 from survlm.extraction import compact_json
 from survlm.notes.render import render_patient
@@ -12,20 +13,18 @@ def test_make_pairs_stage_single_field_balanced(tiny_lora_pair, schema, support2
     from survlm.pairs import pair_direction
     from survlm.stages import make_pairs
 
+    from survlm.artifacts import chat_prompt, prepared_record
+
     base, lora = tiny_lora_pair
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
     records, metas = [], []
     for pid, row in enumerate(support2_rows[:6]):
         note = render_patient(row, schema, "flowsheet", seed=1, pid=pid, n_days=5, alt_unit_rate=0.5)
-        records.append({"id": f"p{pid}", "labels": note.labels, "messages": [
-            {"role": "system", "content": "Extract."}, {"role": "user", "content": note.text},
-            {"role": "assistant", "content": compact_json(note.target)}]})
+        records.append(prepared_record(id=f"p{pid}", split="pairs", style="flowsheet", text=note.text,
+                                       labels=note.labels, target=compact_json(note.target), time=row["time"],
+                                       event=row["event"], n_tokens=len(note.text) // 4))
         metas.append({"id": f"p{pid}", **note.metadata()})
-    (prepared / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    prepared = write_prepared(tmp_path / "prepared", {"pairs": records}, system="Extract.")
     (prepared / "render_meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
-                                                      "system_prompt": "Extract."}))
     monkeypatch.chdir(tmp_path)
     params = {"notes": 6, "samples": 1, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 48, "constrained": True,
               "max_model_rejections": 3, "single_field": True, "max_type_ratio": 1.0, "max_direction_ratio": 1.0,
@@ -41,7 +40,9 @@ def test_make_pairs_stage_single_field_balanced(tiny_lora_pair, schema, support2
     v2n, n2v = m["by_direction"].get("value_to_null", 0), m["by_direction"].get("null_to_value", 0)
     assert max(v2n, n2v) <= max(min(v2n, n2v), 1)
     assert m["balance"]["before"]["by_type"] != m["balance"]["after"]["by_type"]    # the cap did something
-    for p in pairs:
+    by_id = {r["id"]: r for r in records}
+    for p in pairs:   # DPO's prompt: the prepared prompt and the note, built from the plain record
+        assert p["prompt"] == chat_prompt("Extract.", by_id[p["id"]])
         assert p["rejected"][0]["content"] != p["chosen"][0]["content"] and len(p["fields"]) == 1
         assert p["direction"] == pair_direction(p["chosen"][0]["content"], p["rejected"][0]["content"])
     train_ids = [json.loads(line)["id"] for line in (tmp_path / "pairs" / "train.jsonl").open()]

@@ -3,19 +3,21 @@ import json
 
 import pytest
 
+from survlm.artifacts import chat_prompt, prepared_record, target_of
 from survlm.extraction import compact_json
 from survlm.metrics import GOLD_DAY, mentions_by_field
 from survlm.notes.render import render_patient
 from survlm.pairs import SYNTHETIC_TYPES, answer_errors, build_pairs, pair_is_valid, summarize
 
 ALL_RATES = {t: 1.0 for t in SYNTHETIC_TYPES}
+SYSTEM = "Extract."
 
 
 def _record(schema, row, pid, style="flowsheet"):
     note = render_patient(row, schema, style, seed=1, pid=pid, n_days=5, alt_unit_rate=0.5)
-    record = {"id": f"p{pid}", "labels": note.labels, "messages": [
-        {"role": "system", "content": "Extract."}, {"role": "user", "content": note.text},
-        {"role": "assistant", "content": compact_json(note.target)}]}
+    record = prepared_record(id=f"p{pid}", split="pairs", style=style, text=note.text, labels=note.labels,
+                             target=compact_json(note.target), time=float(row["time"]), event=int(row["event"]),
+                             n_tokens=len(note.text) // 4)
     return record, note.text, note.metadata()
 
 
@@ -45,14 +47,14 @@ def cases(schema, support2_rows):
 
 
 def _with_field(rec, name, item):
-    answer = json.loads(rec["messages"][2]["content"])
+    answer = json.loads(target_of(rec))
     answer[name] = item
     return compact_json(answer)
 
 
 def test_model_answers_are_tagged(schema, cases):
     rec, text, meta = cases[0]
-    gold_text = rec["messages"][2]["content"]
+    gold_text = target_of(rec)
     assert answer_errors(schema, rec["labels"], gold_text, text, meta) == {}
     m = mentions_by_field(meta)
     name = next(f.name for f in schema if f.type == "number" and f.is_physiology and rec["labels"][f.name] is not None
@@ -63,7 +65,7 @@ def test_model_answers_are_tagged(schema, cases):
     null_name = next(f.name for f in schema if f.type == "number" and f.is_physiology and rec["labels"][f.name] is None)
     omitted_name = next(f.name for f in schema if f.is_physiology and rec["labels"][f.name] is not None and f.name != name)
     completions = [gold_text, wrong, wrong, "{not json", _with_field(rec, omitted_name, None)]
-    pairs, counters = build_pairs(schema, rec, text, meta, completions, rates={}, seed=0)
+    pairs, counters = build_pairs(schema, rec, SYSTEM, meta, completions, rates={}, seed=0)
     assert counters == {"completions": 5, "fully_correct": 1}
     model = [p for p in pairs if p["source"] == "model"]
     assert len(model) == 3                                # the duplicate wrong answer is used once
@@ -71,13 +73,14 @@ def test_model_answers_are_tagged(schema, cases):
     assert model[1]["tags"] == ["invalid_json"]
     assert model[2]["tags"] == ["omitted"] and model[2]["fields"] == [omitted_name]
     assert all(p["chosen"][0]["content"] == gold_text for p in pairs)
+    assert all(p["prompt"] == chat_prompt(SYSTEM, rec) for p in pairs)   # DPO's prompt, from the plain record
     assert null_name  # the case offers a fabrication trap too (used below)
 
 
 def test_synthetic_traps_each_teach_one_error(schema, cases):
     kinds = set()
     for rec, text, meta in cases:
-        pairs, _ = build_pairs(schema, rec, text, meta, [], rates=ALL_RATES, seed=3)
+        pairs, _ = build_pairs(schema, rec, SYSTEM, meta, [], rates=ALL_RATES, seed=3)
         for p in pairs:
             assert p["source"] == "synthetic" and len(p["fields"]) == 1
             errors = answer_errors(schema, rec["labels"], p["rejected"][0]["content"], text, meta)
@@ -89,18 +92,18 @@ def test_synthetic_traps_each_teach_one_error(schema, cases):
 
 def test_no_synthetic_for_errors_the_model_made_and_rates_zero(schema, cases):
     rec, text, meta = cases[1]
-    assert build_pairs(schema, rec, text, meta, [], rates={}, seed=0)[0] == []
-    synthetic, _ = build_pairs(schema, rec, text, meta, [], rates={"fabricated": 1.0}, seed=0)
+    assert build_pairs(schema, rec, SYSTEM, meta, [], rates={}, seed=0)[0] == []
+    synthetic, _ = build_pairs(schema, rec, SYSTEM, meta, [], rates={"fabricated": 1.0}, seed=0)
     assert [p["tags"][0] for p in synthetic] == ["fabricated"]
     made = synthetic[0]["rejected"][0]["content"]
-    pairs, _ = build_pairs(schema, rec, text, meta, [made], rates={"fabricated": 1.0}, seed=0)
+    pairs, _ = build_pairs(schema, rec, SYSTEM, meta, [made], rates={"fabricated": 1.0}, seed=0)
     assert [p["source"] for p in pairs] == ["model"]       # the model made it: no synthetic copy
 
 
 def test_never_rejected_equal_to_chosen(schema, cases):
     rec, text, meta = cases[2]
-    gold_text = rec["messages"][2]["content"]
-    pairs, _ = build_pairs(schema, rec, text, meta, [gold_text] * 3, rates=ALL_RATES, seed=1)
+    gold_text = target_of(rec)
+    pairs, _ = build_pairs(schema, rec, SYSTEM, meta, [gold_text] * 3, rates=ALL_RATES, seed=1)
     assert all(p["rejected"][0]["content"] != gold_text for p in pairs)
     fake = {"chosen": [{"content": gold_text}], "rejected": [{"content": gold_text}]}
     assert not pair_is_valid(schema, fake, rec["labels"], text)
@@ -145,7 +148,7 @@ def test_single_field_pairs_differ_in_exactly_one_field(schema, cases):
     from survlm.pairs import differing_fields, pair_direction
 
     rec, text, meta = cases[0]
-    gold_text = rec["messages"][2]["content"]
+    gold_text = target_of(rec)
     m = mentions_by_field(meta)
     name = next(f.name for f in schema if f.type == "number" and f.is_physiology and rec["labels"][f.name] is not None
                 and [x for x in m[f.name] if x.kind == "day"][-1].day != GOLD_DAY)
@@ -158,7 +161,7 @@ def test_single_field_pairs_differ_in_exactly_one_field(schema, cases):
     two_wrong = compact_json(answer)
     assert set(answer_errors(schema, rec["labels"], two_wrong, text, meta)) == {name, omitted}
     cut_off = two_wrong[:two_wrong.index(f'"{omitted}"')]   # stops before the omitted field: only `name` is usable
-    pairs, _ = build_pairs(schema, rec, text, meta, [two_wrong, two_wrong, cut_off], rates={}, seed=0,
+    pairs, _ = build_pairs(schema, rec, SYSTEM, meta, [two_wrong, two_wrong, cut_off], rates={}, seed=0,
                            single_field=True)
     assert sorted(p["fields"][0] for p in pairs) == sorted([name, omitted])    # k wrong fields -> k pairs, no copy
     for p in pairs:
@@ -170,7 +173,7 @@ def test_single_field_pairs_differ_in_exactly_one_field(schema, cases):
     assert by_field[omitted]["direction"] == "value_to_null" and by_field[omitted]["type"] == "omitted"
     assert by_field[name]["direction"] == "value_to_value" and by_field[name]["type"] == "last_value"
     assert pair_direction(gold_text, two_wrong) == "value_to_null"
-    capped, _ = build_pairs(schema, rec, text, meta, [two_wrong], rates={}, seed=0, max_model_rejections=1,
+    capped, _ = build_pairs(schema, rec, SYSTEM, meta, [two_wrong], rates={}, seed=0, max_model_rejections=1,
                             single_field=True)
     assert len(capped) == 1
 

@@ -22,6 +22,7 @@ def _rows(path):
 
 
 def test_renderings_per_patient(tiny_llama_dir, tmp_path, schema):
+    from survlm.artifacts import note_of, target_of
     from survlm.metrics import tolerance, values_match
     from survlm.modeling.sft import training_rows
 
@@ -42,8 +43,8 @@ def test_renderings_per_patient(tiny_llama_dir, tmp_path, schema):
             a, b = r["labels"][f.name], first["labels"][f.name]
             assert (a is None) == (b is None)
             assert a == b if a is None or f.type != "number" else values_match(a, b, tolerance(f)), f.name
-        assert r["messages"][1]["content"] != first["messages"][1]["content"]
-        assert r["messages"][2] != first["messages"][2]                    # evidence spans follow the note
+        assert note_of(r) != note_of(first)
+        assert target_of(r) != target_of(first)                            # evidence spans follow the note
         assert r["style"] != "nursing"                                    # the held-out style stays held out
     styles = {}
     for r in extra:

@@ -3,19 +3,15 @@ import json
 
 import yaml
 
-from conftest import record, sft_params
+from conftest import SODIUM_PROMPT, record, sft_params, write_prepared
 
 
 def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
     from survlm.modeling.sft import train_sft
     from survlm.stages import select_ckpt
 
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
-                                                      "system_prompt": "Extract the day-3 sodium as JSON."}))
+    prepared = write_prepared(tmp_path / "prepared", {"train": [record(i) for i in range(2)],
+                                                      "val": [record(i, split="val") for i in range(3)]})
     (prepared / "render_meta.jsonl").write_text("")
     train_sft(sft_params(max_steps=4), prepared, tiny_llama_dir, tmp_path / "sft", None)
     monkeypatch.chdir(tmp_path)
@@ -28,15 +24,20 @@ def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
     assert all(0.0 <= c["field_accuracy"] <= 1.0 for c in curve)
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["val_notes"] == 2 and metrics["zero_shot"]["step"] == 0
-    best = json.loads((tmp_path / "best" / "selected.json").read_text())
-    assert best["step"] in (2, 4) and best["step"] == metrics["best"]["step"]
+    from survlm.artifacts import read_adapter_run
+
+    best = read_adapter_run(tmp_path / "best")   # the chosen checkpoint's own record, copied with its adapter
+    assert best == read_adapter_run(tmp_path / "sft" / f"checkpoint-{metrics['best']['step']}")
+    assert best["trained"]["step"] in (2, 4) and best["quantization"] == "none"
     assert (tmp_path / "best" / "adapter_model.safetensors").is_file()
 
 
 def test_hf_greedy_is_batch_independent_and_primed(tiny_llama_dir, schema):
     from survlm.modeling.backends import BackendSettings, Decoding, HFBackend
 
-    prompts = [record(i)["messages"][:2] for i in range(3)]
+    from survlm.artifacts import chat_prompt
+
+    prompts = [chat_prompt(SODIUM_PROMPT, record(i)) for i in range(3)]
     free = Decoding(max_new_tokens=24, constrained=False)
     two = HFBackend(tiny_llama_dir, {}, schema, BackendSettings(batch_size=2)).generate(prompts, free)
     three = HFBackend(tiny_llama_dir, {}, schema, BackendSettings(batch_size=3)).generate(prompts, free)
@@ -50,14 +51,9 @@ def test_infer_stage_decoding_comparison_alone(tiny_llama_dir, tmp_path, monkeyp
     from survlm.modeling.sft import train_sft
     from survlm.stages import infer
 
-    prepared = tmp_path / "prepared"
-    prepared.mkdir()
-    (prepared / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
-    (prepared / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(2)))
-    for split in ("test", "test_heldout"):
-        (prepared / f"{split}.jsonl").write_text(json.dumps(record(9)) + "\n")
-    (prepared / "prompt.json").write_text(json.dumps({"schema_path": "bundled:support2-v1",
-                                                      "system_prompt": "Extract the day-3 sodium as JSON."}))
+    prepared = write_prepared(tmp_path / "prepared", {
+        "train": [record(i) for i in range(2)], "val": [record(i, split="val") for i in range(2)],
+        **{split: [record(9, split=split)] for split in ("test", "test_heldout")}})
     (prepared / "render_meta.jsonl").write_text("")
     train_sft(sft_params(max_steps=2, save_steps=2), prepared, tiny_llama_dir, tmp_path / "sft", None)
     monkeypatch.chdir(tmp_path)

@@ -4,19 +4,16 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SFT, TORCHRUN_2, record, run_stage, run_stage_here, sft_params
+from conftest import (SODIUM_PROMPT, TINY_SFT, TORCHRUN_2, record, run_stage, run_stage_here, sft_params,
+                      write_prepared)
 
 from survlm.stages.select_ckpt import choose_best
 
 @pytest.fixture
 def prepared(tmp_path):
-    d = tmp_path / "prepared"
-    d.mkdir()
-    (d / "train.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(3)))
     long = record(9, answer="x " * 400)  # longer than max_length: must be dropped, not truncated
-    (d / "train.jsonl").open("a").write(json.dumps(long) + "\n")
-    (d / "val.jsonl").write_text("".join(json.dumps(record(i)) + "\n" for i in range(5, 7)))
-    return d
+    return write_prepared(tmp_path / "prepared", {"train": [record(i) for i in range(3)] + [long],
+                                                  "val": [record(i, split="val") for i in range(5, 7)]})
 
 
 def test_prompt_tokens_are_masked(tiny_llama_dir, prepared):
@@ -27,7 +24,7 @@ def test_prompt_tokens_are_masked(tiny_llama_dir, prepared):
     from survlm.modeling.sft import example_lengths, prompt_completion
 
     tok = load_tokenizer(tiny_llama_dir)
-    ex = prompt_completion(record(0))
+    ex = prompt_completion(record(0), SODIUM_PROMPT)
     n_prompt, n_full = example_lengths(tok, ex)
     trainer = SFTTrainer(model=load_base(tiny_llama_dir, "none", "cpu"),
                          args=SFTConfig(output_dir=str(prepared / "x"), completion_only_loss=True, report_to="none",
@@ -68,6 +65,14 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
     assert summary["resumed_from"] == "checkpoint-2" and summary["steps"] == 6
     assert summary["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     assert summary["train_examples"] == 3 and summary["dropped_too_long"] == {"train": 1, "val": 0}
+    from survlm.artifacts import read_adapter_run
+    from survlm.hashing import text_digest
+    from survlm.modeling.loading import model_digest
+
+    for step in (2, 4, 6):   # each checkpoint, the one from before the crash too, has its run record
+        run = read_adapter_run(out / f"checkpoint-{step}")
+        assert run["trained"] == {"stage": "sft", "step": step, "source": None} and run["quantization"] == "none"
+        assert run["base_digest"] == model_digest(tiny_llama_dir) and run["prompt_digest"] == text_digest(SODIUM_PROMPT)
     assert math.isfinite(summary["train_loss"]) and summary["quantization"] == "none"
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     losses = [h["loss"] for h in state["log_history"] if "loss" in h]

@@ -121,8 +121,10 @@ def test_user_notes_through_every_stage(repo_copy, tiny_llama_dir):
 
     out = repo_copy / "data" / "prepared"
     train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    from survlm.artifacts import target_of
+
     for r in train:
-        answer = r["messages"][2]["content"]
+        answer = target_of(r)
         assert json.loads(answer)  # the answer format of the SUPPORT2 targets, one JSON object
         if "heart_rate_bpm" not in r["labels"]:   # unlabelled: a placeholder that no loss covers
             assert "heart_rate_bpm" in r["untrained"]

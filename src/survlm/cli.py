@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .artifacts import ArtifactError
 from .data.userfile import UserDataError, load_user_records
 from .schema import DEFAULT_SCHEMA, SchemaError, load_schema, system_prompt, target_json_schema
 
@@ -70,7 +71,7 @@ def _extract(args) -> int:
     had_raw = raw.exists()
     try:
         return _extract_checked(args, out, raw, created)
-    except (_Refused, SchemaError, UserDataError) as exc:
+    except (_Refused, SchemaError, UserDataError, ArtifactError) as exc:
         print(exc, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -127,16 +128,32 @@ def _make_out_dir(out, created: list) -> None:
             raise _Refused(f"--out {out}: {target} is a directory or not writable")
 
 
-def _read_prompt_file(path) -> str:
+def _prompt(args, schema) -> tuple[str, str]:
+    """(system prompt, where it is from): the instruction the adapter was trained with, from a prompt.json
+    (`--prompt-file`, else the prepared one where it exists) prepared with this schema, else the schema's own."""
+    from .artifacts import check_prompt_schema, read_prompt_file
+
+    path = args.prompt_file or (DEFAULT_PROMPT_FILE if Path(DEFAULT_PROMPT_FILE).is_file() else None)
+    if path is None:   # the whole schema's, whatever --fields asks for
+        return system_prompt(load_schema(args.schema), args.prompt), f"the schema's --prompt {args.prompt}"
+    info = read_prompt_file(path)
+    check_prompt_schema(path, info, schema, args.schema)
+    return info["system_prompt"], str(path)
+
+
+def _adapter_run(args, adapter: Path, base: str, schema, system: str, prompt_source: str) -> dict | None:
+    """The adapter's run record, checked against the base, prompt and schema it is about to be used with. None for
+    an adapter without one (trained elsewhere) when `--quantization` says how its base was loaded."""
+    from .artifacts import ADAPTER_RUN_FILE, MissingRunRecord, check_adapter_run
+    from .modeling.loading import model_digest
+
+    if args.quantization and not (adapter / ADAPTER_RUN_FILE).is_file():
+        return None
     try:
-        system = json.loads(path.read_text(encoding="utf-8"))["system_prompt"]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _Refused(f"{path}: --prompt-file: cannot read it ({type(exc).__name__})") from None
-    except (ValueError, KeyError, TypeError):
-        raise _Refused(f"{path}: --prompt-file: not a prompt.json (JSON with a 'system_prompt' text)") from None
-    if not isinstance(system, str) or not system.strip():
-        raise _Refused(f"{path}: --prompt-file: 'system_prompt' must be non-empty text")
-    return system
+        return check_adapter_run(adapter, base_digest=model_digest(Path(base)), base_source=f"--base {args.base}",
+                                 system=system, schema=schema, prompt_source=prompt_source)
+    except MissingRunRecord as exc:
+        raise _Refused(f"{exc}; for an adapter trained elsewhere, pass --quantization nf4|none") from None
 
 
 def _extract_checked(args, out, raw, created: list) -> int:
@@ -168,12 +185,7 @@ def _extract_checked(args, out, raw, created: list) -> int:
             raise _Refused(f"--fields: a field is named twice ({args.fields})")
         schema = schema.subset(wanted)
     records = load_user_records(args.notes, schema, require_outcome=False)
-    if args.prompt_file is not None:   # the exact instruction the adapter was trained with
-        system = _read_prompt_file(Path(args.prompt_file))
-    elif Path(DEFAULT_PROMPT_FILE).is_file():
-        system = _read_prompt_file(Path(DEFAULT_PROMPT_FILE))
-    else:
-        system = system_prompt(load_schema(args.schema), args.prompt)
+    system, prompt_source = _prompt(args, schema)
     adapter = None if args.adapter in (None, "none") else Path(args.adapter)
     served = adapter.name if adapter is not None else None   # openai: the server's --lora-modules name
     if adapter is not None and args.backend != "openai" and not (adapter / "adapter_config.json").is_file():
@@ -183,12 +195,14 @@ def _extract_checked(args, out, raw, created: list) -> int:
     from .modeling.extractor import ContextTooSmall, Task, read_rows, run_tasks
     from .modeling.loading import ModelNotFound, local_model
 
+    backend_name = resolve_backend(args.backend)
     try:
         base = local_model(args.base)
     except ModelNotFound as exc:
         raise _Refused(f"--base {exc}") from None
+    if adapter is not None and backend_name != "openai":   # an openai server holds its own adapters
+        _adapter_run(args, adapter, base, schema, system, prompt_source)
     _make_out_dir(out, created)
-    backend_name = resolve_backend(args.backend)
     engine = {"max_model_len": args.max_model_len, "batch_size": args.batch_size}
     if backend_name == "openai":
         engine.update(openai_base_url=args.openai_url, openai_model=args.openai_model or args.base)
@@ -251,23 +265,30 @@ def _extract_checked(args, out, raw, created: list) -> int:
 
 def _export(args) -> int:
     """Faithful merge of a QLoRA adapter (dequantized NF4 base + LoRA), with the logit comparison as proof."""
-    from .modeling.export import ROUTES, adapter_quantization, compare_routes, export_merged
+    from .modeling.export import ROUTES, compare_routes, export_merged
     from .modeling.loading import compute_dtype, load_tokenizer, pick_device
-    from .artifacts import first_records, write_json
+    from .artifacts import PROMPT_FILE, chat_prompt, first_records, load_prompt, write_json
 
     adapter, base = Path(args.adapter), Path(args.base)
     if not (adapter / "adapter_config.json").is_file():
         print(f"{adapter}: no adapter_config.json", file=sys.stderr)
         return 1
+    try:   # merged into the base it was trained on, as it was loaded then: its run record says
+        schema, system = load_prompt(args.prepared)
+        run = _adapter_run(args, adapter, str(base), schema, system, str(Path(args.prepared) / PROMPT_FILE))
+    except (_Refused, ArtifactError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    quantization = args.quantization or run["quantization"]
     device = pick_device()
     if args.dtype == "auto":
         # a bf16 copy of a model that ran in fp32 is not the model that was checked (SmolLM2 QLoRA on CPU:
         # max |logit diff| 0.63 and 1 of 4 greedy answers changed)
         args.dtype = str(compute_dtype(device)).removeprefix("torch.")
-    quantization = args.quantization or adapter_quantization(adapter)
     tok = load_tokenizer(base)
     rows = first_records(Path(args.prepared) / "val.jsonl", args.notes)
-    prompts = [tok.apply_chat_template(r["messages"][:2], tokenize=False, add_generation_prompt=True) for r in rows]
+    prompts = [tok.apply_chat_template(chat_prompt(system, r), tokenize=False, add_generation_prompt=True)
+               for r in rows]
     export_merged(base, adapter, Path(args.out), device, args.dtype, quantization)
     report = {"adapter": str(adapter), "device": device, "trained_on": quantization,
               "reference": f"{ROUTES[quantization][0]} (base as trained + adapter, not merged)",

@@ -65,18 +65,18 @@ class BackendSettings:
         return settings
 
     def base_quantization(self, adapters: dict[str, str]) -> str:
-        """The quantization of the base the adapters were trained on. `auto` reads their run records, which must
-        agree; with no adapter (zero-shot alone) or no record it is the full-precision base."""
+        """The quantization of the base the adapters were trained on. `auto` reads their run records
+        (artifacts.read_adapter_run), which must agree; with no adapter (zero-shot alone) it is the
+        full-precision base. An adapter without a record is an ArtifactError: state the quantization instead."""
         if self.quantization != "auto":
             return self.quantization
-        from .artifacts import trained_quantization
+        from .artifacts import ArtifactError, read_adapter_run
 
-        found = {name: trained_quantization(path) for name, path in adapters.items()}
-        kinds = {q for q in found.values() if q is not None}
-        if len(kinds) > 1:
-            raise ValueError("adapters trained on different bases cannot share an engine: "
-                             + ", ".join(f"{n}: {q}" for n, q in sorted(found.items())))
-        return kinds.pop() if kinds else "none"
+        found = {name: read_adapter_run(path)["quantization"] for name, path in adapters.items()}
+        if len(set(found.values())) > 1:
+            raise ArtifactError("adapters trained on different bases cannot share an engine: "
+                                + ", ".join(f"{n}: {q}" for n, q in sorted(found.items())))
+        return next(iter(found.values()), "none")
 
 
 # params.yaml's engine block (the `&engine` anchor). The keys it does not state keep BackendSettings' defaults.

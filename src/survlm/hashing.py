@@ -1,4 +1,4 @@
-"""File digests, for anything that pins or records the exact bytes it read (the cohort pickle, a base model)."""
+"""Digests, for anything that pins or records the exact bytes it read (the cohort pickle, a base model, a prompt)."""
 from __future__ import annotations
 
 import hashlib
@@ -11,3 +11,8 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def text_digest(text: str) -> str:
+    """A text's digest (a system prompt's), as short as a schema's."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]

@@ -23,6 +23,7 @@ import math
 import random
 from typing import Any
 
+from .artifacts import chat_prompt, note_of, target_of
 from .extraction import compact_json, parse_answer
 from .metrics import GOLD_DAY, FieldMention, field_errors, is_correct, mentions_by_field
 from .schema import Schema
@@ -114,20 +115,22 @@ def single_field_rejections(schema: Schema, gold: dict, target: dict, text: str,
     return out
 
 
-def _pair(record: dict, source: str, tags: list[str], fields: list[str], chosen: str, rejected: str) -> dict:
+def _pair(record: dict, system: str, source: str, tags: list[str], fields: list[str], chosen: str, rejected: str
+          ) -> dict:
     return {"id": record["id"], "source": source, "tags": tags, "fields": fields,
             "direction": pair_direction(chosen, rejected), "type": primary_type(tags),
-            "prompt": record["messages"][:2], "chosen": [{"role": "assistant", "content": chosen}],
+            "prompt": chat_prompt(system, record), "chosen": [{"role": "assistant", "content": chosen}],
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
-def build_pairs(schema: Schema, record: dict, note: str, meta: dict | None, completions: list[str],
+def build_pairs(schema: Schema, record: dict, system: str, meta: dict | None, completions: list[str],
                 rates: dict[str, float], seed: int, max_model_rejections: int = 4, single_field: bool = False
                 ) -> tuple[list[dict], dict]:
-    """Pairs for one note from the model's completions plus synthetic traps. Returns (pairs, counters).
-    `max_model_rejections` caps the model-made pairs of the note (whole answers, or one-field mistakes)."""
-    gold = record["labels"]
-    chosen = record["messages"][2]["content"]
+    """Pairs for one prepared record (with a target) from the model's completions plus synthetic traps, each
+    prompted with `system` and the note. Returns (pairs, counters). `max_model_rejections` caps the model-made
+    pairs of the note (whole answers, or one-field mistakes)."""
+    gold, note = record["labels"], note_of(record)
+    chosen = target_of(record)
     target = json.loads(chosen)
     rng = random.Random(f"{seed}:{record['id']}")
     pairs, seen = [], {chosen}
@@ -145,8 +148,8 @@ def build_pairs(schema: Schema, record: dict, note: str, meta: dict | None, comp
                 continue
             seen.add(rejected)
             made_by_model.update(tags)
-            pairs.append(_pair(record, "model", tags, [fields] if isinstance(fields, str) else fields, chosen,
-                               rejected))
+            pairs.append(_pair(record, system, "model", tags, [fields] if isinstance(fields, str) else fields,
+                               chosen, rejected))
     if meta:
         for kind in SYNTHETIC_TYPES:
             if kind in made_by_model or rng.random() >= float(rates.get(kind, 0.0)):
@@ -163,7 +166,7 @@ def build_pairs(schema: Schema, record: dict, note: str, meta: dict | None, comp
                 if set(errors) != {name} or kind not in errors[name]:
                     continue  # the trap must produce exactly the intended error, on that field only
                 seen.add(text)
-                pairs.append(_pair(record, "synthetic", sorted(errors[name]), [name], chosen, text))
+                pairs.append(_pair(record, system, "synthetic", sorted(errors[name]), [name], chosen, text))
                 break
     return pairs, counters
 

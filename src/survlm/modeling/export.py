@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import trained_quantization
 from .loading import dequantized_nf4, load_base, load_tokenizer, save_plain
 
 
@@ -23,12 +22,6 @@ def _peft(model, adapter: Path):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-
-
-def adapter_quantization(adapter: Path) -> str:
-    """How the base was loaded when this adapter was trained: its run record says; an adapter from elsewhere
-    is taken to be QLoRA, the case where merging can go wrong."""
-    return trained_quantization(adapter) or "nf4"
 
 
 def dequantized_merge(base_dir: Path, adapter: Path, device: str, dtype: torch.dtype = torch.float32):

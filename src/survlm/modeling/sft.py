@@ -1,9 +1,10 @@
-"""QLoRA / LoRA supervised fine-tuning with TRL's SFTTrainer on prompt/completion records.
+"""QLoRA / LoRA supervised fine-tuning with TRL's SFTTrainer on prompt/completion examples built from the
+prepared records (system prompt from prompt.json, the note, the gold answer: artifacts.chat_messages).
 
 The loss covers the assistant answer only (`completion_only_loss`): prompt tokens get label -100.
-Checkpoints hold the adapter (plus optimizer state for resuming), never base weights. A run whose
-params and data match the one recorded in `run.json` resumes from its last checkpoint; anything
-else starts clean, so a stale checkpoint never leaks into a new experiment.
+Checkpoints hold the adapter (plus optimizer state for resuming), never base weights, and each gets its run
+record (adapter_run.json). A run whose params and data match the one recorded in `run.json` resumes from its
+last checkpoint; anything else starts clean, so a stale checkpoint never leaks into a new experiment.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts import PROMPT_FILE, adapter_run, chat_messages, has_target, load_prompt, write_adapter_run
 from ..config import SFTParams, to_dict
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
@@ -23,11 +25,9 @@ from .training import callbacks, peak_memory_gib, trainer_config
 RUN_FILE = "run.json"
 
 
-def prompt_completion(row: dict) -> dict:
-    """A prepared chat record -> TRL's conversational prompt/completion format."""
-    msgs = row["messages"]
-    if len(msgs) != 3 or msgs[2]["role"] != "assistant":
-        raise ValueError(f"record {row.get('id')}: needs system, user and assistant turns to train on")
+def prompt_completion(row: dict, system: str) -> dict:
+    """A prepared record -> TRL's conversational prompt/completion format."""
+    msgs = chat_messages(system, row)
     return {"id": row["id"], "prompt": msgs[:2], "completion": msgs[2:]}
 
 
@@ -101,11 +101,11 @@ def training_rows(prepared_dir: Path, limit: int | None) -> list[dict]:
     return rows
 
 
-def select_examples(tokenizer, rows: list[dict], max_length: int) -> tuple[list[dict], int]:
+def select_examples(tokenizer, rows: list[dict], max_length: int, system: str) -> tuple[list[dict], int]:
     """Examples that fit `max_length` whole; the rest are dropped and counted, never truncated."""
     kept, dropped = [], 0
     for row in rows:
-        ex = prompt_completion(row)
+        ex = prompt_completion(row, system)
         if example_lengths(tokenizer, ex)[1] <= max_length:
             kept.append(ex)
         else:
@@ -182,9 +182,10 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
 
     device = pick_device()
     quantization = resolve_quantization(params.quantization, device)
+    schema, system = load_prompt(prepared_dir)
     train_path, val_path = prepared_dir / "train.jsonl", prepared_dir / "val.jsonl"
     renderings = prepared_dir / "train_renderings.jsonl"
-    fingerprint = _fingerprint(params, quantization, [train_path, val_path]
+    fingerprint = _fingerprint(params, quantization, [train_path, val_path, prepared_dir / PROMPT_FILE]
                                + ([renderings] if renderings.is_file() else []), base_dir)
     run_file = out_dir / RUN_FILE
     previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
@@ -208,11 +209,11 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
     train_rows = training_rows(prepared_dir, params.max_train_notes)
     val_rows = _read(val_path, params.eval_notes)
-    no_target = sum(len(r["messages"]) != 3 for r in train_rows)
-    train_rows = [r for r in train_rows if len(r["messages"]) == 3]
-    val_rows = [r for r in val_rows if len(r["messages"]) == 3]
-    train, dropped_train = select_examples(tokenizer, train_rows, max_length)
-    val, dropped_val = select_examples(tokenizer, val_rows, max_length)
+    no_target = sum(not has_target(r) for r in train_rows)
+    train_rows = [r for r in train_rows if has_target(r)]
+    val_rows = [r for r in val_rows if has_target(r)]
+    train, dropped_train = select_examples(tokenizer, train_rows, max_length, system)
+    val, dropped_val = select_examples(tokenizer, val_rows, max_length, system)
     train, val = _with_masks(tokenizer, train, train_rows), _with_masks(tokenizer, val, val_rows)
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
@@ -249,6 +250,10 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     if state.num_processes > 1:
         print(f"sft: DDP over {state.num_processes} processes")
     if main_process:
+        for name in summary["checkpoints"]:   # a resumed run's earlier checkpoints too: same base, prompt, schema
+            write_adapter_run(out_dir / name, adapter_run(
+                base_digest=model_digest(base_dir), quantization=quantization, system=system, schema=schema,
+                stage="sft", step=int(name.split("-")[1])))
         info = json.loads(run_file.read_text())
         info.update({"complete": True, "summary": summary})
         run_file.write_text(json.dumps(info, indent=2) + "\n")

@@ -1,7 +1,9 @@
 """Plumbing only stage modules need: their typed params from params.yaml and a one-line stage error."""
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Iterator
 
 from ..config import ConfigError, load_config
 
@@ -10,6 +12,15 @@ def fail(message: str, code: int = 1) -> None:
     """Stage-level error: the message only (already `file:line: field: problem` shaped), no traceback."""
     print(message, file=sys.stderr)
     raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def failing_on(*errors: type[Exception]) -> Iterator[None]:
+    """Inside the block, an error of these kinds (whose messages are one line naming the file) stops the stage."""
+    try:
+        yield
+    except errors as exc:
+        fail(str(exc))
 
 
 def stage_params(section: str):

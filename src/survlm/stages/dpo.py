@@ -8,14 +8,13 @@ per GPU); rank 0 saves the adapter and runs the selection."""
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import tempfile
 from pathlib import Path
 
-from ..artifacts import atomic_dir, labelled_records, load_prompt, read_jsonl, scratch_dir, write_json
+from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, continued_run, copy_adapter, labelled_records,
+                         load_prompt, read_jsonl, scratch_dir, write_adapter_run, write_json)
 from ..selection import checkpoints, dpo_selection
-from .common import fail, stage_params
+from .common import fail, failing_on, stage_params
 
 REPORT_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "first_value_rate", "json_valid_rate")
 CURVE_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")
@@ -36,12 +35,6 @@ def candidates(train_dir: Path, final_step: int) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-def copy_adapter(src: Path, dst: Path) -> None:
-    for f in src.iterdir():
-        if f.is_file() and (f.name.startswith("adapter_") or f.name == "README.md"):
-            shutil.copy2(f, dst / f.name)
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prepared", required=True, help="prepare's output dir (validation notes, prompt)")
@@ -56,10 +49,15 @@ def main(argv: list[str] | None = None) -> None:
     sft, prepared = Path(args.sft), Path(args.prepared)
     if not (sft / "adapter_config.json").is_file():
         fail(f"{sft}: no SFT adapter to start DPO from")
-    quantization = json.loads((sft / "selected.json").read_text())["quantization"]
     from ..modeling.dpo import train_dpo
     from ..modeling.extractor import score_adapters
-    from ..modeling.loading import is_main_process, leave_process_group
+    from ..modeling.loading import is_main_process, leave_process_group, model_digest
+
+    with failing_on(ArtifactError):   # the pairs' prompts are the prepared prompt's: the SFT adapter's must be it
+        schema, system = load_prompt(prepared)
+        sft_run = check_adapter_runs({"sft": sft}, args.base, model_digest(Path(args.base)), prepared, schema,
+                                     system)["sft"]
+    quantization = sft_run["quantization"]
 
     train_pairs = list(read_jsonl(Path(args.pairs) / "train.jsonl"))
     eval_pairs = list(read_jsonl(Path(args.pairs) / "eval.jsonl"))
@@ -79,9 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         report = {"train": summary, "logp_change_by_pair_type": summary.pop("logp_change_by_pair_type")}
         leave_process_group()  # the selection's generation engine must not see the DDP job's ranks
         steps = candidates(train_dir, summary["steps"])
+        for step, path in steps:
+            write_adapter_run(path, continued_run(sft_run, "dpo", step))
         ship, selection = steps[-1][1], {"selected": "dpo", "selected_step": steps[-1][0], "guarded": False}
         if (params.val_notes or 0) > 0:
-            schema, system = load_prompt(prepared)
             rows = labelled_records(prepared / "val.jsonl", params.val_notes)
             names = {0: "sft", **{step: f"checkpoint-{step}" for step, _ in steps}}
             with tempfile.TemporaryDirectory() as work:
@@ -100,10 +99,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{selection['selected_field_accuracy']} vs SFT {selection['sft_field_accuracy']}")
         else:
             print("dpo: val_notes is 0, so no validation guard: the final DPO policy ships unchecked against SFT")
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out) as tmp:   # with its run record: the SFT adapter's own where that ships
             copy_adapter(ship, tmp)
-            (tmp / "dpo_run.json").write_text(json.dumps({**summary, "sft_adapter": str(sft), **selection}, indent=2)
-                                              + "\n")
     report.update(selection)
     write_json(args.metrics, report)
 

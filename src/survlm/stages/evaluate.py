@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import load_prompt, note_of, read_jsonl, render_meta, write_json
+from ..artifacts import ArtifactError, load_prompt, note_of, read_jsonl, render_meta, write_json
 from ..config import SurvivalParams
 from ..predictions import MODELS
-from .common import stage_params
+from .common import failing_on, stage_params
 
 HEADLINE = ("field_accuracy", "fabrication_rate", "omission_rate", "last_value_rate", "first_value_rate",
             "json_valid_rate", "unit_errors", "grounding_failures")
@@ -219,7 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     params = stage_params("evaluate")
     boot = dataclasses.asdict(params.bootstrap)
     prepared, preds = Path(args.prepared), Path(args.predictions)
-    schema, _ = load_prompt(prepared)
+    with failing_on(ArtifactError):
+        schema, _ = load_prompt(prepared)
     train = list(read_jsonl(prepared / "train.jsonl"))
     train_time = np.array([r["time"] for r in train], dtype=float)
     models = SurvivalModels(schema, [r["labels"] for r in train], train_time, [r["event"] for r in train],

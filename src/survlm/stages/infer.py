@@ -19,9 +19,10 @@ import shutil
 import time
 from pathlib import Path
 
-from ..artifacts import first_records, load_prompt, note_of, render_meta, write_json, write_jsonl
+from ..artifacts import (ArtifactError, check_adapter_runs, first_records, load_prompt, note_of, render_meta,
+                         write_json, write_jsonl)
 from ..predictions import ABSTAINING, prediction_path, read_rows, row_results
-from .common import stage_params
+from .common import failing_on, stage_params
 
 SPLITS = {"test": "test_notes", "test_heldout": "heldout_notes"}
 
@@ -73,11 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     from ..metrics import score
     from ..modeling.backends import Decoding, make_backend
     from ..modeling.extractor import Task, run_tasks
+    from ..modeling.loading import model_digest
 
     params = stage_params("infer")
     prepared, out = Path(args.prepared), Path(args.out)
-    schema, system = load_prompt(prepared)
     models = adapter_dirs(params.baselines, Path(args.adapter), Path(args.sft))
+    with failing_on(ArtifactError):
+        schema, system = load_prompt(prepared)
+        check_adapter_runs(models, args.base, model_digest(Path(args.base)), prepared, schema, system)
     greedy = Decoding(strategy="greedy", **params.decoding_args())
     tasks = []
     for split, key in SPLITS.items():

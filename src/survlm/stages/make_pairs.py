@@ -8,10 +8,11 @@ import dataclasses
 import random
 from pathlib import Path
 
-from ..artifacts import atomic_dir, first_records, load_prompt, note_of, render_meta, write_json, write_jsonl
+from ..artifacts import (ArtifactError, atomic_dir, first_records, has_target, load_prompt, note_of, render_meta,
+                         write_json, write_jsonl)
 from ..config import MakePairsParams
 from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, summarize
-from .common import fail, stage_params
+from .common import fail, failing_on, stage_params
 
 
 def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: MakePairsParams
@@ -61,9 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     prepared, adapter = Path(args.prepared), Path(args.adapter)
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter}: no adapter (select_ckpt chose the zero-shot base); preference pairs need an SFT adapter")
-    schema, system = load_prompt(prepared)
+    with failing_on(ArtifactError):
+        schema, system = load_prompt(prepared)
     rows = first_records(prepared / "pairs.jsonl", params.notes)
-    rows = [r for r in rows if len(r["messages"]) == 3]  # records without a gold answer cannot give a pair
+    rows = [r for r in rows if has_target(r)]  # records without a gold answer cannot give a pair
     if not rows:
         fail(f"{prepared / 'pairs.jsonl'}: no record with a gold answer to build preference pairs from")
     meta = render_meta(prepared, {r["id"] for r in rows})
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     pairs, fully_correct, n_completions, unfilled = [], 0, 0, 0
     for r, texts in zip(rows, completions):
         r = _trained_labels(r)
-        got, counters = build_pairs(schema, r, note_of(r), meta.get(r["id"]), texts, rates, params.seed,
+        got, counters = build_pairs(schema, r, system, meta.get(r["id"]), texts, rates, params.seed,
                                     params.max_model_rejections, params.single_field)
         if r.get("untrained"):  # placeholders come from the model's answer, or the pair is dropped (counted)
             filled = [fill_untrained(p, r["untrained"], p["rejected"][0]["content"] if p["source"] == "model"

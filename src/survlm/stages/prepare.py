@@ -20,9 +20,9 @@ from ..evidence import STATUSES, UNLOCATED_POLICIES, locate, target_text, value_
 from ..extraction import compact_json
 from ..notes.checks import check_note, trap_stats
 from ..notes.render import STYLES, RenderError, render_to_budget
-from ..schema import SchemaError, load_schema, system_prompt, target_json_schema
+from ..schema import SchemaError, load_schema, system_prompt
 from ..split import SPLITS, assign_splits, record_order
-from ..artifacts import atomic_dir, write_json, write_jsonl
+from ..artifacts import atomic_dir, prepared_record, write_json, write_jsonl, write_prompt
 from ..config import PrepareParams
 from .common import fail, stage_params
 
@@ -236,10 +236,17 @@ def _rate(a: int, b: int) -> float | None:
 
 
 def _answer(r: dict) -> str | None:
-    """The assistant turn: the rendered note's target, or the one built from a user's located labels."""
+    """The gold answer: the rendered note's target, or the one built from a user's located labels."""
     if r.get("answer") is not None:
         return r["answer"]
     return None if r["target"] is None else compact_json(r["target"])
+
+
+def _record(r: dict, split: str) -> dict:
+    """The prepared record of a note (artifacts.prepared_record)."""
+    extra = {"loss_mask": r["loss_mask"], "untrained": r["meta"]["untrained"]} if r.get("loss_mask") else {}
+    return prepared_record(id=r["id"], split=split, style=r["style"], text=r["text"], labels=r["labels"],
+                           target=_answer(r), time=r["time"], event=r["event"], n_tokens=r["n_tokens"], **extra)
 
 
 def prepare(params: PrepareParams, base_dir: str, out_dir: str, metrics_path: str) -> dict:
@@ -271,29 +278,16 @@ def prepare(params: PrepareParams, base_dir: str, out_dir: str, metrics_path: st
     rank = {i: k for k, i in enumerate(record_order([r["id"] for r in primary], params.seed))}
     ordered = sorted(records, key=lambda r: (rank[r["patient"]], r["rendering"]))  # any head: a random sample
 
-    def row(r: dict, split: str) -> dict:
-        messages = [{"role": "system", "content": prompt}, {"role": "user", "content": r["text"]}]
-        answer = _answer(r)
-        if answer is not None:
-            messages.append({"role": "assistant", "content": answer})
-        out = {"id": r["id"], "split": split, "style": r["style"], "time": r["time"], "event": r["event"],
-               "n_tokens": r["n_tokens"], "messages": messages, "labels": r["labels"]}
-        if r.get("loss_mask"):  # answer characters that are placeholders, never trained
-            out.update(loss_mask=r["loss_mask"], untrained=r["meta"]["untrained"])
-        return out
-
     with atomic_dir(out_dir) as tmp:
         for split in OUTPUT_SPLITS:
-            write_jsonl(tmp / f"{split}.jsonl", (row(r, split) for r in ordered
+            write_jsonl(tmp / f"{split}.jsonl", (_record(r, split) for r in ordered
                                                  if r["split"] == split and r["rendering"] == 0))
         # training-only renderings of the train patients, kept apart so that train.jsonl stays one row per
         # patient (the survival fit reads it); sft trains on both
-        write_jsonl(tmp / "train_renderings.jsonl", ({**row(r, "train"), "patient": r["patient"]}
+        write_jsonl(tmp / "train_renderings.jsonl", ({**_record(r, "train"), "patient": r["patient"]}
                                                      for r in ordered if r["rendering"] > 0))
         write_jsonl(tmp / "render_meta.jsonl", ({"id": r["id"], **r["meta"]} for r in records))
-        write_json(tmp / "prompt.json", {"system_prompt": prompt, "json_schema": target_json_schema(schema),
-                                         "schema": {"name": schema.name, "version": schema.version, "digest": schema.digest},
-                                         "schema_path": schema_path})
+        write_prompt(tmp, prompt, schema, schema_path)
     write_json(metrics_path, metrics)
     return metrics
 

@@ -3,14 +3,13 @@ accuracy on validation notes, all in one generation pass; copy the best adapter 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import tempfile
 from pathlib import Path
 
-from ..artifacts import atomic_dir, labelled_records, load_prompt, write_json
+from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, copy_adapter, labelled_records, load_prompt,
+                         write_json)
 from ..selection import checkpoints, choose_checkpoint
-from .common import stage_params
+from .common import failing_on, stage_params
 
 
 def choose_best(curve: list[dict]) -> dict:
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--prepared", required=True, help="prepare's output dir")
     ap.add_argument("--base", required=True, help="the base model dir")
-    ap.add_argument("--sft", required=True, help="the sft stage's checkpoints and run.json")
+    ap.add_argument("--sft", required=True, help="the sft stage's checkpoints, each with its run record")
     ap.add_argument("--out", required=True, help="where the chosen adapter goes")
     ap.add_argument("--metrics", required=True, help="the summary JSON")
     ap.add_argument("--curve", required=True, help="the accuracy-by-step plot data")
@@ -30,13 +29,16 @@ def main(argv: list[str] | None = None) -> None:
     params = stage_params("select_ckpt")
     prepared, sft_dir = Path(args.prepared), Path(args.sft)
     rows = labelled_records(prepared / "val.jsonl", params.val_notes)
-    run = json.loads((sft_dir / "run.json").read_text())
     found = checkpoints(sft_dir)
     steps = ([(0, None)] if params.include_zero_shot else []) + found
     names = {step: (path.name if path else "zero-shot") for step, path in steps}
     from ..modeling.extractor import score_adapters
+    from ..modeling.loading import model_digest
 
-    schema, system = load_prompt(prepared)
+    with failing_on(ArtifactError):
+        schema, system = load_prompt(prepared)
+        check_adapter_runs({names[s]: p for s, p in steps}, args.base, model_digest(Path(args.base)), prepared,
+                           schema, system)
     with tempfile.TemporaryDirectory() as work:
         metrics = score_adapters(Path(args.base), {names[s]: p for s, p in steps}, rows, schema, system, prepared,
                                  params, Path(work))
@@ -48,12 +50,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"select_ckpt: step {step}: field accuracy {m['field_accuracy']}, json valid {m['json_valid_rate']}")
         best = choose_best([c for c in curve if c["step"] > 0] or curve)
         with atomic_dir(args.out) as tmp:
-            if best["step"] > 0:
-                for f in (sft_dir / best["checkpoint"]).iterdir():
-                    if f.name.startswith("adapter_") or f.name in ("README.md",):
-                        shutil.copy2(f, tmp / f.name)
-            (tmp / "selected.json").write_text(json.dumps({**best, "quantization": run["quantization"]}, indent=2)
-                                               + "\n")
+            if best["step"] > 0:   # the checkpoint's adapter with its run record; the zero-shot base has neither
+                copy_adapter(sft_dir / best["checkpoint"], tmp)
     zero = next((c for c in curve if c["step"] == 0), None)
     write_json(args.metrics, {"val_notes": len(rows), "best": best, "zero_shot": zero,
                               "best_detail": {k: metrics[best["checkpoint"]][k] for k in ("errors", "per_field")},

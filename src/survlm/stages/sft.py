@@ -1,4 +1,5 @@
-"""DVC stage `sft`: LoRA/QLoRA SFT of models/base on data/prepared -> models/sft (checkpoints, run.json).
+"""DVC stage `sft`: LoRA/QLoRA SFT of models/base on data/prepared -> models/sft (checkpoints, each with its
+adapter_run.json; run.json, the resume state).
 
 Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stages.sft`, or `accelerate launch
 --multi_gpu` (DDP; `sft.batch_size` is per GPU)."""
@@ -7,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..artifacts import write_json
-from .common import stage_params
+from ..artifacts import ArtifactError, write_json
+from .common import failing_on, stage_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,7 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
 
-    summary = train_sft(stage_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
+    with failing_on(ArtifactError):   # a prompt.json of an older prepare, or one whose schema changed since
+        summary = train_sft(stage_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
     if not is_main_process():  # DDP: rank 0 writes
         return
     write_json(args.metrics, summary)
