@@ -45,6 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from survlm.config import ConfigError, resolve_params, write_params  # noqa: E402  (after the path)
+from survlm.predictions import HELDOUT_SPLIT, TEST_SPLIT  # noqa: E402
 
 STAGES = ("prepare", "sft", "select_ckpt", "infer")
 
@@ -100,12 +101,12 @@ def score_split(prepared: Path, predictions: Path, split: str) -> tuple[dict, di
     from survlm.extraction import parse_answer
     from survlm.metrics import score
     from survlm.artifacts import load_prompt, note_of, read_jsonl, render_meta
-    from survlm.predictions import read_rows, row_results
+    from survlm.predictions import row_results
 
     schema, _ = load_prompt(prepared)
     rows = {r["id"]: r for r in read_jsonl(prepared / f"{split}.jsonl")}
     path = predictions / f"{split}.jsonl"
-    answered = list(read_rows(path)) if path.is_file() else []
+    answered = list(read_jsonl(path)) if path.is_file() else []
     meta = render_meta(prepared, {p["id"] for p in answered})
     model = score(schema, [(rows[p["id"]]["labels"], row_results(p), meta.get(p["id"])) for p in answered])
     regex = score(schema, [(rows[p["id"]]["labels"], parse_answer(regex_answer(schema, note_of(rows[p["id"]])), schema,
@@ -126,8 +127,8 @@ def run_family(family: str, params: dict, base: Path, work: Path) -> dict:
         for stage in STAGES:
             seconds[stage] = run_stage(stage, wd, log)
     prepared, predictions = wd / "data" / "prepared", wd / "data" / "predictions"
-    test, _ = score_split(prepared, predictions, "test")
-    left, regex = score_split(prepared, predictions, "test_heldout")
+    test, _ = score_split(prepared, predictions, TEST_SPLIT)
+    left, regex = score_split(prepared, predictions, HELDOUT_SPLIT)
     if not left["notes"]:
         sys.exit(f"{family}: no left-out notes were scored (infer.heldout_notes, or too few test patients)")
     return {"accuracy": left["field_accuracy"], "fabrication_rate": left["fabrication_rate"],

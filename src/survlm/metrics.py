@@ -15,6 +15,9 @@ from .schema import Field, Schema
 from .units import values_match
 
 GOLD_DAY = 3
+# the rates and counts of score() that headline a model: evaluate's summary and the report's tables
+HEADLINE = ("field_accuracy", "fabrication_rate", "omission_rate", "last_value_rate", "first_value_rate",
+            "json_valid_rate", "unit_errors", "grounding_failures")
 ERROR_TAGS = ("invalid_json", "omitted", "fabricated", "last_value", "first_value", "wrong_day", "unit_wrong",
               "wrong_category", "wrong_value", "unparsed")
 

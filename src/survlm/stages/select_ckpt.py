@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..artifacts import atomic_dir, labelled_records, load_prompt, write_json
+from ..predictions import ZERO_SHOT
 from ..selection import checkpoints, choose_checkpoint
 from .common import stage_params
 
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     run = json.loads((sft_dir / "run.json").read_text())
     found = checkpoints(sft_dir)
     steps = ([(0, None)] if params.include_zero_shot else []) + found
-    names = {step: (path.name if path else "zero-shot") for step, path in steps}
+    names = {step: (path.name if path else ZERO_SHOT) for step, path in steps}
     from ..modeling.extractor import score_adapters
 
     schema, system = load_prompt(prepared)
