@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..artifacts import first_records, read_jsonl
 from ..config import SFTParams, to_dict
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
@@ -80,24 +81,14 @@ def _fingerprint(params: SFTParams, quantization: str, files: list[Path], base_d
     return h.hexdigest()[:16]
 
 
-def _read(path: Path, limit: int | None) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if limit is not None and len(rows) >= limit:
-                break
-            rows.append(json.loads(line))
-    return rows
-
-
 def training_rows(prepared_dir: Path, limit: int | None) -> list[dict]:
     """The first `limit` training patients (train.jsonl), then prepare's further renderings of those same
     patients (train_renderings.jsonl, written when prepare.renderings_per_patient > 1)."""
-    rows = _read(prepared_dir / "train.jsonl", limit)
+    rows = first_records(prepared_dir / "train.jsonl", limit)
     extra = prepared_dir / "train_renderings.jsonl"
     if extra.is_file():
         ids = {r["id"] for r in rows}
-        rows += [r for r in _read(extra, None) if r["patient"] in ids]
+        rows += [r for r in read_jsonl(extra) if r["patient"] in ids]
     return rows
 
 
