@@ -135,6 +135,9 @@ def test_apply_writes_params_yaml_and_rejects_unknown_keys(tmp_path):
         done = apply(*args)
         assert done.returncode == 1 and done.stderr.startswith(message), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and out.read_bytes() == before   # nothing written
+    empty = tmp_path / "empty.yaml"                              # an empty block changes nothing
+    empty.write_text("evaluate:\nsft:\n  lr: 0.002\n")
+    assert resolve_params(empty) == {**defaults_document(), "sft": {**defaults_document()["sft"], "lr": 0.002}}
     bad = tmp_path / "bad.yaml"
     bad.write_text("sft:\n  learning_rate: 1.0e-4\n")
     done = apply(str(bad))

@@ -149,7 +149,8 @@ def test_family_metadata_tags_last_value_and_wrong_day_answers(schema, support2_
     assert field_errors(schema["sodium_meq_l"], note.labels["sodium_meq_l"], gold["sodium_meq_l"], mentions) == []
     day_mentions = [m for m in mentions if m.kind == "day"]
     first, last = day_mentions[0], day_mentions[-1]
-    other = next(m for m in day_mentions[1:-1] if m.day != schema["sodium_meq_l"].day and m.canonical not in (first.canonical, last.canonical))
+    other = next(m for m in day_mentions[1:-1]
+                 if m.day != schema["sodium_meq_l"].day and m.canonical not in (first.canonical, last.canonical))
     for m, tag in ((last, "last_value"), (other, "wrong_day")):
         answer = {**note.target, "sodium_meq_l": {"value": m.value, "unit": m.unit, "evidence": m.value}}
         r = parse_answer(compact_json(answer), schema, note.text)["sodium_meq_l"]
@@ -160,7 +161,8 @@ def test_check_catches_metadata_that_does_not_convert_back(schema, support2_rows
     row = support2_rows[3]
     note = render_patient(row, schema, "labsheet", 0, row["id"], n_days=5)
     assert check_note(note, schema, row) == []
-    k = next(i for i, m in enumerate(note.mentions) if m.field == "creatinine_mg_dl" and m.day != schema["creatinine_mg_dl"].day)
+    k = next(i for i, m in enumerate(note.mentions)
+             if m.field == "creatinine_mg_dl" and m.day != schema["creatinine_mg_dl"].day)
     wrong = dataclasses.replace(note.mentions[k], canonical=note.mentions[k].canonical * 2 + 1)
     broken = dataclasses.replace(note, mentions=note.mentions[:k] + [wrong] + note.mentions[k + 1:])
     assert any("do not convert to its canonical value" in v for v in check_note(broken, schema, row))

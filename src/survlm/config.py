@@ -372,6 +372,8 @@ def _merged(base: dict, changes: dict) -> dict:
     """`base` with `changes` laid over it: mappings key by key, any other value replaced whole."""
     out = dict(base)
     for key, value in changes.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue                                   # an empty block (`evaluate:` alone) changes nothing
         if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = _merged(out[key], value)
         else:

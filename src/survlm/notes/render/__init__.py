@@ -1,9 +1,9 @@
 """Render one patient's structured record as a long, messy clinical note, with full provenance.
 
 The gold label of every physiology field is defined by the note itself: it is the canonical value
-of the single mention on the field's day (`Field.day`, hospital day 3 in the bundled schema), as survlm.units computes it from what was written. Other
-days (before and after), outside-hospital values, reference ranges, doses and home readings are
-there to be *not* extracted. Each mention records day, unit and character offsets.
+of the single mention on the field's day (`Field.day`, hospital day 3 in the bundled schema), as
+survlm.units computes it from what was written. Other days (before and after), outside-hospital
+values, reference ranges, doses and home readings are there to be *not* extracted. Each mention records day, unit and character offsets.
 
 Determinism: every random choice comes from a `random.Random` seeded by (seed, patient, purpose),
 so adding days or filler to reach a token budget never changes what was already rendered.
