@@ -198,7 +198,7 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     max_length = params.max_length
     # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
     train_rows = training_rows(prepared_dir, params.max_train_notes)
-    val_rows = _read(val_path, params.eval_notes)
+    val_rows = first_records(val_path, params.eval_notes)
     no_target = sum(len(r["messages"]) != 3 for r in train_rows)
     train_rows = [r for r in train_rows if len(r["messages"]) == 3]
     val_rows = [r for r in val_rows if len(r["messages"]) == 3]
