@@ -1,7 +1,8 @@
 """Leave-one-style-out: how well does the SFT adapter read a note style it was never trained on?
 
 For each style F in --families, in its own work directory (WORK/F) and with its own params.yaml (the preset,
-then --set overrides, then prepare.heldout_styles: [F] with F added to prepare.styles if missing, so F is
+resolved over params.yaml's defaults as `python -m survlm.config apply` does, then
+--set overrides, then prepare.heldout_styles: [F] with F added to prepare.styles if missing, so F is
 rendered only for test patients):
 
   prepare -> sft -> select_ckpt -> infer (the selected SFT adapter alone, no baselines, no decoding comparison)
@@ -43,27 +44,10 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+from survlm.config import ConfigError, resolve_params, write_params  # noqa: E402  (after the path)
+from survlm.predictions import HELDOUT_SPLIT, TEST_SPLIT  # noqa: E402
 
 STAGES = ("prepare", "sft", "select_ckpt", "infer")
-
-
-def apply_overrides(params: dict, overrides: list[str]) -> dict:
-    """`section.key=value` (YAML value) into a copy of params; an unknown key is an error, as in quality_run.sh."""
-    params = copy.deepcopy(params)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        node, *path = key.split(".")
-        if not sep or not path or node not in params:
-            sys.exit(f"--set {item}: expected section.key=value with a section of the preset")
-        target = params[node]
-        for part in path[:-1]:
-            if not isinstance(target.get(part), dict):
-                sys.exit(f"--set {item}: {key} is not a key of the preset")
-            target = target[part]
-        if path[-1] not in target:
-            sys.exit(f"--set {item}: {key} is not a key of the preset")
-        target[path[-1]] = yaml.safe_load(value)
-    return params
 
 
 def run_params(params: dict, family: str) -> dict:
@@ -105,7 +89,7 @@ def ensure_base(params: dict, base: str | None, work: Path) -> Path:
     root = work / "_base"
     if not (root / "models" / "base" / "config.json").is_file():
         root.mkdir(parents=True, exist_ok=True)
-        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        write_params(params, root / "params.yaml", "benchmarks/style_transfer.py: the base model's params")
         with open(root / "stages.log", "w") as log:
             run_stage("base_model", root, log)
     return (root / "models" / "base").resolve()
@@ -117,12 +101,12 @@ def score_split(prepared: Path, predictions: Path, split: str) -> tuple[dict, di
     from survlm.extraction import parse_answer
     from survlm.metrics import score
     from survlm.artifacts import load_prompt, note_of, read_jsonl, render_meta
-    from survlm.predictions import read_rows, row_results
+    from survlm.predictions import row_results
 
     schema, _ = load_prompt(prepared)
     rows = {r["id"]: r for r in read_jsonl(prepared / f"{split}.jsonl")}
     path = predictions / f"{split}.jsonl"
-    answered = list(read_rows(path)) if path.is_file() else []
+    answered = list(read_jsonl(path)) if path.is_file() else []
     meta = render_meta(prepared, {p["id"] for p in answered})
     model = score(schema, [(rows[p["id"]]["labels"], row_results(p), meta.get(p["id"])) for p in answered])
     regex = score(schema, [(rows[p["id"]]["labels"], parse_answer(regex_answer(schema, note_of(rows[p["id"]])), schema,
@@ -137,14 +121,14 @@ def run_family(family: str, params: dict, base: Path, work: Path) -> dict:
     (wd / "models").mkdir(parents=True)
     (wd / "models" / "base").symlink_to(base, target_is_directory=True)
     p = run_params(params, family)
-    (wd / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    write_params(p, wd / "params.yaml", f"benchmarks/style_transfer.py: {family} left out")
     seconds = {}
     with open(wd / "stages.log", "w") as log:
         for stage in STAGES:
             seconds[stage] = run_stage(stage, wd, log)
     prepared, predictions = wd / "data" / "prepared", wd / "data" / "predictions"
-    test, _ = score_split(prepared, predictions, "test")
-    left, regex = score_split(prepared, predictions, "test_heldout")
+    test, _ = score_split(prepared, predictions, TEST_SPLIT)
+    left, regex = score_split(prepared, predictions, HELDOUT_SPLIT)
     if not left["notes"]:
         sys.exit(f"{family}: no left-out notes were scored (infer.heldout_notes, or too few test patients)")
     return {"accuracy": left["field_accuracy"], "fabrication_rate": left["fabrication_rate"],
@@ -177,11 +161,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default="runs/style_transfer", help="one work directory per style under it")
     ap.add_argument("--out", default="metrics/style_transfer.json")
     args = ap.parse_args(argv)
-    from survlm.notes.render import STYLES
     from survlm.artifacts import write_json
+    from survlm.notes.render import STYLES
 
-    preset = yaml.safe_load(Path(args.preset).read_text())
-    params = apply_overrides(preset, args.overrides)
+    try:
+        params = resolve_params(args.preset, args.overrides)
+    except ConfigError as exc:
+        sys.exit(str(exc))
     families = args.families or list(params["prepare"]["styles"])
     unknown = [f for f in families if f not in STYLES]
     if unknown:

@@ -1,7 +1,9 @@
-"""survlm.config: the typed params of every stage. params.yaml and the presets (drop-in replacements for it) state
-every key and parse without an unknown one, the dataclass defaults are params.yaml's values (so the two cannot
-drift), and a key that fits no config stops the stage with one line naming the section and key."""
+"""survlm.config: the typed params of every stage. params.yaml states every key and parses without an unknown one,
+the dataclass defaults are params.yaml's values (so the two cannot drift), and a key that fits no config stops the
+stage with one line naming the section and key. The presets state only what they change; `apply` resolves them
+over the defaults into params.yaml."""
 import dataclasses
+import json
 import subprocess
 import sys
 import typing
@@ -10,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from survlm.config import (ENGINE_DEFAULTS, SECTIONS, BackendSettings, ConfigError, load_config, parse_section,
-                           to_dict)
+from survlm.config import (ENGINE_DEFAULTS, SECTIONS, BackendSettings, ConfigError, defaults_document, load_config,
+                           parse_section, resolve_params, to_dict)
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted((REPO / "params").glob("*.yaml"))
@@ -55,16 +57,91 @@ def _agrees(got, stated) -> bool:
     return got == stated
 
 
+def test_defaults_document_is_params_yaml():
+    assert defaults_document() == yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+# What each preset resolved to when it was a full copy of params.yaml. A change to params.yaml or a preset that
+# moves a preset's params fails here; record the new resolution in the same change, on purpose.
+RECORDED = json.loads((REPO / "tests" / "data" / "resolved_presets.json").read_text())
+
+
+def test_every_preset_is_recorded():
+    assert sorted(RECORDED) == [p.name for p in PRESETS] and len(PRESETS) >= 4
+
+
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
-def test_every_preset_parses(preset):
-    params = yaml.safe_load(preset.read_text())
-    assert set(params) == set(SECTIONS)
-    for section in SECTIONS:
-        stated = params[section]
-        assert not _stated_keys(SECTIONS[section], stated, section)   # every key, as params.yaml has them
-        assert _agrees(to_dict(parse_section(section, stated, preset.name)), stated), section
+def test_thin_preset_resolves_to_the_recorded_params(preset):
+    params = resolve_params(preset)
+    assert params == RECORDED[preset.name]
+    assert params != defaults_document()
+    for section in SECTIONS:                                      # every section parses as the stages read it
+        assert _agrees(to_dict(parse_section(section, params[section], preset.name)), params[section]), section
     # GPU presets: QLoRA and long notes
     assert params["sft"]["quantization"] == "nf4" and params["prepare"]["note_tokens"] >= 2048
+
+
+def _same_as_default(stated, default, where: str) -> list[str]:
+    if isinstance(stated, dict) and isinstance(default, dict):
+        return [p for k, v in stated.items() for p in _same_as_default(v, default[k], f"{where}.{k}")]
+    return [where] if stated == default else []
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
+def test_preset_states_only_what_it_changes(preset):
+    stated = yaml.safe_load(preset.read_text())
+    assert set(stated) <= set(SECTIONS)
+    defaults = defaults_document()
+    assert not [p for section, data in stated.items() for p in _same_as_default(data, defaults[section], section)]
+
+
+def test_h200_engine_anchor_serves_every_stage_and_infer_alone_compiles():
+    params = resolve_params(REPO / "params" / "gpu-smollm2-h200.yaml")
+    engines = {"select_ckpt": params["select_ckpt"]["engine"], "make_pairs": params["make_pairs"]["engine"],
+               "dpo.report": params["dpo"]["report"]["engine"], "infer": params["infer"]["engine"]}
+    assert {name: e["enforce_eager"] for name, e in engines.items()} == {
+        "select_ckpt": True, "make_pairs": True, "dpo.report": True, "infer": False}
+    for e in engines.values():                                    # the anchor's keys reach every block
+        assert (e["max_model_len"], e["batch_size"], e["gpu_memory_utilization"]) == (8192, 512, 0.85)
+        assert set(e) == set(ENGINE_DEFAULTS)
+    assert parse_section("infer", params["infer"]).engine.enforce_eager is False
+
+
+def test_apply_writes_params_yaml_and_rejects_unknown_keys(tmp_path):
+    preset = REPO / "params" / "gpu-smollm2-h200.yaml"
+
+    def apply(*args):
+        return subprocess.run([sys.executable, "-m", "survlm.config", "apply", *args, "--out", str(out)],
+                              capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src"),
+                                                                   "PATH": "/usr/bin:/bin"})
+
+    out = tmp_path / "params.yaml"
+    done = apply(str(preset), "infer.test_notes=1472", "sft.lora.r=8", "infer.engine.dtype=bfloat16")
+    assert done.returncode == 0, done.stderr
+    written = yaml.safe_load(out.read_text())
+    want = RECORDED[preset.name]
+    want["infer"]["test_notes"], want["sft"]["lora"]["r"] = 1472, 8
+    want["infer"]["engine"]["dtype"] = "bfloat16"
+    assert written == want and "&" not in out.read_text()         # aliases written out: each block in full
+    assert load_config("infer", out).engine.dtype == "bfloat16"
+    before = out.read_bytes()
+    for args, message in [
+            ([str(preset), "infer.test_note=5"], "override 'infer.test_note=5': infer.test_note: unknown key (known: "),
+            ([str(preset), "sft.lr=fast"], "override 'sft.lr=fast': sft.lr: expected a number, got 'fast'"),
+            ([str(preset), "infer.test_notes"], "override 'infer.test_notes': expected section.key=value"),
+            ([str(preset), "infer.test_notes.x=1"], "override 'infer.test_notes.x=1': infer.test_notes is not a block"),
+            ([str(preset), "trainer.lr=1"], "override 'trainer.lr=1': trainer: no such params section"),
+            ([str(tmp_path / "none.yaml")], f"{tmp_path / 'none.yaml'}: cannot read the preset")]:
+        done = apply(*args)
+        assert done.returncode == 1 and done.stderr.startswith(message), done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and out.read_bytes() == before   # nothing written
+    empty = tmp_path / "empty.yaml"                              # an empty block changes nothing
+    empty.write_text("evaluate:\nsft:\n  lr: 0.002\n")
+    assert resolve_params(empty) == {**defaults_document(), "sft": {**defaults_document()["sft"], "lr": 0.002}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  learning_rate: 1.0e-4\n")
+    done = apply(str(bad))
+    assert done.returncode == 1 and done.stderr.startswith(f"{bad}: sft.learning_rate: unknown key (known: ")
 
 
 def test_unknown_key_is_one_line_naming_section_and_key(tmp_path):

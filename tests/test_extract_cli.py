@@ -157,7 +157,8 @@ def test_extract_serves_the_adapter_on_the_base_it_was_trained_on(tiny_lora_pair
     import shutil
 
     from survlm.modeling.backends import BackendSettings, Decoding, make_backend
-    from survlm.modeling.extractor import Task, read_rows, run_tasks
+    from survlm.artifacts import read_jsonl
+    from survlm.modeling.extractor import Task, run_tasks
     from survlm.schema import load_schema, system_prompt
 
     base, lora = tiny_lora_pair
@@ -180,11 +181,11 @@ def test_extract_serves_the_adapter_on_the_base_it_was_trained_on(tiny_lora_pair
         backend = make_backend("hf", base, {"sft_best": qlora}, sub, BackendSettings(quantization=quant))
         run_tasks(backend, [Task("x", "sft_best", records, workdir / f"direct-{quant}.jsonl")], sub,
                   system_prompt(load_schema(), "brief"), Decoding(max_new_tokens=40), progress=False)
-        raw[quant] = [r["raw"] for r in read_rows(workdir / f"direct-{quant}.jsonl")]
+        raw[quant] = [r["raw"] for r in read_jsonl(workdir / f"direct-{quant}.jsonl")]
     assert raw["nf4"] != raw["none"]                                 # the base's quantization shows in answers
-    assert [r["raw"] for r in read_rows(workdir / "record.csv.predictions.jsonl")] == raw["nf4"]
-    assert [r["raw"] for r in read_rows(workdir / "override.csv.predictions.jsonl")] == raw["none"]
-    assert [r["raw"] for r in read_rows(workdir / "stated.csv.predictions.jsonl")] == raw["nf4"]
+    assert [r["raw"] for r in read_jsonl(workdir / "record.csv.predictions.jsonl")] == raw["nf4"]
+    assert [r["raw"] for r in read_jsonl(workdir / "override.csv.predictions.jsonl")] == raw["none"]
+    assert [r["raw"] for r in read_jsonl(workdir / "stated.csv.predictions.jsonl")] == raw["nf4"]
 
 
 def test_review_page_only_when_asked(tiny_lora_pair, workdir):

@@ -3,7 +3,8 @@ interrupted run resumes where it stopped with the same rows a clean run writes."
 import json
 
 from survlm.modeling.backends import BackendSettings, Decoding, HFBackend
-from survlm.modeling.extractor import Task, plan_chunks, read_rows, run_tasks
+from survlm.artifacts import read_jsonl
+from survlm.modeling.extractor import Task, plan_chunks, run_tasks
 
 SYSTEM = "Extract the fields as JSON."
 
@@ -25,7 +26,7 @@ def test_long_note_is_chunked_not_truncated(tiny_llama_dir, schema, tmp_path):
     summary = run_tasks(backend, [Task("t", None, [long] + _records(1), out)], sub, SYSTEM, dec, chunk_overlap=10,
                         progress=False)
     assert summary["t"] == {"notes": 2, "resumed": 0, "chunked_notes": 1}
-    rows = list(read_rows(out))
+    rows = list(read_jsonl(out))
     assert [r["n_chunks"] for r in rows] == [len(chunks), 1]
     assert all(r["prompt_tokens"] <= len(chunks) * 200 for r in rows)
     assert "note" not in json.dumps(rows[0]).replace('"n_chunks"', "").replace('"note_sha256"', "")  # no note text
@@ -46,15 +47,15 @@ def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, 
     summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM, dec, progress=False)
     assert summary["t"]["resumed"] == 2
     strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
-    assert strip(read_rows(cut)) == strip(read_rows(clean))
+    assert strip(read_jsonl(cut)) == strip(read_jsonl(clean))
     # a different decoding is a different run: the file starts over
     summary = run_tasks(backend, [Task("t", None, records, cut)], sub, SYSTEM,
                         Decoding(max_new_tokens=4, constrained=False), progress=False)
-    assert summary["t"]["resumed"] == 0 and len(list(read_rows(cut))) == 5
+    assert summary["t"]["resumed"] == 0 and len(list(read_jsonl(cut))) == 5
     # fewer (or other) records, same run: rows of records the task no longer has are dropped, the rest kept
     summary = run_tasks(backend, [Task("t", None, records[:2] + _records(7)[6:], cut)], sub, SYSTEM,
                         Decoding(max_new_tokens=4, constrained=False), progress=False)
-    assert summary["t"]["resumed"] == 2 and [r["id"] for r in read_rows(cut)] == ["r0", "r1", "r6"]
+    assert summary["t"]["resumed"] == 2 and [r["id"] for r in read_jsonl(cut)] == ["r0", "r1", "r6"]
 
 
 def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema, tmp_path):
@@ -76,7 +77,7 @@ def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema,
     edited[2]["note"] = edited[2]["note"].replace("HR 81", "HR 99")      # the same id, another text
     summary = run_tasks(backend, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)
     assert summary["t"]["resumed"] == 3
-    rows = {r["id"]: r for r in read_rows(out)}
+    rows = {r["id"]: r for r in read_jsonl(out)}
     assert sorted(rows) == ["r0", "r1", "r2", "r3"]
     assert rows["r2"]["note_sha256"] == note_digest(edited[2]["note"]) != note_digest(records[2]["note"])
 
@@ -87,7 +88,7 @@ def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema,
               metadata={"format": "pt"})
     backend2 = HFBackend(other, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
     summary = run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)
-    assert summary["t"]["resumed"] == 0 and len(list(read_rows(out))) == 4
+    assert summary["t"]["resumed"] == 0 and len(list(read_jsonl(out))) == 4
 
 
 def test_a_note_that_cannot_be_planned_changes_nothing_on_disk(tiny_llama_dir, schema, tmp_path):

@@ -9,12 +9,12 @@ import statistics
 import jsonschema
 import pytest
 
-from survlm.extraction import compact_json, parse_answer, parse_field
+from survlm.extraction import compact_json, parse_answer
 from survlm.metrics import field_errors, mentions_by_field
 from survlm.notes import family_vocab as fv
 from survlm.notes import vocab
 from survlm.notes.checks import check_note, trap_stats
-from survlm.notes.render import FAMILY_STYLES, GOLD_DAY, ORIGINAL_STYLES, STYLES, render_patient, render_to_budget
+from survlm.notes.render import FAMILY_STYLES, ORIGINAL_STYLES, STYLES, render_patient, render_to_budget
 from survlm.schema import target_json_schema
 from survlm.units import UnitError, resolve_unit
 from conftest import over_cohort
@@ -57,7 +57,7 @@ def test_each_family_longest_notes(schema, support2_rows, style):
         for f in schema:
             if f.is_physiology:
                 days = {m.day for m in note.mentions if m.field == f.name and m.kind == "day"}
-                assert days and (GOLD_DAY in days) == (note.labels[f.name] is not None)
+                assert days and (f.day in days) == (note.labels[f.name] is not None)
 
 
 @pytest.mark.parametrize("style", FAMILY_STYLES)
@@ -102,7 +102,7 @@ def test_days_are_named_by_calendar_date_and_the_check_catches_numbering(schema,
     note = render_patient(row, schema, style, 0, row["id"], n_days=9, filler_per_day=12)
     assert check_note(note, schema, row) == []
     admission = dt.date.fromisoformat(note.admission_date)
-    day3 = (admission + dt.timedelta(days=GOLD_DAY - 1)).strftime(
+    day3 = (admission + dt.timedelta(days=schema["sodium_meq_l"].day - 1)).strftime(
         next(f for f in fv.TEXT[style]["date_formats"] if admission.strftime(f) in note.text))
     assert day3 in note.text
     numbered = dataclasses.replace(note, text=note.text + "\nHD#3 events reviewed")
@@ -125,6 +125,9 @@ def test_family_unit_spellings_resolve_for_the_fields_that_use_them(schema):
 
 
 def test_answers_copied_from_family_forms_parse(schema):
+    def parse_field(f, item, note=None):   # one field's answer through the whole parser
+        return parse_answer(compact_json({f.name: item}), schema.subset([f.name]), note)[f.name]
+
     urine, wbc, temp, creat = (schema[n] for n in ("urine_ml_day", "wbc_k_ul", "temperature_c", "creatinine_mg_dl"))
     assert parse_field(urine, {"value": "1850", "unit": "ml/24hr", "evidence": "UO 1850"}, "UO 1850 ml/24hr").value == 1850
     assert parse_field(urine, {"value": "1.85", "unit": "litres", "evidence": "1.85 litres"}).value == 1850
@@ -146,7 +149,8 @@ def test_family_metadata_tags_last_value_and_wrong_day_answers(schema, support2_
     assert field_errors(schema["sodium_meq_l"], note.labels["sodium_meq_l"], gold["sodium_meq_l"], mentions) == []
     day_mentions = [m for m in mentions if m.kind == "day"]
     first, last = day_mentions[0], day_mentions[-1]
-    other = next(m for m in day_mentions[1:-1] if m.day != GOLD_DAY and m.canonical not in (first.canonical, last.canonical))
+    other = next(m for m in day_mentions[1:-1]
+                 if m.day != schema["sodium_meq_l"].day and m.canonical not in (first.canonical, last.canonical))
     for m, tag in ((last, "last_value"), (other, "wrong_day")):
         answer = {**note.target, "sodium_meq_l": {"value": m.value, "unit": m.unit, "evidence": m.value}}
         r = parse_answer(compact_json(answer), schema, note.text)["sodium_meq_l"]
@@ -157,7 +161,8 @@ def test_check_catches_metadata_that_does_not_convert_back(schema, support2_rows
     row = support2_rows[3]
     note = render_patient(row, schema, "labsheet", 0, row["id"], n_days=5)
     assert check_note(note, schema, row) == []
-    k = next(i for i, m in enumerate(note.mentions) if m.field == "creatinine_mg_dl" and m.day != GOLD_DAY)
+    k = next(i for i, m in enumerate(note.mentions)
+             if m.field == "creatinine_mg_dl" and m.day != schema["creatinine_mg_dl"].day)
     wrong = dataclasses.replace(note.mentions[k], canonical=note.mentions[k].canonical * 2 + 1)
     broken = dataclasses.replace(note, mentions=note.mentions[:k] + [wrong] + note.mentions[k + 1:])
     assert any("do not convert to its canonical value" in v for v in check_note(broken, schema, row))

@@ -1,4 +1,6 @@
 """Extraction scoring on hand-made predictions with known answers."""
+import dataclasses
+
 import pytest
 
 from survlm.extraction import FieldResult, compact_json, parse_answer
@@ -41,6 +43,11 @@ def test_error_tags(schema):
     assert field_errors(schema["sex"], "male", _ok("female")) == ["wrong_category"]
     assert field_errors(schema["sex"], "male", FieldResult("invalid_json")) == ["invalid_json"]
     assert is_correct(schema["num_comorbidities"], 2, _ok(2)) and not is_correct(schema["num_comorbidities"], 2, _ok(3))
+    # the gold day is the field's own (Field.day): read on day 4, 133 is right and day 3's value is the wrong day
+    na4 = dataclasses.replace(na, day=4)
+    assert field_errors(na4, 133.0, _ok(133.0), m["sodium_meq_l"]) == []
+    assert field_errors(na4, 133.0, _ok(138.0), m["sodium_meq_l"]) == ["wrong_day"]
+    assert field_errors(na, 138.0, _ok(138.0), m["sodium_meq_l"]) == []
 
 
 def test_score_rates(schema):

@@ -145,7 +145,8 @@ def test_extraction_run_through_a_live_vllm_server_equals_hf(live_server, schema
     """`run_tasks` (per-prompt decodings and adapters, as every stage and `extract` call it) against the real server:
     the adapter's greedy answers equal the hf backend's token for token, and a sampled base-model task shares
     the batches."""
-    from survlm.modeling.extractor import Task, read_rows, run_tasks
+    from survlm.artifacts import read_jsonl
+    from survlm.modeling.extractor import Task, run_tasks
 
     url, base, lora = live_server
     sub = schema.subset(["sex", "diabetes"])
@@ -160,11 +161,11 @@ def test_extraction_run_through_a_live_vllm_server_equals_hf(live_server, schema
         tasks = [Task("a", "a", records, tmp_path / constraint / "a.jsonl"),
                  Task("base", None, records, tmp_path / constraint / "base.jsonl", sample)]
         run_tasks(api, tasks, sub, system, greedy, progress=False)
-        assert [len(list(read_rows(t.out_path))) for t in tasks] == [3, 3]
+        assert [len(list(read_jsonl(t.out_path))) for t in tasks] == [3, 3]
     hf = make_backend("hf", base, {"a": lora}, sub, BackendSettings(max_model_len=1024, batch_size=3))
     run_tasks(hf, [Task("a", "a", records, tmp_path / "hf.jsonl")], sub, system, greedy, progress=False)
-    want = [r["raw"] for r in read_rows(tmp_path / "hf.jsonl")]
+    want = [r["raw"] for r in read_jsonl(tmp_path / "hf.jsonl")]
     for constraint in ("json_schema", "vllm_grammar"):
-        rows = list(read_rows(tmp_path / constraint / "a.jsonl"))
+        rows = list(read_jsonl(tmp_path / constraint / "a.jsonl"))
         assert [r["raw"] for r in rows] == want, constraint
         assert all(r["json_valid"] for r in rows)

@@ -5,7 +5,7 @@ import pytest
 
 from survlm.artifacts import chat_prompt, prepared_record, target_of
 from survlm.extraction import compact_json
-from survlm.metrics import GOLD_DAY, mentions_by_field
+from survlm.metrics import mentions_by_field
 from survlm.notes.render import render_patient
 from survlm.pairs import SYNTHETIC_TYPES, answer_errors, build_pairs, pair_is_valid, summarize
 
@@ -35,9 +35,9 @@ def cases(schema, support2_rows):
             g = rec["labels"].get(f.name)
             if f.type != "number" or not f.is_physiology or not day:
                 continue
-            has["last"] |= g is not None and day[-1].day != GOLD_DAY
+            has["last"] |= g is not None and day[-1].day != f.day
             has["null"] |= g is None
-            has["unit"] |= g is not None and any(x.day == GOLD_DAY and x.unit for x in day)
+            has["unit"] |= g is not None and any(x.day == f.day and x.unit for x in day)
         if all(has.values()):
             found.append((rec, text, meta))
         if len(found) == 3:
@@ -58,7 +58,7 @@ def test_model_answers_are_tagged(schema, cases):
     assert answer_errors(schema, rec["labels"], gold_text, text, meta) == {}
     m = mentions_by_field(meta)
     name = next(f.name for f in schema if f.type == "number" and f.is_physiology and rec["labels"][f.name] is not None
-                and [x for x in m[f.name] if x.kind == "day"][-1].day != GOLD_DAY)
+                and [x for x in m[f.name] if x.kind == "day"][-1].day != f.day)
     last = [x for x in m[name] if x.kind == "day"][-1]
     ends = {(r[0], r[6]): r[7] for r in meta["mentions"]}
     wrong = _with_field(rec, name, {"value": last.value, "unit": last.unit, "evidence": text[last.start:ends[(name, last.start)]]})
@@ -151,7 +151,7 @@ def test_single_field_pairs_differ_in_exactly_one_field(schema, cases):
     gold_text = target_of(rec)
     m = mentions_by_field(meta)
     name = next(f.name for f in schema if f.type == "number" and f.is_physiology and rec["labels"][f.name] is not None
-                and [x for x in m[f.name] if x.kind == "day"][-1].day != GOLD_DAY)
+                and [x for x in m[f.name] if x.kind == "day"][-1].day != f.day)
     last = [x for x in m[name] if x.kind == "day"][-1]
     ends = {(r[0], r[6]): r[7] for r in meta["mentions"]}
     omitted = next(f.name for f in schema if f.is_physiology and rec["labels"][f.name] is not None and f.name != name)

@@ -7,7 +7,7 @@ import pytest
 
 from survlm.extraction import compact_json
 from survlm.notes.checks import check_note, trap_stats
-from survlm.notes.render import GOLD_DAY, STYLES, render_patient, render_to_budget
+from survlm.notes.render import STYLES, render_patient, render_to_budget
 from survlm.schema import target_json_schema
 from conftest import over_cohort
 
@@ -39,7 +39,7 @@ def test_each_style_long_notes(schema, support2_rows, style):
         for f in schema:
             if f.is_physiology and note.labels[f.name] is None:
                 days = {m.day for m in note.mentions if m.field == f.name and m.kind == "day"}
-                assert days and GOLD_DAY not in days
+                assert days and f.day not in days
 
 
 def test_note_text_matches_source_day3(schema, support2_rows):
@@ -47,7 +47,7 @@ def test_note_text_matches_source_day3(schema, support2_rows):
     note = render_patient(row, schema, "flowsheet", 0, row["id"])
     assert note.labels["sodium_meq_l"] == round(row["num_sod"])
     assert abs(note.labels["ph"] - row["num_ph"]) <= 0.006
-    m = next(m for m in note.mentions if m.field == "sodium_meq_l" and m.day == GOLD_DAY)
+    m = next(m for m in note.mentions if m.field == "sodium_meq_l" and m.day == schema["sodium_meq_l"].day)
     assert note.text[m.start:m.end] == note.target["sodium_meq_l"]["evidence"]
 
 

@@ -29,6 +29,18 @@ def test_user_schema_file(tmp_path, schema):
         schema.subset(["lactate"])
 
 
+def test_day_label_defaults_to_the_day_the_fields_share(tmp_path):
+    field = "  {name}:\n    type: number\n    unit: g\n    units: {{g: 1}}\n    description: d\n    rule: r\n    day: {day}\n"
+    p = tmp_path / "days.yaml"
+    p.write_text("name: x\nversion: 1\nfields:\n" + field.format(name="a", day=5) + field.format(name="b", day=5))
+    assert load_schema(p).day_label == "hospital day 5" and "hospital day 5" in system_prompt(load_schema(p))
+    p.write_text("name: x\nversion: 1\nday_label: the second ICU day\nfields:\n" + field.format(name="a", day=5))
+    assert load_schema(p).day_label == "the second ICU day"
+    p.write_text("name: x\nversion: 1\nfields:\n" + field.format(name="a", day=5) + field.format(name="b", day=2))
+    with pytest.raises(SchemaError, match=r"days.yaml: fields are read on days 2, 5: state a day_label"):
+        load_schema(p)
+
+
 @pytest.mark.parametrize("body,message", [
     ("name: x\nversion: 1\n", "needs a non-empty 'fields'"),
     ("name: x\nversion: 1\nfields:\n  a:\n    type: text\n", "field a: type must be one of"),

@@ -60,11 +60,12 @@ def test_one_left_out_style_end_to_end(tiny_llama_dir, tmp_path):
     assert summary["in_distribution_accuracy"] == round((r["in_distribution"]["accuracy"] + 0.5) / 2, 4)
 
 
-def test_run_params_hold_one_style_out():
-    bench = _benchmark()
-    import yaml
+def test_run_params_hold_one_style_out(tmp_path):
+    from survlm.config import resolve_params
 
-    params = yaml.safe_load((REPO / "params" / "gpu-smollm2-h200-style-transfer.yaml").read_text())
+    bench = _benchmark()
+    preset = REPO / "params" / "gpu-smollm2-h200-style-transfer.yaml"
+    params = resolve_params(preset)
     p = bench.run_params(params, "datagrid")
     assert p["prepare"]["heldout_styles"] == ["datagrid"] and "datagrid" in p["prepare"]["styles"]
     assert p["infer"]["baselines"] == [] and p["infer"]["decoding_comparison"]["val_notes"] == 0
@@ -72,6 +73,9 @@ def test_run_params_hold_one_style_out():
     infer = bench.stage_command("infer")                       # the SFT adapter is the one under evaluation
     assert infer[infer.index("--adapter") + 1] == infer[infer.index("--sft") + 1] == "models/sft_best"
     assert params["prepare"]["heldout_styles"] == ["nursing"]                  # the preset itself is not changed
-    with pytest.raises(SystemExit, match="not a key"):
-        bench.apply_overrides(params, ["sft.learning_rate=1e-4"])
-    assert bench.apply_overrides(params, ["sft.lora.r=8"])["sft"]["lora"]["r"] == 8
+    # an unknown override key stops the benchmark before anything runs or is written
+    out = tmp_path / "out.json"
+    with pytest.raises(SystemExit, match=r"^override 'sft.learning_rate=1e-4': .*sft\.learning_rate: unknown key"):
+        bench.main(["--preset", str(preset), "--work", str(tmp_path / "work"), "--out", str(out),
+                    "--set", "sft.learning_rate=1e-4"])
+    assert not out.exists() and not (tmp_path / "work").exists()

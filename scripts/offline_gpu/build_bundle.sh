@@ -22,8 +22,8 @@ pip download -q --no-deps --only-binary=:all: --python-version "$PY_TAG" --platf
     trl==1.16.0 datasets==5.2.0 dill multiprocess xxhash liger-kernel==0.8.5 \
     dvclive gguf xgrammar apache-tvm-ffi pydantic pydantic-core annotated-types typing-inspection lifelines scikit-survival autograd autograd-gamma formulaic \
     interface-meta ecos osqp
-# dvclive imports dvc (and these) even with save_dvc_exp=False; the versions of our CPU environment
-# (the last eleven were found missing on the H200 image on 2026-11-28):
+# dvclive imports dvc (and these) even with save_dvc_exp=False; the versions of the CPU environment
+# (the last eleven are missing from the H200 image):
 pip download -q --no-deps --only-binary=:all: --python-version "$PY_TAG" --platform manylinux_2_28_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d "$OUT/wheels" \
     atpublic==9.0.0 attrs==26.1.0 certifi==2026.10.19.post1 charset-normalizer==3.5.3 diskcache==5.6.3 dpath==2.2.0 \
@@ -43,11 +43,11 @@ $PY scripts/offline_gpu/trim_wheel.py "$OUT"/raw/survset-*.whl "$OUT/wheels" --s
 if [ "$WITH_VLLM" = 1 ]; then
     # vllm 0.24.0 pins torch 2.11.0 / torchvision 0.26.0 / torchaudio 2.11.0, the image's own. Its other
     # requirements that the image lacks, found by walking the wheels' Requires-Dist against the image's package
-    # list (2026-11-28). Left out on purpose: flashinfer, tilelang, cutlass-dsl, quack/humming/tokenspeed
+    # list. Left out on purpose: flashinfer, tilelang, cutlass-dsl, quack/humming/tokenspeed
     # kernels, fastsafetensors, cudnn-frontend: optional kernel libraries, imported only when a model needs them
     # (survlm turns vLLM's FlashInfer sampler off where FlashInfer is missing). Also pydantic-extra-types: with it
     # but without pycountry, importing mistral_common raises RuntimeError instead of ImportError, and gguf (which
-    # tries that import) breaks; without it vLLM and gguf skip mistral_common (seen on the H200, 2026-11-28).
+    # tries that import) breaks; without it vLLM and gguf skip mistral_common (seen on the H200 image).
     pip download -q --no-deps --only-binary=:all: --python-version "$PY_TAG" --platform manylinux_2_28_x86_64 \
         -d "$OUT/raw" vllm==0.24.0
     $PY scripts/offline_gpu/trim_wheel.py "$OUT"/raw/vllm-*.whl "$OUT/wheels" --stored \

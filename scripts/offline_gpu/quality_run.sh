@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The seven DVC stages (plus base_model and a merged export) on a GPU machine that has no DVC, in dvc.yaml's
-# order, with one params preset and optional dotted overrides; results land in results/<date>-<gpu>/.
+# order, with one params preset and optional dotted overrides (written to params.yaml by
+# `python -m survlm.config apply`, which rejects an unknown key); results land in results/<date>-<gpu>/.
 #   bash scripts/offline_gpu/quality_run.sh PRESET [section.key=value ...]
 # e.g. bash scripts/offline_gpu/quality_run.sh params/gpu-smollm2-h200.yaml infer.test_notes=1472
 # Needs the offline bundle installed (install_bundle.sh) and PYTHONPATH=$PWD/src:<bundle target>.
@@ -8,27 +9,13 @@
 # STOP_AFTER=<stage> ends the stages there; THROUGHPUT=1 then runs benchmarks/infer_throughput.py (128 test
 # notes through each serving variant, 64 through HF; the selected SFT adapter) into $RESULTS/infer_throughput.json;
 # GPUS=N trains sft and dpo with DDP over N GPUs (torchrun; batch sizes are per GPU).
-# Where DVC is installed, `cp PRESET params.yaml && dvc repro` does the same and records dvc.lock.
+# Where DVC is installed, `python -m survlm.config apply PRESET && dvc repro` does the same and records
+# dvc.lock.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PRESET=${1:?params preset}
 shift
-python - "$PRESET" "$@" <<'PY'
-import sys
-import yaml
-preset, overrides = sys.argv[1], sys.argv[2:]
-params = yaml.safe_load(open(preset))
-for item in overrides:
-    key, _, value = item.partition("=")
-    node, *path = key.split(".")
-    target = params[node]
-    for part in path[:-1]:
-        target = target[part]
-    if path[-1] not in target:
-        sys.exit(f"{key}: not a key of {preset}")
-    target[path[-1]] = yaml.safe_load(value)
-yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
-PY
+python -m survlm.config apply "$PRESET" "$@"
 GPU=$(python -c "import torch; print(torch.cuda.get_device_name(0).split()[-1].lower() if torch.cuda.is_available() else 'cpu')")
 RESULTS=${RESULTS:-results/$(date -u +%F)-$GPU}
 mkdir -p "$RESULTS" metrics

@@ -1,8 +1,9 @@
 """Rule baseline: a regex extractor of the kind a chart-abstraction script would use. Pure Python.
 
-Numbers: a field label, then a number and an optional unit. When the note has a "hospital day 3" / "HD#3"
-heading, only that section is searched (nothing there: null); otherwise the *last* mention in the note is
-taken ("most recent value") - the trap the notes set for notes dated by calendar day. Categories and flags:
+Numbers: a field label, then a number and an optional unit. When the note has a heading naming the field's day
+(`Field.day`: "hospital day 3" / "HD#3" in the bundled schema), only that section is searched (nothing there:
+null); otherwise the *last* mention in the note is taken ("most recent value") - the trap the notes set for notes
+dated by calendar day. Categories and flags:
 keyword search. Comorbidity lists are not attempted (null). Output is an answer in the model's own format,
 so it goes through the same parser, checks and metrics as every model.
 """
@@ -54,7 +55,7 @@ def _number_item(schema_field, text: str):
 def regex_answer(schema: Schema, note: str) -> str:
     """The rule extractor's answer for one note, as compact JSON in the model's answer format."""
     low = note.lower()
-    section = day_section(note, 3)
+    sections: dict[int, str | None] = {}
     answer: dict = {}
     for f in schema:
         item = None
@@ -62,7 +63,10 @@ def regex_answer(schema: Schema, note: str) -> str:
             m = _AGE.search(note)
             item = {"value": m.group(1), "unit": None, "evidence": m.group(0)} if m else None
         elif f.type == "number":
-            item = _number_item(f, section if section is not None and f.is_physiology else note)
+            if f.is_physiology and f.day not in sections:
+                sections[f.day] = day_section(note, f.day)
+            section = sections.get(f.day) if f.is_physiology else None
+            item = _number_item(f, note if section is None else section)
         elif f.name == "sex":
             words = {s: [w for w in d["noun"]] for s, d in vocab.SEX_WORDS.items()}
             hit = next((s for s in ("female", "male") for w in words[s] if re.search(rf"\b{w}\b", low)), None)

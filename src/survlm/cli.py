@@ -192,7 +192,8 @@ def _extract_checked(args, out, raw, created: list) -> int:
         raise _Refused(f"{adapter}: no adapter_config.json (train one with `dvc repro`, or pass --adapter none)")
     from .confidence import abstained_row
     from .modeling.backends import Decoding, OpenAIBackendError, make_backend, resolve_backend
-    from .modeling.extractor import ContextTooSmall, Task, read_rows, run_tasks
+    from .artifacts import read_jsonl
+    from .modeling.extractor import ContextTooSmall, Task, run_tasks
     from .modeling.loading import ModelNotFound, local_model
 
     backend_name = resolve_backend(args.backend)
@@ -223,7 +224,7 @@ def _extract_checked(args, out, raw, created: list) -> int:
         raise _Refused(str(exc)) from None
     finally:
         backend.close()
-    rows = {row["id"]: row for row in read_rows(raw)}
+    rows = {row["id"]: row for row in read_jsonl(raw)}
     statuses: Counter = Counter()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:

@@ -1,10 +1,12 @@
 """The typed params of every stage: one frozen dataclass per params.yaml section, with its defaults stated here once.
 
 params.yaml states every value as well, since DVC tracks params there; tests/test_config.py checks that these
-defaults equal params.yaml's values and that params.yaml and every preset in params/ parse without an unknown key.
-A section given in part takes the rest from these defaults; an unknown key is an error that names its section
-and key. Engine blocks are `BackendSettings` (their keys not given come from params.yaml's engine block), which
-modeling.backends serves with.
+defaults equal params.yaml's values. A section given in part takes the rest from these defaults; an unknown key is
+an error that names its section and key. Engine blocks are `BackendSettings` (their keys not given come from
+params.yaml's engine block), which modeling.backends serves with.
+
+A preset (params/*.yaml) states only what it changes; `python -m survlm.config apply PRESET [section.key=value ...]`
+writes params.yaml as these defaults, then the preset's keys, then the overrides, every key checked.
 
 Pure Python: no torch, no model code; every stage imports this module, so it imports nothing heavy.
 """
@@ -344,3 +346,131 @@ def to_dict(config) -> dict:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+# ---------------------------------------------------------------- presets
+
+
+def defaults_document() -> dict:
+    """params.yaml's content as these defaults give it: every section and key, engine blocks as params.yaml's."""
+    def block(cls) -> dict:
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for f in fields(cls):
+            if hints[f.name] is BackendSettings:
+                out[f.name] = dict(ENGINE_DEFAULTS)
+            elif dataclasses.is_dataclass(hints[f.name]):
+                out[f.name] = block(hints[f.name])
+            else:
+                out[f.name] = to_dict(cls())[f.name]
+        return out
+
+    return {section: block(cls) for section, cls in SECTIONS.items()}
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` laid over it: mappings key by key, any other value replaced whole."""
+    out = dict(base)
+    for key, value in changes.items():
+        if value is None and isinstance(out.get(key), dict):
+            continue                                   # an empty block (`evaluate:` alone) changes nothing
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _check(params: dict, source: str) -> None:
+    for section, data in params.items():
+        parse_section(section, data, source)
+
+
+def _override(params: dict, item: str) -> dict:
+    """`section.key=value` (the value read as YAML) laid over params; checked like a params.yaml key."""
+    key, sep, text = item.partition("=")
+    path = key.split(".")
+    if not sep or len(path) < 2 or not all(path):
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: the value is not YAML ({str(exc).splitlines()[0]})") from None
+    for part in reversed(path[1:]):
+        value = {part: value}
+    if path[0] not in params:
+        raise ConfigError(f"override {item!r}: {path[0]}: no such params section (known: {', '.join(SECTIONS)})")
+    node = params
+    for depth in range(1, len(path)):
+        node = node.get(path[depth - 1]) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(path[:depth])} is not a block of keys")
+    out = _merged(params, {path[0]: value})
+    parse_section(path[0], out[path[0]], f"override {item!r}")
+    return out
+
+
+def resolve_params(preset: str | Path | None, overrides: list[str] = ()) -> dict:
+    """The whole params.yaml document: the defaults, then the preset's keys, then each `section.key=value`.
+    A key that fits no config (in the preset or an override) is a ConfigError naming where it came from."""
+    import yaml
+
+    params = defaults_document()
+    if preset is not None:
+        try:
+            with open(preset, encoding="utf-8") as fh:
+                stated = yaml.safe_load(fh) or {}
+        except OSError as exc:
+            raise ConfigError(f"{preset}: cannot read the preset ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{preset}: not YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(stated, dict):
+            raise ConfigError(f"{preset}: expected a mapping of params sections")
+        _check(stated, str(preset))
+        params = _merged(params, stated)
+    for item in overrides:
+        params = _override(params, item)
+    return params
+
+
+def write_params(params: dict, path: str | Path, header: str) -> None:
+    """params.yaml, whole or not at all; YAML aliases written out (each engine block in full)."""
+    import yaml
+
+    class Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data):
+            return True
+
+    text = "".join(f"# {line}\n" for line in header.splitlines())
+    text += yaml.dump(params, Dumper=Plain, sort_keys=False, default_flow_style=False, allow_unicode=True)
+    from .artifacts import write_text
+
+    write_text(path, text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m survlm.config", description="Write params.yaml from a preset.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    apply = sub.add_parser("apply", help="params.yaml = the defaults + PRESET's keys + the overrides")
+    apply.add_argument("preset", help="a preset file (params/*.yaml) stating the keys it changes")
+    apply.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="one key, its value as YAML")
+    apply.add_argument("--out", default=PARAMS_FILE, help="where the params go (default: %(default)s)")
+    args = ap.parse_args(argv)
+    try:
+        params = resolve_params(args.preset, args.overrides)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(1) from None
+    write_params(params, args.out, "python -m survlm.config apply " + " ".join([args.preset, *args.overrides])
+                 + "\nsurvlm.config's defaults (the committed params.yaml), the preset's keys, then the overrides.")
+    print(f"{args.out}: the defaults, {args.preset}" + (f", {len(args.overrides)} override(s)" if args.overrides
+                                                       else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -68,12 +68,8 @@ def _parse_number_field(f: Field, item: dict, note_sq: str | None) -> FieldResul
     return FieldResult("ok", value=canonical, written=item)
 
 
-def parse_field(f: Field, item: Any, note: str | None = None) -> FieldResult:
-    """One field of an answer; `note` (the source text) enables the grounding check."""
-    return _parse_field(f, item, None if note is None else _squash(note))
-
-
 def _parse_field(f: Field, item: Any, note_sq: str | None) -> FieldResult:
+    """One field of an answer; `note_sq` (the squashed source text) enables the grounding check."""
     if item is None:
         return FieldResult("null")
     if not isinstance(item, dict) or "value" not in item:

@@ -14,7 +14,9 @@ from .extraction import FieldResult, answer_is_valid_json
 from .schema import Field, Schema
 from .units import values_match
 
-GOLD_DAY = 3
+# the rates and counts of score() that headline a model: evaluate's summary and the report's tables
+HEADLINE = ("field_accuracy", "fabrication_rate", "omission_rate", "last_value_rate", "first_value_rate",
+            "json_valid_rate", "unit_errors", "grounding_failures")
 ERROR_TAGS = ("invalid_json", "omitted", "fabricated", "last_value", "first_value", "wrong_day", "unit_wrong",
               "wrong_category", "wrong_value", "unparsed")
 
@@ -87,10 +89,10 @@ def field_errors(f: Field, gold: Any, r: FieldResult, mentions: list[FieldMentio
         elif values_match(answer, day_mentions[0].canonical, tol) and (gold is None or not values_match(
                 day_mentions[0].canonical, gold, tol)):
             tags.append("first_value")
-        elif any(values_match(answer, m.canonical, tol) for m in mentions if m.day != GOLD_DAY):
+        elif any(values_match(answer, m.canonical, tol) for m in mentions if m.day != f.day):
             tags.append("wrong_day")
     written = r.written if isinstance(r.written, dict) else {}
-    gold_mention = next((m for m in day_mentions if m.day == GOLD_DAY), None)
+    gold_mention = next((m for m in day_mentions if m.day == f.day), None)
     if gold_mention is not None and str(written.get("value", "")).strip() == gold_mention.value \
             and not values_match(answer, gold, tol):
         tags.append("unit_wrong")  # the right number read with the wrong unit (e.g. °F taken as °C)

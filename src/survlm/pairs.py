@@ -25,7 +25,7 @@ from typing import Any
 
 from .artifacts import chat_prompt, note_of, target_of
 from .extraction import compact_json, parse_answer
-from .metrics import GOLD_DAY, FieldMention, field_errors, is_correct, mentions_by_field
+from .metrics import FieldMention, field_errors, is_correct, mentions_by_field
 from .schema import Schema
 from .units import UnitError, resolve_unit
 
@@ -75,13 +75,13 @@ def synthetic_candidates(schema: Schema, gold: dict, target: dict, note: str, me
         g = gold.get(f.name)
         if kind in ("last_value", "first_value") and g is not None:
             m = day[-1] if kind == "last_value" else day[0]
-            if m.day != GOLD_DAY:
+            if m.day != f.day:
                 options.append((f.name, _item(m, note, ends[(f.name, m.start)])))
         elif kind == "fabricated" and g is None:
             m = rng.choice(day)
             options.append((f.name, _item(m, note, ends[(f.name, m.start)])))
         elif kind == "unit_wrong" and g is not None:
-            m = next((m for m in day if m.day == GOLD_DAY), None)
+            m = next((m for m in day if m.day == f.day), None)
             if m is None or m.unit is None:
                 continue
             try:

@@ -2,10 +2,8 @@
 CLI and the review page read them back without loading any model code."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable
 
 from .extraction import FieldResult
 
@@ -24,16 +22,14 @@ def row_results(row: dict) -> dict[str, FieldResult]:
     return {name: result_from_json(d) for name, d in row["fields"].items()}
 
 
-def read_rows(path: Path) -> Iterable[dict]:
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                yield json.loads(line)
-
+TEST_SPLIT = "test"
+HELDOUT_SPLIT = "test_heldout"   # test patients in the styles training never saw (prepare.heldout_styles)
+TEST_SPLITS = (TEST_SPLIT, HELDOUT_SPLIT)
 
 ABSTAINING = "dpo_abstain"   # the DPO adapter's answers with calibrated confidence, unsure values made null
+ZERO_SHOT = "zero_shot"      # the base model without an adapter
 # the extractors compared on the same notes: the pipeline's model, it abstaining where unsure, its baselines
-MODELS = ("dpo", ABSTAINING, "sft", "zero_shot", "regex")
+MODELS = ("dpo", ABSTAINING, "sft", ZERO_SHOT, "regex")
 
 
 def prediction_path(out: Path, model: str, split: str) -> Path:

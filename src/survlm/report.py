@@ -14,11 +14,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .predictions import MODELS
+from .metrics import HEADLINE
+from .predictions import ABSTAINING, MODELS, TEST_SPLIT, TEST_SPLITS, ZERO_SHOT
 
-MODEL_NAMES = {"dpo": "DPO", "dpo_abstain": "DPO, abstaining", "sft": "SFT", "zero_shot": "zero-shot",
-               "regex": "regex"}
-SPLITS = ("test", "test_heldout")
+MODEL_NAMES = {"dpo": "DPO", ABSTAINING: "DPO, abstaining", "sft": "SFT", ZERO_SHOT: "zero-shot", "regex": "regex"}
 RATES = (("field_accuracy", "field accuracy"), ("fabrication_rate", "fabrication"),
          ("last_value_rate", "last value"), ("json_valid_rate", "JSON valid"))
 
@@ -75,6 +74,62 @@ def headline(stage: str, m: dict) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+# ---------------------------------------------------------------- evaluate's Markdown and plot data
+
+def _ci_text(ci) -> str:
+    return "" if not ci else f" (95 % CI {ci[0]} to {ci[1]})"
+
+
+def report_md(ev: dict) -> str:
+    """evaluate's Markdown report (metrics/report.md): extraction by model and split, errors by field of the
+    trained models, the survival comparison."""
+    lines = ["# survlm evaluation", ""]
+    for split, by_model in ev["extraction_by_model"].items():
+        lines += [f"## Extraction: {split} ({by_model.get('dpo', by_model.get('regex'))['notes']} notes)", "",
+                  "| model | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
+        for model, m in by_model.items():
+            lines.append(f"| {model} | " + " | ".join(str(m[k]) for k in HEADLINE) + " |")
+        lines.append("")
+    for model in ("dpo", "sft"):  # the trained models: where their errors are decides the next fix
+        m = ev["extraction_by_model"].get(TEST_SPLIT, {}).get(model)
+        wrong = {name: tags for name, tags in (m or {}).get("per_field_errors", {}).items() if tags}
+        if not wrong:
+            continue
+        lines += [f"## Errors by field: {model} on test", "", "| field | accuracy | error tags |", "|---|---|---|"]
+        for name, tags in wrong.items():
+            ranked = sorted(tags.items(), key=lambda kv: -kv[1])
+            lines.append(f"| {name} | {m['per_field'][name]} | " + ", ".join(f"{t} {n}" for t, n in ranked) + " |")
+        lines.append("")
+    s = ev["survival"]
+    lines += ["## Survival (models fit on train gold covariates)", "",
+              f"Extracted test notes: {s['notes']}. Headline: C-index(DPO) - C-index(gold) = {s['cindex_gap_dpo']}"
+              f"{_ci_text((s.get('ci95') or {}).get('cindex_gap_dpo'))}.",
+              "", "| covariates | Cox Harrell C | Cox Uno C | Cox IBS | RSF Harrell C | RSF IBS |", "|---|---|---|---|---|---|"]
+    for name, m in s.get("by_source", {}).items():
+        if isinstance(m, dict):
+            lines.append(f"| {name} | {m['cox_harrell']} | {m['cox_uno']} | {m['cox_ibs']} | {m['rsf_harrell']} | "
+                         f"{m['rsf_ibs']} |")
+    full = s.get("full_test", {})
+    if full.get("by_source"):
+        lines += ["", f"Whole test split ({full['notes']} notes): Cox C-index gold {full['by_source']['gold']['cox_harrell']}, "
+                      f"regex {full['by_source']['regex']['cox_harrell']}."]
+    lines += ["", "Accuracy: numbers within max(1 % relative, rounding); categories exact; null must be null.", ""]
+    return "\n".join(lines)
+
+
+def plot_rows(ev: dict) -> dict[str, list[dict]]:
+    """Plot data from the metrics: field accuracy and error tags per (split, model, covariate).
+
+    The schema field is called `covariate` here: DVC's plots reserve the key `field`."""
+    acc, errs = [], []
+    for split, by_model in ev["extraction_by_model"].items():
+        for model, m in by_model.items():
+            acc += [{"split": split, "model": model, "covariate": f, "accuracy": a} for f, a in m["per_field"].items()]
+            errs += [{"split": split, "model": model, "covariate": f, "error": tag, "count": n}
+                     for f, tags in m.get("per_field_errors", {}).items() for tag, n in tags.items()]
+    return {"per_field_accuracy": acc, "field_errors": errs}
+
+
 # ---------------------------------------------------------------- HTML
 
 CSS = """
@@ -117,14 +172,14 @@ def headline_table(ev: dict) -> str:
     surv = ev.get("survival") or {}
     ci_s = surv.get("ci95") or {}
     rows = []
-    for split in SPLITS:
+    for split in TEST_SPLITS:
         for model in MODELS:
             m = (by_split.get(split) or {}).get(model)
             if not m:
                 continue
             ci = m.get("ci95") or {}
             c = ""
-            if split == "test":
+            if split == TEST_SPLIT:
                 c = _with_ci(surv.get(f"cindex_{model}"), ci_s.get(f"cindex_{model}"))
             rows.append([f"{MODEL_NAMES.get(model, _e(model))}", _e(split), _num(m.get("notes"))]
                         + [_with_ci(m.get(k), ci.get(k)) for k, _ in RATES] + [c])
@@ -140,7 +195,7 @@ def headline_table(ev: dict) -> str:
 
 
 def per_field_table(ev: dict) -> str:
-    test = (ev.get("extraction_by_model") or {}).get("test") or {}
+    test = (ev.get("extraction_by_model") or {}).get(TEST_SPLIT) or {}
     models = [m for m in MODELS if m in test]
     if not models:
         return ""
@@ -205,7 +260,7 @@ def _have_matplotlib() -> bool:
 
 
 def plot_field_accuracy(rows: list[dict]) -> str | None:
-    rows = [r for r in rows if r.get("split") == "test"]
+    rows = [r for r in rows if r.get("split") == TEST_SPLIT]
     if not rows or not _have_matplotlib():
         return None
     plt = _plt()

@@ -78,7 +78,7 @@ class Schema:
     name: str
     version: int
     fields: dict[str, Field]
-    day_label: str = "hospital day 3"
+    day_label: str            # how the prompt names the physiology fields' day
     digest: str = ""
 
     def __iter__(self):
@@ -251,7 +251,18 @@ def load_schema(path: str | Path = DEFAULT_SCHEMA) -> Schema:
         raise SchemaError(f"{where}: name must be text")
     fields = {str(n): _field(str(n), s, where) for n, s in raw["fields"].items()}
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-    return Schema(str(raw["name"]), int(raw["version"]), fields, str(raw.get("day_label", "hospital day 3")), digest)
+    return Schema(str(raw["name"]), int(raw["version"]), fields, _day_label(raw, fields, where), digest)
+
+
+def _day_label(raw: dict, fields: dict[str, Field], where: str) -> str:
+    """The schema's `day_label`, or one made from the day its physiology fields share (`hospital day 3`)."""
+    if raw.get("day_label") is not None:
+        return str(raw["day_label"])
+    days = sorted({f.day for f in fields.values() if f.day is not None})
+    if len(days) > 1:
+        raise SchemaError(f"{where}: fields are read on days {', '.join(map(str, days))}: state a day_label that "
+                          "names them for the prompt")
+    return f"hospital day {days[0]}" if days else "the note's day"
 
 
 # ---------------------------------------------------------------------------------------------

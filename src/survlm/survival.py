@@ -178,3 +178,146 @@ def risk_group_km(risk, time, event, grid) -> dict[str, dict[str, np.ndarray]]:
                           "lower": lower, "upper": upper,
                           "at_risk": np.array([(time[mask] >= t).sum() for t in grid], dtype=int)}
     return out
+
+
+# ---------------------------------------------------------------- gold vs extracted covariates
+
+KM_GRID_POINTS = 120
+
+
+def extracted_covariates(results: dict) -> dict[str, Any]:
+    """An extractor's parsed answer (field -> FieldResult) as covariates: the value where it is ok, else missing."""
+    return {name: (r.value if r.status == "ok" else None) for name, r in results.items()}
+
+
+def _outcomes(records: dict, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([records[i]["time"] for i in ids], dtype=float),
+            np.array([records[i]["event"] for i in ids], dtype=int))
+
+
+def _sources(records: dict, results: dict[str, dict], ids: list[str]) -> dict[str, list[dict]]:
+    """Covariates per source on `ids`: gold labels, then every extractor that answered all of them."""
+    sources = {"gold": [records[i]["labels"] for i in ids]}
+    sources.update({m: [extracted_covariates(res[i]) for i in ids] for m, res in results.items()
+                    if all(i in res for i in ids)})
+    return sources
+
+
+def survival_block(models: SurvivalModels, records: dict, results: dict[str, dict], ids: list[str], train_time,
+                   boot: dict | None = None) -> dict:
+    """Cox/RSF metrics per covariate source on the same notes; with `boot`, `ci95`: bootstrap intervals of the
+    Cox Harrell C per source and of each source's paired gap to gold (same resampled patients)."""
+    time, event = _outcomes(records, ids)
+    if len(ids) < 3 or event.sum() == 0:
+        return {"notes": len(ids), "skipped": "too few notes or no events"}
+    grid = eval_times(train_time, time)
+    out: dict = {"notes": len(ids), "events": int(event.sum())}
+    sources = _sources(records, results, ids)
+    for name, labels in sources.items():
+        out[name] = models.evaluate(labels, time, event, grid)
+    if boot is not None:
+        out["ci95"] = cindex_ci(models, sources, time, event, boot)
+    return out
+
+
+def cindex_ci(models: SurvivalModels, sources: dict[str, list[dict]], time, event, boot: dict) -> dict:
+    from .bootstrap import bootstrap_ci
+
+    risks = {name: models.risks(labels)["cox"] for name, labels in sources.items()}
+
+    def stats(idx):
+        c = {name: harrell_c(time[idx], event[idx], r[idx]) for name, r in risks.items()}
+        return {**{f"cindex_{n}": v for n, v in c.items()},
+                **{f"cindex_gap_{n}": v - c["gold"] for n, v in c.items() if n != "gold"}}
+
+    return bootstrap_ci(stats, len(time), **boot)
+
+
+def refit_block(schema: Schema, records: dict, results: dict[str, dict], ids: list[str], params: SurvivalParams
+                ) -> dict | None:
+    """Cox refit on *extracted* covariates: 2-fold cross-fit on the extracted test notes, C-index per source."""
+    if len(ids) < params.refit_min_notes:
+        return None
+    import dataclasses
+
+    rng = np.random.default_rng(params.seed)
+    order = rng.permutation(len(ids))
+    halves = [[ids[k] for k in order[: len(ids) // 2]], [ids[k] for k in order[len(ids) // 2:]]]
+    sources = {name: dict(zip(ids, labels)) for name, labels in _sources(records, results, ids).items()}
+    out = {}
+    for name, labels in sources.items():
+        cs = []
+        for a, b in ((0, 1), (1, 0)):
+            try:
+                fit = SurvivalModels(schema, [labels[i] for i in halves[a]], [records[i]["time"] for i in halves[a]],
+                                     [records[i]["event"] for i in halves[a]],
+                                     dataclasses.replace(params, rsf_trees=10))
+                risk = fit.risks([labels[i] for i in halves[b]])["cox"]
+            except NoVariation:
+                risk = np.zeros(len(halves[b]))   # nothing to rank by: every pair is a tie (C = 0.5)
+            cs.append(harrell_c([records[i]["time"] for i in halves[b]], [records[i]["event"] for i in halves[b]], risk))
+        out[f"cindex_{name}"] = round(float(np.mean(cs)), 4)
+    return out
+
+
+def km_rows(models: SurvivalModels, records: dict, cohorts: dict[str, tuple[list[str], dict[str, list[dict]]]]
+            ) -> list[dict]:
+    """KM step curves by predicted-risk tertile: per cohort, every covariate source on the *same* patients
+    (each source's Cox risk makes its own tertiles), with the 95 % band and the number at risk."""
+    rows = []
+    for cohort, (ids, sources) in cohorts.items():
+        if len(ids) < 3:
+            continue
+        time, event = _outcomes(records, ids)
+        end = float(np.quantile(time, 0.95))
+        grid = np.linspace(0.0, end, KM_GRID_POINTS)
+        if len(ids) <= KM_GRID_POINTS:   # few patients: every event time, so each step sits where it happened
+            grid = np.union1d(grid, time[(event == 1) & (time <= end)])
+        ticks = set(np.linspace(0, len(grid) - 1, 6).round().astype(int).tolist())
+        label = f"{cohort}: {' vs '.join(sources)} ({len(ids)} patients)"
+        for source, labels in sources.items():
+            km = risk_group_km(models.risks(labels)["cox"], time, event, grid)
+            for group, curve in km.items():
+                rows += [{"cohort": label, "source": source, "risk_group": group, "time": round(float(t), 1),
+                          "survival": round(float(curve["survival"][j]), 4), "lower": round(float(curve["lower"][j]), 4),
+                          "upper": round(float(curve["upper"][j]), 4), "at_risk": int(curve["at_risk"][j]),
+                          "tick": j in ticks} for j, t in enumerate(grid)]
+    return rows
+
+
+def compare_on_test(models: SurvivalModels, schema: Schema, records: dict, results: dict[str, dict],
+                    extracted: list[str], train_time, boot: dict, params: SurvivalParams) -> tuple[dict, list[dict]]:
+    """The survival comparison on the test split -> (metrics, KM plot rows).
+
+    On the `extracted` notes (those every model answered): each source's Cox/RSF metrics, bootstrap intervals,
+    the Cox refit on extracted covariates and the headline C-index(dpo) - C-index(gold). On the whole split: gold
+    against the regex baseline (rules answer every note)."""
+    from .predictions import MODELS
+
+    block = survival_block(models, records, results, extracted, train_time, boot)
+    full_ids = list(records)
+    full = survival_block(models, records, {"regex": results["regex"]}, full_ids, train_time, boot)
+
+    def sources_of(b):
+        return {k: v for k, v in b.items() if isinstance(v, dict) and k != "ci95"}
+
+    survival = {"notes": block["notes"], "by_source": sources_of(block), "ci95": block.get("ci95"),
+                "full_test": {"notes": full["notes"], "by_source": sources_of(full), "ci95": full.get("ci95")},
+                "refit_on_extracted": refit_block(schema, records, results, extracted, params)}
+    src = survival["by_source"]
+    for name in ("gold",) + MODELS:
+        survival[f"cindex_{name}"] = src.get(name, {}).get("cox_harrell")
+        survival[f"cindex_uno_{name}"] = src.get(name, {}).get("cox_uno")
+        survival[f"ibs_{name}"] = src.get(name, {}).get("cox_ibs")
+    gold_c, dpo_c = survival["cindex_gold"], survival["cindex_dpo"]
+    survival["cindex_gap_dpo"] = None if gold_c is None or dpo_c is None else round(dpo_c - gold_c, 4)
+    # KM curves: gold vs the main extractor on the notes it answered; gold vs regex on the whole split
+    km_source = "dpo" if "dpo" in results else "regex"
+    km = km_rows(models, records, {
+        "extracted test notes": (extracted, {"gold": [records[i]["labels"] for i in extracted],
+                                             km_source: [extracted_covariates(results[km_source][i])
+                                                         for i in extracted]}),
+        "whole test split": (full_ids, {"gold": [records[i]["labels"] for i in full_ids],
+                                        "regex": [extracted_covariates(results["regex"][i]) for i in full_ids]})})
+    survival["km_extracted_source"] = km_source
+    return survival, km

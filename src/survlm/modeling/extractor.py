@@ -25,7 +25,7 @@ from ..config import ScoringParams
 from ..confidence import field_confidences
 from ..extraction import FieldResult, answer_is_valid_json, parse_answer
 from ..metrics import tolerance
-from ..predictions import read_rows, result_to_json, row_results
+from ..predictions import result_to_json, row_results
 from ..schema import Schema
 from .backends import Backend, Decoding
 from .loading import model_digest
@@ -267,7 +267,7 @@ def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[
                    system_prompt: str, prepared: Path, params: ScoringParams, work_dir: Path) -> dict[str, dict]:
     """Greedy extraction on prepared `rows` with every adapter (None = base model) in one batch -> metrics
     per name. Predictions are left in work_dir/<name>.jsonl. `params`: backend, engine and decoding limits."""
-    from ..artifacts import note_of, render_meta
+    from ..artifacts import note_of, read_jsonl, render_meta
     from ..metrics import score
     from .backends import make_backend
 
@@ -284,4 +284,4 @@ def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[
         backend.close()
     labels = {r["id"]: r["labels"] for r in rows}
     return {name: score(schema, [(labels[p["id"]], row_results(p), meta.get(p["id"]))
-                                 for p in read_rows(work_dir / f"{name}.jsonl")]) for name in adapters}
+                                 for p in read_jsonl(work_dir / f"{name}.jsonl")]) for name in adapters}

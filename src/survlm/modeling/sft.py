@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..artifacts import PROMPT_FILE, adapter_run, chat_messages, has_target, load_prompt, write_adapter_run
+from ..artifacts import (PROMPT_FILE, adapter_run, chat_messages, first_records, has_target, load_prompt, read_jsonl,
+                         write_adapter_run)
 from ..config import SFTParams, to_dict
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
@@ -80,24 +81,14 @@ def _fingerprint(params: SFTParams, quantization: str, files: list[Path], base_d
     return h.hexdigest()[:16]
 
 
-def _read(path: Path, limit: int | None) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if limit is not None and len(rows) >= limit:
-                break
-            rows.append(json.loads(line))
-    return rows
-
-
 def training_rows(prepared_dir: Path, limit: int | None) -> list[dict]:
     """The first `limit` training patients (train.jsonl), then prepare's further renderings of those same
     patients (train_renderings.jsonl, written when prepare.renderings_per_patient > 1)."""
-    rows = _read(prepared_dir / "train.jsonl", limit)
+    rows = first_records(prepared_dir / "train.jsonl", limit)
     extra = prepared_dir / "train_renderings.jsonl"
     if extra.is_file():
         ids = {r["id"] for r in rows}
-        rows += [r for r in _read(extra, None) if r["patient"] in ids]
+        rows += [r for r in read_jsonl(extra) if r["patient"] in ids]
     return rows
 
 
@@ -208,7 +199,7 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     max_length = params.max_length
     # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
     train_rows = training_rows(prepared_dir, params.max_train_notes)
-    val_rows = _read(val_path, params.eval_notes)
+    val_rows = first_records(val_path, params.eval_notes)
     no_target = sum(not has_target(r) for r in train_rows)
     train_rows = [r for r in train_rows if has_target(r)]
     val_rows = [r for r in val_rows if has_target(r)]

@@ -9,7 +9,7 @@ from ..extraction import compact_json, parse_answer
 from ..schema import Schema
 from ..units import parse_fio2, resolve_unit, rounding_tolerance, to_canonical, values_match
 from . import family_vocab
-from .render import FAMILY_STYLES, GOLD_DAY, RenderedNote
+from .render import FAMILY_STYLES, RenderedNote
 
 # Hospital-day numbering ("HD#3", "hospital day 3", "day 3", "POD 2"): the families never write it.
 _DAY_NUMBER = re.compile(r"(?i)\b(?:hospital\s+day|HD|POD|day)\s*#?\s*\d")
@@ -36,19 +36,19 @@ def check_note(note: RenderedNote, schema: Schema, source: dict | None = None) -
     for f in schema:
         if not f.is_physiology:
             continue
-        gold_day = [m for m in note.mentions if m.field == f.name and m.kind == "day" and m.day == GOLD_DAY]
+        gold_day = [m for m in note.mentions if m.field == f.name and m.kind == "day" and m.day == f.day]
         label = note.labels[f.name]
         if label is None:
             if gold_day:
-                bad.append(f"{f.name}: label is null but day {GOLD_DAY} has a mention")
+                bad.append(f"{f.name}: label is null but day {f.day} has a mention")
             continue
         if len(gold_day) != 1:
-            bad.append(f"{f.name}: {len(gold_day)} day-{GOLD_DAY} mentions (need exactly 1)")
+            bad.append(f"{f.name}: {len(gold_day)} day-{f.day} mentions (need exactly 1)")
             continue
         m = gold_day[0]
         back = round(to_canonical(f, m.value, m.unit), 4)
         if back != label:
-            bad.append(f"{f.name}: day-{GOLD_DAY} mention converts to {back}, label is {label}")
+            bad.append(f"{f.name}: day-{f.day} mention converts to {back}, label is {label}")
         if not f.in_range(label):
             bad.append(f"{f.name}: label {label} outside the plausible range")
         if source is not None and source.get(f.source) is not None:
@@ -63,9 +63,9 @@ def check_note(note: RenderedNote, schema: Schema, source: dict | None = None) -
             tol += 0.5 * 10.0 ** -f.decimals  # the source value was rounded to the field's decimals first
             if not values_match(label, raw, tol):
                 bad.append(f"{f.name}: label {label} is not the source value {raw:g} within rounding")
-        others = [x for x in note.mentions if x.field == f.name and x.day != GOLD_DAY]
+        others = [x for x in note.mentions if x.field == f.name and x.day != f.day]
         if any(values_match(x.canonical, label) for x in others if x.kind == "day"):
-            bad.append(f"{f.name}: another day carries the day-{GOLD_DAY} value")
+            bad.append(f"{f.name}: another day carries the day-{f.day} value")
     parsed = parse_answer(compact_json(note.target), schema, text)
     for name, r in parsed.items():
         expect = note.labels[name]

@@ -19,12 +19,12 @@ import shutil
 import time
 from pathlib import Path
 
-from ..artifacts import (ArtifactError, check_adapter_runs, first_records, load_prompt, note_of, render_meta,
-                         write_json, write_jsonl)
-from ..predictions import ABSTAINING, prediction_path, read_rows, row_results
+from ..artifacts import (ArtifactError, check_adapter_runs, first_records, load_prompt, note_of, read_jsonl,
+                         render_meta, write_json, write_jsonl)
+from ..predictions import ABSTAINING, HELDOUT_SPLIT, TEST_SPLIT, ZERO_SHOT, prediction_path, row_results
 from .common import failing_on, stage_params
 
-SPLITS = {"test": "test_notes", "test_heldout": "heldout_notes"}
+SPLITS = {TEST_SPLIT: "test_notes", HELDOUT_SPLIT: "heldout_notes"}
 
 
 def adapter_dirs(baselines, adapter: Path, sft: Path) -> dict[str, Path | None]:
@@ -32,7 +32,7 @@ def adapter_dirs(baselines, adapter: Path, sft: Path) -> dict[str, Path | None]:
     selected SFT adapter, `zero_shot` the base, any other name an adapter dir."""
     out: dict[str, Path | None] = {"dpo": adapter}
     for name in baselines:
-        out[name] = None if name == "zero_shot" else sft if name == "sft" else Path(name)
+        out[name] = None if name == ZERO_SHOT else sft if name == "sft" else Path(name)
     return out
 
 
@@ -43,14 +43,14 @@ def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
     from ..metrics import score
 
     labels = {r["id"]: r["labels"] for r in val_rows}
-    greedy = list(read_rows(out / "decoding" / "greedy.jsonl"))
+    greedy = list(read_jsonl(out / "decoding" / "greedy.jsonl"))
     calibration = fit_calibration(validation_answers(schema, greedy, labels))
     write_json(out / "calibration.json", calibration.to_json())
     for split in splits:
         source, target = prediction_path(out, "dpo", split), prediction_path(out, ABSTAINING, split)
         if source.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            write_jsonl(target, (abstained_row(row, calibration) for row in read_rows(source)))
+            write_jsonl(target, (abstained_row(row, calibration) for row in read_jsonl(source)))
         else:   # no DPO answers on this split in this run: none from an earlier one either
             target.unlink(missing_ok=True)
     keys = ("field_accuracy", "fabrication_rate", "omission_rate")
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                      "generation_s": round(sum(seconds.values()), 1), "beam_search_s": round(seconds["beam_search"], 1),
                      "tasks": {}}
     for task in tasks:
-        rows = list(read_rows(task.out_path))
+        rows = list(read_jsonl(task.out_path))
         statuses: dict[str, int] = {}
         for row in rows:
             for f in row["fields"].values():
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         summary["decoding_comparison"] = {}
         for task in tasks:
             if task.name.startswith("decoding/"):
-                m = score(schema, [(labels[p["id"]], row_results(p), meta.get(p["id"])) for p in read_rows(task.out_path)])
+                m = score(schema, [(labels[p["id"]], row_results(p), meta.get(p["id"])) for p in read_jsonl(task.out_path)])
                 summary["decoding_comparison"][task.name.split("/")[1]] = {
                     k: m[k] for k in ("notes", "field_accuracy", "last_value_rate", "first_value_rate",
                                       "fabrication_rate", "json_valid_rate")}

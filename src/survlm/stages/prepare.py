@@ -24,9 +24,9 @@ from ..schema import SchemaError, load_schema, system_prompt
 from ..split import SPLITS, assign_splits, record_order
 from ..artifacts import atomic_dir, prepared_record, write_json, write_jsonl, write_prompt
 from ..config import PrepareParams
+from ..predictions import HELDOUT_SPLIT
 from .common import fail, stage_params
 
-HELDOUT_SPLIT = "test_heldout"
 OUTPUT_SPLITS = (*SPLITS, HELDOUT_SPLIT)
 
 _worker: dict = {}

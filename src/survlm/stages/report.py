@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ..artifacts import write_json
+from ..artifacts import write_json, write_text
 from ..report import headline, load_json, render_html
 
 STAGES = ("prepare", "sft", "select_ckpt", "make_pairs", "dpo", "infer", "evaluate")
@@ -47,10 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     params = yaml.safe_load(params_path.read_text(encoding="utf-8")) if params_path.is_file() else {}
     page = render_html(metrics, plots, Path(args.dvclive), lock or {}, params or {}, versions())
     out = Path(args.html)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    write_text(out, page)
     print(f"report: {out} ({len(page) // 1024} KiB), headline metrics of {len(metrics)} stages in {args.headline_dir}")
 
 

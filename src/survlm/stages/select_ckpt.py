@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, copy_adapter, labelled_records, load_prompt,
                          write_json)
+from ..predictions import ZERO_SHOT
 from ..selection import checkpoints, choose_checkpoint
 from .common import failing_on, stage_params
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = labelled_records(prepared / "val.jsonl", params.val_notes)
     found = checkpoints(sft_dir)
     steps = ([(0, None)] if params.include_zero_shot else []) + found
-    names = {step: (path.name if path else "zero-shot") for step, path in steps}
+    names = {step: (path.name if path else ZERO_SHOT) for step, path in steps}
     from ..modeling.extractor import score_adapters
     from ..modeling.loading import model_digest
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from .. import vocab
 
-GOLD_DAY = 3
+# A note covers days 1..n_days: at least a day before and after each field's day (Field.day; 3 in the bundled
+# schema), which plan_days checks.
 MIN_DAYS, MAX_DAYS = 4, 30
 MAX_FILLER_PER_DAY = len(vocab.FILLER)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ...schema import Field, Schema
 from .. import vocab
-from .core import GOLD_DAY, MAX_DAYS, _rng
+from .core import MAX_DAYS, MIN_DAYS, RenderError, _rng
 
 
 def _perturb(f: Field, center: float, rng: random.Random, avoid: float | None) -> float:
@@ -40,21 +40,25 @@ class DayPlan:
     values: dict[str, dict[int, float]]
 
 
-def plan_days(schema: Schema, day3: dict[str, float | None], seed: int, pid: Any) -> DayPlan:
+def plan_days(schema: Schema, gold_values: dict[str, float | None], seed: int, pid: Any) -> DayPlan:
+    """`gold_values`: each physiology field's value on its own day (`Field.day`), None where the source has none."""
     values: dict[str, dict[int, float]] = {}
     for f in schema:
         if not f.is_physiology:
             continue
+        if not 1 < f.day < MIN_DAYS:
+            raise RenderError(f"field {f.name}: day {f.day}: a rendered note needs a day before it and one after it "
+                              f"within its first {MIN_DAYS} days")
         rng = _rng(seed, pid, "days", f.name)
-        gold = day3.get(f.name)
+        gold = gold_values.get(f.name)
         center = gold if gold is not None else float(vocab.TYPICAL[f.name])
         per_day: dict[int, float] = {}
         # Mandatory: at least one mention before and one after the gold day, so first/last mentions
         # are wrong answers; the gold day itself carries a value only when the source has one.
-        before = rng.choice(range(1, GOLD_DAY))
-        after = GOLD_DAY + 1
+        before = rng.choice(range(1, f.day))
+        after = f.day + 1
         for day in range(1, MAX_DAYS + 1):
-            if day == GOLD_DAY:
+            if day == f.day:
                 if gold is not None:
                     per_day[day] = gold
                 continue

@@ -22,7 +22,7 @@ from ...units import from_canonical, rounding_tolerance, to_canonical
 from .. import family_vocab as fv
 from .. import vocab
 from .builder import NoteBuilder
-from .core import GOLD_DAY, Mention, _fmt, _rng
+from .core import Mention, _fmt, _rng
 from .days import _perturb
 from .writing import Written
 
@@ -127,7 +127,7 @@ def _gcs(rng: random.Random, coma: float) -> str:
 
 def _day_mention(b: NoteBuilder, ctx, name: str, day: int, w: Written) -> None:
     b.mention(Mention(name, "day", day, w.value, w.unit, w.canonical), w.surface)
-    if day == GOLD_DAY:
+    if day == ctx.schema[name].day:
         ctx.gold[name] = w
 
 
@@ -228,7 +228,7 @@ def _prior(b: NoteBuilder, ctx, fam: str, frame: str, join: str, end: str) -> No
     for i, n in enumerate(chosen):
         if i:
             b.add(join)
-        gold = ctx.plan.values[n].get(GOLD_DAY)
+        gold = ctx.plan.values[n].get(ctx.schema[n].day)
         x = _perturb(ctx.schema[n], gold if gold is not None else vocab.TYPICAL[n], rng, gold)
         written = w.write(n, x, frame=frame)
         b.mention(Mention(n, "distractor", 0, written.value, written.unit, written.canonical), written.surface)
@@ -385,7 +385,7 @@ def _labsheet_prior(b: NoteBuilder, ctx) -> None:
     w = FamilyWriter(ctx.schema, rng, "labsheet", 0.0, 0.0)
     values = {}
     for n in ("sodium_meq_l", "bun_mg_dl", "creatinine_mg_dl", "glucose_mg_dl"):
-        gold = ctx.plan.values[n].get(GOLD_DAY)
+        gold = ctx.plan.values[n].get(ctx.schema[n].day)
         values[n] = _perturb(ctx.schema[n], gold if gold is not None else vocab.TYPICAL[n], rng, gold)
 
     def put(n: str) -> None:

@@ -26,7 +26,7 @@ STATIC_FIELDS = ("age", "sex", "disease_group", "cancer", "diabetes", "dementia"
 
 
 def patient_facts(row: dict, schema: Schema, seed: int, pid: Any) -> tuple[dict, dict[str, float | None], list[str]]:
-    """Static facts, day-3 canonical values (None = missing) and fields whose source was implausible."""
+    """Static facts, canonical values on each field's day (None = missing) and fields whose source was implausible."""
     missing_static = [n for n in STATIC_FIELDS if n not in schema.fields]
     if missing_static:
         raise RenderError(f"the SUPPORT2 renderer needs schema fields {', '.join(missing_static)}")
@@ -44,7 +44,7 @@ def patient_facts(row: dict, schema: Schema, seed: int, pid: Any) -> tuple[dict,
     facts = {"age": int(math.floor(float(src["age"]))), "sex": str(src["sex"]),
              "disease_group": str(src["disease_group"]), "cancer": str(src["cancer"]),
              "diabetes": diabetes, "dementia": dementia, "comorbidity_items": items}
-    day3: dict[str, float | None] = {}
+    gold_values: dict[str, float | None] = {}
     out_of_range: list[str] = []
     for f in schema:
         if not f.is_physiology:
@@ -53,15 +53,15 @@ def patient_facts(row: dict, schema: Schema, seed: int, pid: Any) -> tuple[dict,
             raise RenderError(f"the SUPPORT2 renderer has no wording for field {f.name}")
         x = row.get(f.source)
         if _missing(x):
-            day3[f.name] = None
+            gold_values[f.name] = None
             continue
         x = round(float(x), f.decimals)
         if not f.in_range(x):
             out_of_range.append(f.name)  # e.g. albumin 29 "g/dL": a unit slip in the source, not a value
-            day3[f.name] = None
+            gold_values[f.name] = None
             continue
-        day3[f.name] = x
-    return facts, day3, out_of_range
+        gold_values[f.name] = x
+    return facts, gold_values, out_of_range
 
 
 def render_patient(row: dict, schema: Schema, style: str, seed: int, pid: Any, n_days: int = MIN_DAYS,
@@ -71,7 +71,7 @@ def render_patient(row: dict, schema: Schema, style: str, seed: int, pid: Any, n
         raise RenderError(f"unknown note style {style!r}; known: {', '.join(STYLES)}")
     if not MIN_DAYS <= n_days <= MAX_DAYS:
         raise RenderError(f"n_days must be in [{MIN_DAYS}, {MAX_DAYS}]")
-    facts, day3, out_of_range, plan = _planned or _plan(row, schema, seed, pid)
+    facts, gold_values, out_of_range, plan = _planned or _plan(row, schema, seed, pid)
     rng = _rng(seed, pid, "note")
     admission = dt.date(2019, 1, 1) + dt.timedelta(days=rng.randrange(5 * 365))
     date_only = style in _DATE_ONLY_STYLES or style in FAMILY_STYLES or rng.random() < 0.25
@@ -130,8 +130,8 @@ LEVELS = _levels()
 
 
 def _plan(row: dict, schema: Schema, seed: int, pid: Any) -> tuple:
-    facts, day3, out_of_range = patient_facts(row, schema, seed, pid)
-    return facts, day3, out_of_range, plan_days(schema, day3, seed, pid)
+    facts, gold_values, out_of_range = patient_facts(row, schema, seed, pid)
+    return facts, gold_values, out_of_range, plan_days(schema, gold_values, seed, pid)
 
 
 def render_to_budget(row: dict, schema: Schema, style: str, seed: int, pid: Any, max_tokens: int,

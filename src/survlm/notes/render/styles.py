@@ -8,7 +8,7 @@ from typing import Any, Callable
 from ...schema import Schema
 from .. import vocab
 from .builder import NoteBuilder
-from .core import GOLD_DAY, Mention, _rng
+from .core import Mention, _rng
 from .days import DayPlan, _perturb
 from .writing import MentionWriter
 
@@ -32,7 +32,7 @@ class _Context:
     alt_unit_rate: float
     derived_rate: float
     filler_per_day: int
-    gold: dict[str, Written]  # the day-3 mention of each field, filled while rendering
+    gold: dict[str, Written]  # each field's mention on its day, filled while rendering
 
     def date(self, day: int) -> str:
         return (self.admission + dt.timedelta(days=day - 1)).strftime(self.date_format)
@@ -70,7 +70,7 @@ def _values(b: NoteBuilder, ctx: _Context, day: int, names: list[str], sep: str,
             b.add(sep)
         written = w.write(name, canonical)
         b.mention(Mention(name, "day", day, written.value, written.unit, written.canonical), written.surface)
-        if day == GOLD_DAY:
+        if day == ctx.schema[name].day:
             ctx.gold[name] = written
         if ref_ranges and name in REFERENCE_RANGES and (written.unit or "").lower() in ("", "mg/dl", "meq/l", "g/dl") \
                 and w.rng.random() < 0.3:
@@ -90,8 +90,8 @@ def _outside_labs(b: NoteBuilder, ctx: _Context, terse: bool) -> None:
     for i, n in enumerate(chosen):
         if i:
             b.add(", ")
-        center = ctx.plan.values[n].get(GOLD_DAY, vocab.TYPICAL[n])
-        x = _perturb(ctx.schema[n], center, rng, ctx.plan.values[n].get(GOLD_DAY))
+        gold = ctx.plan.values[n].get(ctx.schema[n].day)
+        x = _perturb(ctx.schema[n], gold if gold is not None else vocab.TYPICAL[n], rng, gold)
         written = w.write(n, x)
         b.mention(Mention(n, "distractor", 0, written.value, written.unit, written.canonical), written.surface)
     b.add(".\n")
