@@ -31,7 +31,7 @@ def checkout(tmp_path):
         "import runpy, sys; sys.argv = ['stand_in.py', 'throughput', *sys.argv[1:]]; runpy.run_path('stand_in.py')")
     (tmp_path / "src" / "survlm").mkdir(parents=True)
     (tmp_path / "src" / "survlm" / "__init__.py").write_text("")
-    for module in ("config.py", "artifacts.py"):   # the real params writer: the preset and overrides go through it
+    for module in ("config.py", "artifacts.py", "hashing.py"):   # the real params writer: preset and overrides go through it
         shutil.copy(ROOT / "src" / "survlm" / module, tmp_path / "src" / "survlm")
     (tmp_path / "src" / "survlm" / "cli.py").write_text(
         "import runpy, sys; sys.argv = ['stand_in.py', 'export', *sys.argv[1:]]; runpy.run_path('stand_in.py')")
