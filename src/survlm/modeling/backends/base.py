@@ -8,6 +8,7 @@ primitive, `_answer`, which generates for a list of checked requests.
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -160,11 +161,12 @@ class Backend:
         """The answers of `generate` as they are ready: (prompt index, completions), in any order, so that a
         caller can keep each one at once."""
         requests = self._requests(prompts, decoding, adapter)
-        for i, gens in self._answer(requests):
-            dec = requests[i].decoding
-            if self.primes_answer and not dec.uses_constraint:   # the opening was part of the prompt
-                gens = [replace(g, text=self.answer_prefix + g.text) for g in gens]
-            yield i, gens
+        # closing: a caller that stops early (error, interrupt) ends the backend's work in flight at once
+        with closing(self._answer(requests)) as answered:
+            for i, gens in answered:
+                if self.primes_answer and not requests[i].decoding.uses_constraint:   # the prompt held the opening
+                    gens = [replace(g, text=self.answer_prefix + g.text) for g in gens]
+                yield i, gens
 
     def _requests(self, prompts: list[list[dict]], decoding: Decoding | list[Decoding],
                   adapter: str | None | list[str | None]) -> list[Request]:
