@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 import shutil
 import sys
@@ -134,6 +135,42 @@ TINY_DPO = {"beta": 0.1, "loss_type": "sigmoid", "lr": 5e-3, "epochs": 1, "max_s
             "max_length": 256, "max_prompt_length": 200, "precompute_ref_log_probs": False, "seed": 0,
             "gradient_checkpointing": False, "optim": "auto", "max_pairs": None, "loss_weights": None,
             "save_steps": None, "eval_steps": None, "val_notes": 0}
+
+
+# make_pairs params for six rendered notes and a tiny adapter: every trap kind on, balanced, single-field pairs
+TINY_PAIRS = {"notes": 6, "samples": 1, "temperature": 1.0, "top_p": 0.95, "max_new_tokens": 48, "constrained": True,
+              "max_model_rejections": 3, "single_field": True, "max_type_ratio": 1.0, "max_direction_ratio": 1.0,
+              "synthetic": {"last_value": 1.0, "first_value": 1.0, "fabricated": 1.0, "unit_wrong": 1.0},
+              "eval_fraction": 0.25, "backend": "hf", "seed": 0}
+
+
+def pairs_workdir(root: Path, rows: list[dict], schema, params: dict | None = None) -> Path:
+    """`root` as make_pairs runs in it: prepared/ with one rendered flowsheet note per SUPPORT2 row (gold answer,
+    render metadata, prompt), and params.yaml with TINY_PAIRS updated by `params`."""
+    import yaml
+
+    from survlm.extraction import compact_json
+    from survlm.notes.render import render_patient
+
+    from survlm.artifacts import prepared_record
+
+    records, metas = [], []
+    for pid, row in enumerate(rows):
+        note = render_patient(row, schema, "flowsheet", seed=1, pid=pid, n_days=5, alt_unit_rate=0.5)
+        records.append(prepared_record(id=f"p{pid}", split="pairs", style="flowsheet", text=note.text,
+                                       labels=note.labels, target=compact_json(note.target), time=row["time"],
+                                       event=row["event"], n_tokens=len(note.text) // 4))
+        metas.append({"id": f"p{pid}", **note.metadata()})
+    prepared = write_prepared(root / "prepared", {"pairs": records}, system="Extract.")
+    (prepared / "render_meta.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metas))
+    (root / "params.yaml").write_text(yaml.safe_dump({"make_pairs": {**TINY_PAIRS, **(params or {})}}))
+    return root
+
+
+def pairs_args(base: Path, lora: Path) -> list[str]:
+    """make_pairs' arguments in a pairs_workdir."""
+    return ["--prepared", "prepared", "--base", str(base), "--adapter", str(lora), "--answers", "answers",
+            "--out", "pairs", "--metrics", "m.json"]
 
 
 def sft_params(**overrides):

@@ -163,3 +163,29 @@ def test_engine_quantization_names_the_trained_base(tiny_lora_pair, tmp_path):
     with pytest.raises(MissingRunRecord, match=f"{tmp_path}/adapter_run.json: missing"):   # never guessed
         auto.base_quantization({"a": str(tmp_path)})
     assert BackendSettings(quantization="nf4").base_quantization({"a": str(tmp_path)}) == "nf4"   # stated: not read
+
+
+def test_one_call_answers_each_prompt_as_asking_for_it_alone(tiny_lora_pair, schema):
+    """The generate contract (Backend.generate, any backend): one decoding and one adapter per prompt, answers in
+    the caller's order, `n` completions for a sampled prompt, and an unconstrained answer with its primed opening;
+    each the same as that prompt asked alone."""
+    base, lora = tiny_lora_pair
+    sub = schema.subset(SUBSET)
+    h = HFBackend(base, {"a": lora}, sub, BackendSettings(batch_size=4))
+    free = Decoding(max_new_tokens=12, constrained=False)
+    asked = [(free, "a"), (Decoding(strategy="beam", beam_width=2, max_new_tokens=12), None),
+             (Decoding(strategy="sample", n=2, temperature=1.0, max_new_tokens=12, seed=3), "a"),
+             (Decoding(max_new_tokens=40), None)]
+    prompts = _prompts(len(asked))
+    together = h.generate(prompts, [d for d, _ in asked], [a for _, a in asked])
+    alone = [h.generate([p], d, a)[0] for p, (d, a) in zip(prompts, asked)]
+    assert [[g.text for g in gens] for gens in together] == [[g.text for g in gens] for gens in alone]
+    assert [len(gens) for gens in together] == [1, 1, 2, 1]
+    assert all(gens[0].text.startswith(h.answer_prefix) for gens in together[:3])
+    last = together[3][0]   # constrained greedy: the tokens and their log-probabilities spell the whole answer
+    assert "".join(last.token_texts) == last.text and len(last.token_logprobs) == last.completion_tokens
+    assert together[0][0].text != together[1][0].text
+    with pytest.raises(ValueError, match="2 adapter names for 4 prompts"):
+        h.generate(prompts, free, ["a", None])
+    with pytest.raises(KeyError, match="adapter 'b' was not loaded"):
+        h.generate(prompts[:1], free, "b")

@@ -161,8 +161,8 @@ def test_unknown_key_is_one_line_naming_section_and_key(tmp_path):
     # the stage itself: exit 1 and that one line on stderr, no traceback
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"make_pairs": {"notes": 2, "temprature": 0.5}}))
     done = subprocess.run([sys.executable, "-m", "survlm.stages.make_pairs", "--prepared", "p", "--base", "b",
-                           "--adapter", "a", "--out", "o", "--metrics", "m.json"], cwd=tmp_path, capture_output=True,
-                          text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+                           "--adapter", "a", "--answers", "ans", "--out", "o", "--metrics", "m.json"], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [
         "params.yaml: make_pairs.temprature: unknown key (known: " + ", ".join(

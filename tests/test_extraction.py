@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from survlm.extraction import FAILURES, STATUSES, compact_json, parse_answer
+from survlm.extraction import FAILURES, STATUSES, answer_text, compact_json, parse_answer
 from survlm.schema import target_json_schema
 
 NOTE = "HD#3: T 99.5 F, HR 88, BP 120/60, PaO2 80 on FiO2 40%, Cr 106 umol/L. PMH: DM2, CAD. 62 yo M."
@@ -25,6 +25,26 @@ def test_parser_is_total(schema, text):
     for r in out.values():
         assert r.status in STATUSES
         assert (r.status == "ok") == (r.value is not None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.dictionaries(st.sampled_from(["age", "sex", "diabetes", "heart_rate_bpm", "num_comorbidities"]),
+                              st.none() | st.text(max_size=5) | st.fixed_dictionaries(
+                                  {"value": st.sampled_from(["62", "male", True, ["CAD", "DM2"], "88", "x"]),
+                                   "evidence": st.sampled_from(["62 yo", "M", "DM2", "HR 88", "nowhere"])},
+                                  optional={"unit": st.sampled_from([None, "bpm", "years"])})),
+       torn=st.booleans())
+def test_an_answer_written_from_results_reads_back_as_them(schema, fields, torn):
+    """answer_text (a chunked note's merged answer, written out): every field the model wrote reads back as it
+    was read, from a whole answer or one read field by field; the others are left out."""
+    text = compact_json(fields)
+    results = parse_answer(text[:-1] if torn else text, schema, NOTE)
+    reread = parse_answer(answer_text(results), schema, NOTE)
+    for name, r in results.items():
+        if r.status == "null" or r.written is not None:
+            assert (reread[name].status, reread[name].value) == (r.status, r.value)
+        else:
+            assert reread[name].status in ("missing_field", "invalid_json")
 
 
 def test_garbage_is_invalid_json(schema):

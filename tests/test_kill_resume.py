@@ -1,5 +1,5 @@
-"""kill -9 in the middle of each long step (sft, dpo, infer, extract), then the same command again: the outputs
-equal an uninterrupted run's, and nothing half-written is left behind. Real subprocesses, tiny models, CPU."""
+"""kill -9 in the middle of each long step (sft, make_pairs, dpo, infer, extract), then the same command again: the
+outputs equal an uninterrupted run's, and nothing half-written is left behind. Real subprocesses, tiny models, CPU."""
 import json
 import os
 import shutil
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_DPO, TINY_SFT, pair, record, run_module_here, run_stage, run_stage_here, write_prepared
+from conftest import (TINY_DPO, TINY_SFT, pair, pairs_args, pairs_workdir, record, run_module_here, run_stage,
+                      run_stage_here, write_prepared)
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
@@ -123,6 +124,29 @@ def test_infer_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, tmp
     for task, m in metrics["clean"].items():
         assert {k: v for k, v in m.items() if k != "resumed"} == {k: v for k, v in metrics["cut"][task].items()
                                                                  if k != "resumed"}
+
+
+def test_make_pairs_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, schema, support2_rows, tmp_path):
+    """The answers of finished notes survive the kill and are not asked again; the rerun writes the pairs an
+    uninterrupted run writes (engine batch_size 1: every request is its own seeded batch, so a sampled answer does
+    not depend on which other notes are asked with it)."""
+    base, lora = tiny_lora_pair
+    params = {"notes": 4, "engine": {"batch_size": 1}}
+    clean = pairs_workdir(tmp_path / "clean", support2_rows[:4], schema, params)
+    cut = pairs_workdir(tmp_path / "cut", support2_rows[:4], schema, params)
+    args = pairs_args(base, lora)
+    run_stage_here("make_pairs", args, clean)       # the uninterrupted reference; the cut run is a real process
+    proc = _start(["-m", "survlm.stages.make_pairs", *args], cut)
+    _kill_when(proc, lambda: _lines(cut / "answers" / "greedy.jsonl") >= 2)
+    assert not (cut / "pairs").exists() and not (cut / "m.json").exists()
+    assert _start(["-m", "survlm.stages.make_pairs", *args], cut).wait(300) == 0
+    for f in ("train.jsonl", "eval.jsonl"):
+        assert (cut / "pairs" / f).read_text() == (clean / "pairs" / f).read_text(), f
+    for f in ("greedy.jsonl", "sampled.jsonl"):
+        assert _rows(cut / "answers" / f) == _rows(clean / "answers" / f), f
+    generation = json.loads((cut / "m.json").read_text())["generation"]
+    assert generation["make_pairs/greedy"]["resumed"] >= 2
+    assert generation["make_pairs/sampled"]["resumed"] < 4
 
 
 def _sft_workdir(root: Path, base: Path) -> Path:

@@ -79,6 +79,21 @@ def test_openai_backend_sends_the_chosen_constraint_and_retries(tiny_llama_dir, 
         assert all("structured_outputs" not in r for r in received)
 
 
+def test_openai_backend_answers_as_the_server_wrote_and_refuses_beam_search_before_asking(tiny_llama_dir, schema,
+                                                                                           endpoint):
+    """The server formats the chat, so an unconstrained answer is not primed with the opening; a beam request
+    (no such thing in the API) is refused before anything is sent."""
+    url, received = endpoint
+    backend = make_backend("openai", tiny_llama_dir, {}, schema, BackendSettings(openai_base_url=url,
+                                                                                 openai_retries=2))
+    prompts = [[{"role": "user", "content": "note"}]] * 2
+    with pytest.raises(ValueError, match="no beam search"):
+        backend.generate(prompts, [Decoding(max_new_tokens=8), Decoding(strategy="beam", max_new_tokens=8)])
+    assert not received
+    gens = backend.generate(prompts[:1], Decoding(max_new_tokens=8, constrained=False))
+    assert gens[0][0].text == '{"age":null}' and "response_format" not in received[0]
+
+
 def test_openai_backend_rejects_an_unknown_constraint(tiny_llama_dir, schema):
     with pytest.raises(ValueError, match="openai_constraint"):
         make_backend("openai", tiny_llama_dir, {}, schema, BackendSettings(openai_constraint="regex"))

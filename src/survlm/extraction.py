@@ -160,5 +160,11 @@ def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str
     return out
 
 
+def answer_text(results: dict[str, FieldResult]) -> str:
+    """An answer that reads back as `results`: each field as the model wrote it. A field it did not write, or that
+    could not be read, is left out."""
+    return compact_json({name: r.written for name, r in results.items() if r.status == "null" or r.written is not None})
+
+
 def answer_is_valid_json(results: dict[str, FieldResult]) -> bool:
     return not any(r.status == "invalid_json" or r.recovered for r in results.values())

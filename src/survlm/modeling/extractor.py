@@ -9,8 +9,9 @@
   weights, tokenizer and config and how they are quantized, the adapter's files, decoding, prompt, schema,
   context, chunk overlap) is unchanged. A different fingerprint starts the file over; an edited note is
   asked again.
-- Rows hold ids, the note text's digest, raw answers, parsed fields, statuses, token counts and latency.
-  Never the note text.
+- Rows hold ids, the note text's digest, raw answers, parsed fields, statuses, token counts and latency; where a
+  note was chunked or the decoding gives several completions, also each completion's answer to the whole note
+  (`answer_texts`). Never the note text.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from ..chunking import merge_chunks, split_note, vote_field
 from ..config import ScoringParams
 from ..confidence import field_confidences
-from ..extraction import FieldResult, answer_is_valid_json, parse_answer
+from ..extraction import FieldResult, answer_is_valid_json, answer_text, parse_answer
 from ..metrics import tolerance
 from ..predictions import result_to_json, row_results
 from ..schema import Schema
@@ -216,24 +217,21 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
 
 def _row(task: Task, index: int, chunk_answers: dict, schema: Schema) -> dict:
     record = task.records[index]
-    ordered = [chunk_answers[c] for c in sorted(chunk_answers)]
-    gens = [g[0] if isinstance(g, list) else g for g, _ in ordered]   # first completion per chunk
+    ordered = [chunk_answers[c] for c in sorted(chunk_answers)]   # per chunk: (completions, chunk text)
+    parsed = [[parse_answer(g.text, schema, text) for g in samples] for samples, text in ordered]
+    gens = [samples[0] for samples, _ in ordered]   # first completion per chunk
     if task.vote:   # each chunk's answer: per field, the majority of its samples; confidence, their agreement
         per_chunk, chunk_confidence = [], []
-        for samples, text in ordered:
-            answers = [parse_answer(g.text, schema, text) for g in samples]
+        for answers in parsed:
             voted = {f.name: vote_field(f, [a[f.name] for a in answers], tolerance(f)) for f in schema}
             per_chunk.append({name: r for name, (r, _) in voted.items()})
             chunk_confidence.append({name: share for name, (_, share) in voted.items()})
     else:
-        per_chunk = [parse_answer(g.text, schema, text) for g, (_, text) in zip(gens, ordered)]
+        per_chunk = [answers[0] for answers in parsed]
         chunk_confidence = [field_confidences(g.text, g.token_texts, g.token_logprobs, schema.names)
                             if g.token_logprobs is not None else {} for g in gens]
-    if len(per_chunk) == 1:
-        merged, conflicts = per_chunk[0], []
-    else:
-        merged, conflicts = merge_chunks(schema, per_chunk, tolerance)
-    return {
+    merged, conflicts = _merged(schema, per_chunk)
+    row = {
         "id": record["id"], "task": task.name, "adapter": task.adapter,
         "raw": [g.text for g in gens], "n_chunks": len(gens), "chunk_conflicts": conflicts,
         "json_valid": all(answer_is_valid_json(p) for p in per_chunk),
@@ -245,6 +243,23 @@ def _row(task: Task, index: int, chunk_answers: dict, schema: Schema) -> dict:
         "latency_s": round(sum(g.latency_s for g in gens), 4),
         "finish_reasons": [g.finish_reason for g in gens],
     }
+    completions = len(ordered[0][0])
+    if len(ordered) > 1 or completions > 1:   # more than `raw` holds: every completion's answer to the whole note
+        row["answers"] = ([g.text for g in ordered[0][0]] if len(ordered) == 1 else
+                          [answer_text(_merged(schema, [answers[k] for answers in parsed])[0])
+                           for k in range(completions)])
+    return row
+
+
+def answer_texts(row: dict) -> list[str]:
+    """A row's answers to its whole note, one per completion: each as generated where the note was answered in one
+    chunk, else the merge of its chunks' answers written out (survlm.extraction.answer_text)."""
+    return row.get("answers", row["raw"])
+
+
+def _merged(schema: Schema, per_chunk: list[dict[str, FieldResult]]) -> tuple[dict[str, FieldResult], list]:
+    """One answer from the chunks' answers, and the fields where they disagreed."""
+    return (per_chunk[0], []) if len(per_chunk) == 1 else merge_chunks(schema, per_chunk, tolerance)
 
 
 def _merged_confidence(merged: dict[str, FieldResult], per_chunk: list[dict[str, FieldResult]],

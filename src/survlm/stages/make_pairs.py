@@ -1,6 +1,9 @@
 """DVC stage `make_pairs`: the selected SFT adapter answers the pairs split (greedy + sampled), every answer is
 scored against gold, and wrong ones become rejected answers next to the gold one; synthetic traps from the
-render metadata fill in the failure modes the model did not show. -> data/pairs/{train,eval}.jsonl"""
+render metadata fill in the failure modes the model did not show. -> data/pairs/{train,eval}.jsonl
+
+The answers are an extraction run like infer's (data/pair_answers, kept between runs): an interrupted run resumes
+with the notes it has not answered."""
 from __future__ import annotations
 
 import argparse
@@ -15,31 +18,30 @@ from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, s
 from .common import fail, failing_on, stage_params
 
 
-def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: MakePairsParams
-                       ) -> list[list[str]]:
-    """Greedy plus `samples` sampled answers per note, in one generation pass."""
+def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: MakePairsParams,
+                       answers: Path) -> tuple[list[list[str]], dict]:
+    """Greedy plus `samples` sampled answers per note, in one extraction run (survlm.modeling.extractor): a note
+    too long for the context is answered in chunks, merged; answers are kept in `answers` as each note finishes, so
+    a killed run resumes there, and a note whose text changed is answered again. -> (answers per note, run_tasks'
+    counters per task)."""
     from ..modeling.backends import Decoding, make_backend
+    from ..modeling.extractor import Task, answer_texts, run_tasks
+    from ..predictions import read_rows
 
     args = {**params.decoding_args(), "temperature": params.temperature, "top_p": params.top_p}
     greedy = Decoding(strategy="greedy", **args)
-    sampled = Decoding(strategy="sample", n=params.samples, **args)
-    prompts = [[{"role": "system", "content": system}, {"role": "user", "content": note_of(r)}] for r in rows]
-    decodings = [greedy] * len(rows) + ([sampled] * len(rows) if params.samples > 0 else [])
-    from tqdm import tqdm
-
+    records = [{"id": r["id"], "note": note_of(r)} for r in rows]
+    tasks = [Task("make_pairs/greedy", "sft", records, answers / "greedy.jsonl", greedy)]
+    if params.samples > 0:
+        tasks.append(Task("make_pairs/sampled", "sft", records, answers / "sampled.jsonl",
+                          Decoding(strategy="sample", n=params.samples, **args)))
     backend = make_backend(params.backend, base, {"sft": adapter}, schema, params.engine)
-    gens: list = [None] * len(decodings)
     try:
-        with tqdm(total=len(decodings), desc="make_pairs", unit="answer") as bar:
-            for i, answers in backend.stream(prompts * (len(decodings) // len(rows)), decodings, "sft"):
-                gens[i] = answers
-                bar.update(1)
+        counts = run_tasks(backend, tasks, schema, system, greedy)
     finally:
         backend.close()
-    out = [[g.text for g in gens[i]] for i in range(len(rows))]
-    for k in range(len(rows), len(gens)):
-        out[k % len(rows)].extend(g.text for g in gens[k])
-    return out
+    found = [{row["id"]: answer_texts(row) for row in read_rows(task.out_path)} for task in tasks]
+    return [[text for by_id in found for text in by_id[r["id"]]] for r in rows], counts
 
 
 def _trained_labels(record: dict) -> dict:
@@ -55,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--prepared", required=True, help="prepare's output dir")
     ap.add_argument("--base", required=True, help="the base model dir")
     ap.add_argument("--adapter", required=True, help="the selected SFT adapter")
+    ap.add_argument("--answers", required=True, help="the adapter's answers (kept between runs to resume)")
     ap.add_argument("--out", required=True, help="where train.jsonl and eval.jsonl go")
     ap.add_argument("--metrics", required=True, help="the summary JSON")
     args = ap.parse_args(argv)
@@ -69,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         fail(f"{prepared / 'pairs.jsonl'}: no record with a gold answer to build preference pairs from")
     meta = render_meta(prepared, {r["id"] for r in rows})
-    completions = sample_completions(Path(args.base), adapter, rows, schema, system, params)
+    completions, generation = sample_completions(Path(args.base), adapter, rows, schema, system, params,
+                                                 Path(args.answers))
     rates = dataclasses.asdict(params.synthetic)
     pairs, fully_correct, n_completions, unfilled = [], 0, 0, 0
     for r, texts in zip(rows, completions):
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                     "dropped_unfilled_placeholders": unfilled,
                     "train_pairs": sum(p["id"] not in eval_ids for p in pairs),
                     "eval_pairs": sum(p["id"] in eval_ids for p in pairs), "balance": balance,
-                    "single_field": params.single_field,
+                    "single_field": params.single_field, "generation": generation,
                     "by_source_and_type": {src: summarize([p for p in pairs if p["source"] == src])["by_error_type"]
                                            for src in ("model", "synthetic")}})
     write_json(args.metrics, summary)

@@ -1,0 +1,96 @@
+"""A running OpenAI-compatible server as a backend, e.g. `vllm serve BASE --enable-lora --lora-modules NAME=PATH`.
+
+The constraint goes as OpenAI's `response_format` json_schema (any compatible server; the server picks the
+separators, and vllm 0.24 picks spaced ones) or, with `openai_constraint: vllm_grammar`, as the compact grammar
+itself in vLLM's `structured_outputs` request field, decoding with exactly the hf/vllm backends' grammar."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterator
+
+from .base import Backend, Generation, Request
+
+OPENAI_CONSTRAINTS = ("json_schema", "vllm_grammar")
+
+
+class OpenAIBackendError(RuntimeError):
+    """A request the server refused, or could not be reached for; the message is one line."""
+
+
+class OpenAIBackend(Backend):
+    """Adapters are addressed by their served names (the keys of `adapters`; paths are informational). Requests
+    run `batch_size` at a time with retries and exponential backoff. The server formats the chat itself, so an
+    unconstrained answer is not primed with its opening."""
+
+    name = "openai"
+    primes_answer = False
+
+    def __init__(self, base_dir, adapters, schema, settings):
+        super().__init__(base_dir, adapters, schema, settings)
+        from openai import OpenAI
+
+        # The client retries what can succeed on a second try (connection errors, 408, 409, 429, 5xx) with
+        # exponential backoff; a 400 (a bad request) fails at once.
+        self.client = OpenAI(base_url=settings.openai_base_url, api_key=os.environ.get("OPENAI_API_KEY", "EMPTY"),
+                             timeout=settings.openai_timeout_s, max_retries=int(settings.openai_retries))
+        self.model_name = settings.openai_model or self.base_dir
+        if settings.openai_constraint not in OPENAI_CONSTRAINTS:
+            raise ValueError(f"openai_constraint must be one of {', '.join(OPENAI_CONSTRAINTS)} "
+                             f"(got {settings.openai_constraint!r})")
+
+    def _answer(self, requests: list[Request]) -> Iterator[tuple[int, list[Generation]]]:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        if any(r.decoding.strategy == "beam" for r in requests):
+            raise ValueError("the openai backend has no beam search; use vllm or hf")
+        pool = ThreadPoolExecutor(max_workers=max(1, int(self.settings.batch_size)))
+        try:
+            futures = {pool.submit(self._one, r): r.index for r in requests}
+            for done in as_completed(futures):
+                yield futures[done], done.result()
+        finally:   # a failed request, or a caller that stopped early: send nothing more
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _one(self, request: Request) -> list[Generation]:
+        import openai
+
+        decoding = request.decoding
+        kw: dict[str, Any] = dict(model=request.adapter or self.model_name, messages=request.messages,
+                                  max_tokens=decoding.max_new_tokens, seed=decoding.seed)
+        if self.settings.openai_logprobs:
+            kw["logprobs"] = True
+        if decoding.strategy == "greedy":
+            kw["temperature"] = 0.0
+        else:
+            kw.update(temperature=decoding.temperature, top_p=decoding.top_p, n=decoding.n)
+        if decoding.constrained and self.settings.openai_constraint == "vllm_grammar":
+            kw["extra_body"] = {"structured_outputs": {"grammar": self.grammar_text}}
+        elif decoding.constrained:
+            kw["response_format"] = {"type": "json_schema",
+                                     "json_schema": {"name": "extraction", "schema": self.json_schema}}
+        t0 = time.perf_counter()
+        try:
+            resp = self.client.chat.completions.create(**kw)
+        except openai.APIStatusError as exc:
+            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url} answered {exc.status_code} "
+                                     f"for model {kw['model']!r}: {_first_line(exc.message)}") from None
+        except openai.APIError as exc:   # connection refused, timeout: after the client's retries
+            raise OpenAIBackendError(f"openai backend: {self.settings.openai_base_url}: {type(exc).__name__} "
+                                     f"after {self.settings.openai_retries} retries") from None
+        latency = time.perf_counter() - t0
+        usage = resp.usage
+        return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
+                           (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
+                           round(latency, 4), c.finish_reason, *_choice_logprobs(c)) for c in resp.choices]
+
+
+def _choice_logprobs(choice) -> tuple[list[str] | None, list[float] | None]:
+    content = getattr(getattr(choice, "logprobs", None), "content", None)
+    if not content:
+        return None, None
+    return [t.token for t in content], [float(t.logprob) for t in content]
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0][:200]
