@@ -106,11 +106,11 @@ def test_a_stage_refuses_a_mismatched_prompt_json_in_one_line(tmp_path, monkeypa
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"make_pairs": {"backend": "hf"}}))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        make_pairs.main(["--prepared", str(prepared), "--base", "base", "--adapter", "sft_best", "--out", "pairs",
-                         "--metrics", "m.json"])
+        make_pairs.main(["--prepared", str(prepared), "--base", "base", "--adapter", "sft_best", "--answers",
+                         "answers", "--out", "pairs", "--metrics", "m.json"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 1 and len(err) == 1 and err[0].startswith(f"{prepared / 'prompt.json'}: prepared with")
-    assert not (tmp_path / "pairs").exists() and not (tmp_path / "m.json").exists()
+    assert not any((tmp_path / d).exists() for d in ("pairs", "answers", "m.json"))
 
 
 def test_run_record_is_read_and_checked(tmp_path, schema):

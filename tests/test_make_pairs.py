@@ -67,9 +67,9 @@ def test_long_notes_are_chunked_and_a_rerun_answers_only_changed_notes(tiny_lora
                                                                        tmp_path):
     """A context too small for a note: its answers are its chunks' merged. A rerun reuses every answer, and after a
     note's text changes, answers that note alone again."""
+    from survlm.artifacts import note_of, read_jsonl
     from survlm.extraction import parse_answer
     from survlm.modeling.extractor import answer_texts, note_digest
-    from survlm.predictions import read_rows
 
     base, lora = tiny_lora_pair
     work = pairs_workdir(tmp_path, support2_rows[:4], schema, {"notes": 4, "samples": 2,
@@ -79,8 +79,8 @@ def test_long_notes_are_chunked_and_a_rerun_answers_only_changed_notes(tiny_lora
     first = json.loads((work / "m.json").read_text())
     assert all(c["chunked_notes"] >= 2 and c["resumed"] == 0 for c in first["generation"].values())
     assert first["completions"] == 4 * 3 and first["pairs"] > 0
-    answers = {f: {r["id"]: r for r in read_rows(work / "answers" / f"{f}.jsonl")} for f in ("greedy", "sampled")}
-    notes = {r["id"]: r["messages"][1]["content"] for r in map(json.loads, open(work / "prepared" / "pairs.jsonl"))}
+    answers = {f: {r["id"]: r for r in read_jsonl(work / "answers" / f"{f}.jsonl")} for f in ("greedy", "sampled")}
+    notes = {r["id"]: note_of(r) for r in read_jsonl(work / "prepared" / "pairs.jsonl")}
     chunked = [r for r in answers["greedy"].values() if r["n_chunks"] > 1]
     for row in chunked:   # the merged answer written out reads back as the row's fields (those written)
         reread = parse_answer(row["answers"][0], schema, notes[row["id"]])
@@ -95,14 +95,14 @@ def test_long_notes_are_chunked_and_a_rerun_answers_only_changed_notes(tiny_lora
     assert all(c["resumed"] == 4 for c in again["generation"].values())
     assert _pairs(work) == pairs
 
-    records = [json.loads(line) for line in open(work / "prepared" / "pairs.jsonl")]
-    records[1]["messages"][1]["content"] += "Seen by the night team.\n"
+    records = list(read_jsonl(work / "prepared" / "pairs.jsonl"))
+    records[1]["text"] += "Seen by the night team.\n"
     (work / "prepared" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     run_stage_here("make_pairs", args, work)
     changed = json.loads((work / "m.json").read_text())
     assert all(c["resumed"] == 3 for c in changed["generation"].values())
     for f, before in answers.items():
-        now = {r["id"]: r for r in read_rows(work / "answers" / f"{f}.jsonl")}
-        assert now["p1"]["note_sha256"] == note_digest(records[1]["messages"][1]["content"])
+        now = {r["id"]: r for r in read_jsonl(work / "answers" / f"{f}.jsonl")}
+        assert now["p1"]["note_sha256"] == note_digest(note_of(records[1]))
         assert now["p1"]["note_sha256"] != before["p1"]["note_sha256"]
         assert {k: v for k, v in now.items() if k != "p1"} == {k: v for k, v in before.items() if k != "p1"}

@@ -11,8 +11,8 @@ import dataclasses
 import random
 from pathlib import Path
 
-from ..artifacts import (ArtifactError, atomic_dir, first_records, has_target, load_prompt, note_of, render_meta,
-                         write_json, write_jsonl)
+from ..artifacts import (ArtifactError, atomic_dir, first_records, has_target, load_prompt, note_of, read_jsonl,
+                         render_meta, write_json, write_jsonl)
 from ..config import MakePairsParams
 from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, summarize
 from .common import fail, failing_on, stage_params
@@ -26,7 +26,6 @@ def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, syst
     counters per task)."""
     from ..modeling.backends import Decoding, make_backend
     from ..modeling.extractor import Task, answer_texts, run_tasks
-    from ..predictions import read_rows
 
     args = {**params.decoding_args(), "temperature": params.temperature, "top_p": params.top_p}
     greedy = Decoding(strategy="greedy", **args)
@@ -40,7 +39,7 @@ def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, syst
         counts = run_tasks(backend, tasks, schema, system, greedy)
     finally:
         backend.close()
-    found = [{row["id"]: answer_texts(row) for row in read_rows(task.out_path)} for task in tasks]
+    found = [{row["id"]: answer_texts(row) for row in read_jsonl(task.out_path)} for task in tasks]
     return [[text for by_id in found for text in by_id[r["id"]]] for r in rows], counts
 
 
