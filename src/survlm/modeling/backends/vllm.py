@@ -152,7 +152,7 @@ class VLLMBackend(Backend):
 def _cuda_engine_environment() -> None:
     """vLLM settings a CUDA machine needs before the engine starts (setdefault: the user's own values win).
 
-    Seen on the H200 with vllm 0.24.0 (2026-11-28): the engine process is forked by default and cannot use CUDA
+    With vllm 0.24.0 on CUDA the engine process is forked by default and cannot use CUDA
     once the stage has touched it ("Cannot re-initialize CUDA in forked subprocess"), so spawn it; and the
     sampler imports FlashInfer unless told not to, which is an optional kernel library the GPU image lacks."""
     import importlib.util
