@@ -53,8 +53,9 @@ def run_stage(stage: str, processes: int, params: dict, work: Path, args) -> dic
     summary = metrics.get("train", metrics)  # dpo nests its training summary under "train"
     tokens = read_curve(work / "live", "num_tokens")
     seconds = float(summary["train_seconds"])
-    return {"processes": processes, "per_device_batch": params[stage]["batch_size"],
-            "grad_accum": params[stage]["grad_accum"], "steps": summary["steps"], "train_seconds": seconds,
+    return {"processes": processes, "per_device_batch": params[stage]["per_device_train_batch_size"],
+            "grad_accum": params[stage]["gradient_accumulation_steps"], "steps": summary["steps"],
+            "train_seconds": seconds,
             "tokens": int(tokens[-1]) if tokens else None,
             "tokens_per_s": round(tokens[-1] / seconds, 1) if tokens else None,
             "peak_mem_gib_rank0": summary.get("peak_mem_gib"), "losses": read_curve(work / "live", "loss")}
@@ -77,8 +78,8 @@ def main() -> None:
 
     base_params = yaml.safe_load(open(args.params))
     stage = dict(base_params[args.stage])
-    per_device = args.per_device_batch or int(stage["batch_size"])
-    stage.update(max_steps=args.steps, batch_size=per_device)
+    per_device = args.per_device_batch or int(stage["per_device_train_batch_size"])
+    stage.update(max_steps=args.steps, per_device_train_batch_size=per_device)
     if args.stage == "sft":
         stage.update(save_steps=args.steps, eval_steps=args.steps, eval_notes=0)  # no eval pass: training only
     else:
@@ -86,7 +87,8 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for processes in (1, args.gpus):
-            params = {args.stage: {**stage, "grad_accum": int(stage["grad_accum"]) * args.gpus // processes}}
+            accum = int(stage["gradient_accumulation_steps"]) * args.gpus // processes
+            params = {args.stage: {**stage, "gradient_accumulation_steps": accum}}
             runs.append(run_stage(args.stage, processes, params, Path(tmp) / f"p{processes}", args))
             print(f"{args.stage}: {processes} process(es): {runs[-1]['train_seconds']} s, "
                   f"{runs[-1]['tokens_per_s']} tokens/s", flush=True)
@@ -95,7 +97,7 @@ def main() -> None:
     result = {
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
         "date": dt.date.today().isoformat(), "stage": args.stage, "gpus": args.gpus, "steps": args.steps,
-        "global_batch": per_device * int(stage["grad_accum"]) * args.gpus, "runs": runs,
+        "global_batch": per_device * int(stage["gradient_accumulation_steps"]) * args.gpus, "runs": runs,
         "speedup": round(one["train_seconds"] / many["train_seconds"], 3),
         "loss_max_abs_diff": round(max(abs(a - b) for a, b in pairs), 5) if pairs else None,
         "loss_drop_one_process": round(one["losses"][0] - one["losses"][-1], 5) if one["losses"] else None,

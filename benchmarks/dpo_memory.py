@@ -62,8 +62,9 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
             get_peft_model(model, lora_config(LoraParams(**LORA))).save_pretrained(adapter_dir)
             model = load_base(base, "nf4", "cuda", "sdpa")
         params = parse_section("dpo", {
-            "beta": 0.1, "loss_type": "sigmoid", "loss_weights": None, "lr": 1e-5, "epochs": 1, "max_steps": steps,
-            "batch_size": 1, "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
+            "beta": 0.1, "loss_type": "sigmoid", "loss_weights": None, "learning_rate": 1e-5,
+            "num_train_epochs": 1, "max_steps": steps, "per_device_train_batch_size": 1,
+            "gradient_accumulation_steps": 1, "warmup_steps": 0, "lr_scheduler_type": "constant", "max_grad_norm": 1.0,
             "max_length": n + 8, "precompute_ref_log_probs": False, "seed": 0,
             "gradient_checkpointing": variant != "anchor_stock_trl",
             "activation_offloading": variant == "survlm_offload", "optim": "auto",

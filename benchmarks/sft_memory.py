@@ -96,10 +96,11 @@ def run_variant(variant: str, base: Path, seqs: list[int], steps: int) -> list[d
         try:
             if variant.startswith("survlm"):
                 params = parse_section("sft", {
-                    "lr": 1e-5, "epochs": 1, "max_steps": steps, "batch_size": 1, "grad_accum": 1,
-                    "warmup_steps": 0, "lr_scheduler": "constant", "weight_decay": 0.0, "seed": 0,
+                    "learning_rate": 1e-5, "num_train_epochs": 1, "max_steps": steps,
+                    "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1,
+                    "warmup_steps": 0, "lr_scheduler_type": "constant", "weight_decay": 0.0, "seed": 0,
                     "max_length": n + 8, "save_steps": None, "eval_steps": 1, "gradient_checkpointing": True,
-                    "activation_offloading": variant == "survlm_offload", "liger": True, "optim": "auto",
+                    "activation_offloading": variant == "survlm_offload", "use_liger_kernel": True, "optim": "auto",
                     "lora": LORA})
                 trainer = build_trainer(model, tokenizer, params, [ex] * steps, [], base.parent / "sft-bench-out",
                                         "cuda")

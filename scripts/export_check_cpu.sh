@@ -13,8 +13,8 @@ from pathlib import Path
 from survlm.config import load_config
 from survlm.modeling.sft import train_sft
 
-params = replace(load_config("sft"), quantization="nf4", max_train_notes=8, batch_size=1, grad_accum=1, max_steps=8,
-                 eval_notes=0, save_steps=8, eval_steps=8)
+params = replace(load_config("sft"), quantization="nf4", max_train_notes=8, per_device_train_batch_size=1,
+                 gradient_accumulation_steps=1, max_steps=8, eval_notes=0, save_steps=8, eval_steps=8)
 summary = train_sft(params, Path("data/prepared"), Path("models/base"), Path("models/sft_qlora_cpu"), None)
 print(f"QLoRA adapter: {summary['steps']} steps on {summary['train_examples']} notes ({summary['quantization']})")
 PY

@@ -124,14 +124,16 @@ def tiny_lora_pair(tmp_path_factory):
 
 # The sft and dpo params a tiny random Llama trains with on CPU in seconds (sections as in params.yaml).
 TINY_SFT = {
-    "quantization": "none", "lr": 5e-3, "epochs": 1, "max_steps": 6, "batch_size": 1, "grad_accum": 1,
-    "warmup_steps": 0, "lr_scheduler": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 0,
+    "quantization": "none", "learning_rate": 5e-3, "num_train_epochs": 1, "max_steps": 6,
+    "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+    "lr_scheduler_type": "constant", "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": 0,
     "max_length": 256, "max_train_notes": None, "eval_notes": 2, "save_steps": 2, "eval_steps": 2,
-    "gradient_checkpointing": False, "attn_implementation": "sdpa", "liger": False, "optim": "auto",
+    "gradient_checkpointing": False, "attn_implementation": "sdpa", "use_liger_kernel": False, "optim": "auto",
     "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"},
 }
-TINY_DPO = {"beta": 0.1, "loss_type": "sigmoid", "lr": 5e-3, "epochs": 1, "max_steps": 3, "batch_size": 1,
-            "grad_accum": 1, "warmup_steps": 0, "lr_scheduler": "constant", "max_grad_norm": 1.0,
+TINY_DPO = {"beta": 0.1, "loss_type": "sigmoid", "learning_rate": 5e-3, "num_train_epochs": 1, "max_steps": 3,
+            "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1, "warmup_steps": 0,
+            "lr_scheduler_type": "constant", "max_grad_norm": 1.0,
             "max_length": 256, "max_prompt_length": 200, "precompute_ref_log_probs": False, "seed": 0,
             "gradient_checkpointing": False, "optim": "auto", "max_pairs": None, "loss_weights": None,
             "save_steps": None, "eval_steps": None, "val_notes": 0}
@@ -283,12 +285,16 @@ def run_module_here(module: str, args: list[str], cwd: Path):
 
     import torch
 
+    from survlm.stages.common import run_stage
+
     old_cwd, threads, out = os.getcwd(), torch.get_num_threads(), io.StringIO()
     os.chdir(cwd)
     torch.set_num_threads(1)
     try:
         with contextlib.redirect_stdout(out):
-            code = importlib.import_module(module).main(args)
+            stage = importlib.import_module(module)
+            name = module.rsplit(".", 1)[1]
+            code = run_stage(stage.main, {"base_model": "model"}.get(name, name), stage.Paths, args)
     finally:
         os.chdir(old_cwd)
         torch.set_num_threads(threads)

@@ -95,6 +95,7 @@ def test_a_stage_refuses_a_mismatched_prompt_json_in_one_line(tmp_path, monkeypa
     """make_pairs on records prepared with another schema than the one now at the path: exit 1, one line naming
     prompt.json, nothing written."""
     from survlm.stages import make_pairs
+    from survlm.stages.common import run_stage
 
     schema_file = tmp_path / "schema.yaml"
     schema_file.write_text((REPO / "src" / "survlm" / "schemas" / "support2-v1.yaml").read_text())
@@ -106,8 +107,9 @@ def test_a_stage_refuses_a_mismatched_prompt_json_in_one_line(tmp_path, monkeypa
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"make_pairs": {"backend": "hf"}}))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exc:
-        make_pairs.main(["--prepared", str(prepared), "--base", "base", "--adapter", "sft_best", "--answers",
-                         "answers", "--out", "pairs", "--metrics", "m.json"])
+        run_stage(make_pairs.main, "make_pairs", make_pairs.Paths,
+                  ["--prepared", str(prepared), "--base", "base", "--adapter", "sft_best", "--answers", "answers",
+                   "--out", "pairs", "--metrics", "m.json"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 1 and len(err) == 1 and err[0].startswith(f"{prepared / 'prompt.json'}: prepared with")
     assert not any((tmp_path / d).exists() for d in ("pairs", "answers", "m.json"))

@@ -127,21 +127,24 @@ def test_apply_writes_params_yaml_and_rejects_unknown_keys(tmp_path):
     before = out.read_bytes()
     for args, message in [
             ([str(preset), "infer.test_note=5"], "override 'infer.test_note=5': infer.test_note: unknown key (known: "),
-            ([str(preset), "sft.lr=fast"], "override 'sft.lr=fast': sft.lr: expected a number, got 'fast'"),
+            ([str(preset), "sft.learning_rate=fast"],
+             "override 'sft.learning_rate=fast': sft.learning_rate: expected a number, got 'fast'"),
             ([str(preset), "infer.test_notes"], "override 'infer.test_notes': expected section.key=value"),
             ([str(preset), "infer.test_notes.x=1"], "override 'infer.test_notes.x=1': infer.test_notes is not a block"),
-            ([str(preset), "trainer.lr=1"], "override 'trainer.lr=1': trainer: no such params section"),
+            ([str(preset), "trainer.learning_rate=1"],
+             "override 'trainer.learning_rate=1': trainer: no such params section"),
             ([str(tmp_path / "none.yaml")], f"{tmp_path / 'none.yaml'}: cannot read the preset")]:
         done = apply(*args)
         assert done.returncode == 1 and done.stderr.startswith(message), done.stderr
         assert len(done.stderr.strip().splitlines()) == 1 and out.read_bytes() == before   # nothing written
     empty = tmp_path / "empty.yaml"                              # an empty block changes nothing
-    empty.write_text("evaluate:\nsft:\n  lr: 0.002\n")
-    assert resolve_params(empty) == {**defaults_document(), "sft": {**defaults_document()["sft"], "lr": 0.002}}
+    empty.write_text("evaluate:\nsft:\n  learning_rate: 0.002\n")
+    assert resolve_params(empty) == {**defaults_document(),
+                                     "sft": {**defaults_document()["sft"], "learning_rate": 0.002}}
     bad = tmp_path / "bad.yaml"
-    bad.write_text("sft:\n  learning_rate: 1.0e-4\n")
+    bad.write_text("sft:\n  lr: 1.0e-4\n")                    # not TRL's name: learning_rate
     done = apply(str(bad))
-    assert done.returncode == 1 and done.stderr.startswith(f"{bad}: sft.learning_rate: unknown key (known: ")
+    assert done.returncode == 1 and done.stderr.startswith(f"{bad}: sft.lr: unknown key (known: ")
 
 
 def test_unknown_key_is_one_line_naming_section_and_key(tmp_path):
@@ -151,8 +154,8 @@ def test_unknown_key_is_one_line_naming_section_and_key(tmp_path):
         parse_section("evaluate", {"survival": {"rsf_tree": 10}})
     with pytest.raises(ConfigError, match=r"^params\.yaml: infer\.engine: unknown engine setting\(s\): max_len$"):
         parse_section("infer", {"engine": {"max_len": 10}})
-    with pytest.raises(ConfigError, match=r"^params\.yaml: sft\.lr: expected a number, got 'fast'$"):
-        parse_section("sft", {"lr": "fast"})
+    with pytest.raises(ConfigError, match=r"^params\.yaml: sft\.learning_rate: expected a number, got 'fast'$"):
+        parse_section("sft", {"learning_rate": "fast"})
     with pytest.raises(ConfigError, match=r"^params\.yaml: sft\.max_steps: expected an integer, got 2\.5$"):
         parse_section("sft", {"max_steps": 2.5})
     with pytest.raises(ConfigError, match=r"^params\.yaml: dpo\.report\.constrained: expected true or false"):
@@ -170,10 +173,10 @@ def test_unknown_key_is_one_line_naming_section_and_key(tmp_path):
 
 
 def test_partial_sections_take_the_defaults_and_coerce_yaml_values(tmp_path):
-    (tmp_path / "params.yaml").write_text("sft:\n  lr: 5e-3\n  lora: {r: 8}\n  max_steps: 4\n"
+    (tmp_path / "params.yaml").write_text("sft:\n  learning_rate: 5e-3\n  lora: {r: 8}\n  max_steps: 4\n"
                                           "infer:\n  engine: {batch_size: 2}\n  baselines: [sft]\n")
     sft = load_config("sft", tmp_path / "params.yaml")
-    assert sft.lr == 0.005 and isinstance(sft.lr, float)      # PyYAML reads `5e-3` as a string
+    assert sft.learning_rate == 0.005 and isinstance(sft.learning_rate, float)      # PyYAML reads `5e-3` as a string
     assert sft.lora == dataclasses.replace(SECTIONS["sft"]().lora, r=8) and sft.max_steps == 4
     assert sft.warmup_steps == SECTIONS["sft"]().warmup_steps
     infer = load_config("infer", tmp_path / "params.yaml")
@@ -183,4 +186,4 @@ def test_partial_sections_take_the_defaults_and_coerce_yaml_values(tmp_path):
     # an empty block (`engine:` with nothing under it) is the block's defaults
     assert parse_section("infer", {"engine": None, "decoding_comparison": None}) == SECTIONS["infer"]()
     with pytest.raises(dataclasses.FrozenInstanceError):
-        sft.lr = 1.0
+        sft.learning_rate = 1.0

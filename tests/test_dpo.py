@@ -1,6 +1,7 @@
 """DPO with TRL's real DPOTrainer on a tiny random Llama: the SFT adapter is the trainable policy and TRL's
 frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
+from pathlib import Path
 
 from conftest import (SODIUM_SCHEMA, TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here,
                       sft_params, write_prepared)
@@ -63,7 +64,7 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
         (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(8)))
         (work / "pairs" / "eval.jsonl").write_text("")
         shutil.copytree(sft_adapter, work / "sft_best")
-        params = {**TINY_DPO, "max_steps": 4, "batch_size": per_device, "val_notes": 0}
+        params = {**TINY_DPO, "max_steps": 4, "per_device_train_batch_size": per_device, "val_notes": 0}
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
         args = ["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft_best",
                 "--out", "dpo", "--live", "live", "--metrics", "dpo.json"]
@@ -109,6 +110,7 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
     import yaml
 
     from survlm.modeling.sft import train_sft
+    from survlm.config import load_config
     from survlm.stages import dpo
 
     (tmp_path / "schema.yaml").write_text(SODIUM_SCHEMA)
@@ -117,7 +119,7 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
                               schema_path=str(tmp_path / "schema.yaml"))
     (prepared / "render_meta.jsonl").write_text("")
     # 100 steps on three notes: greedy then writes the right answer on the validation notes
-    train_sft(sft_params(lr=1e-2, max_steps=100, save_steps=100, eval_notes=0,
+    train_sft(sft_params(learning_rate=1e-2, max_steps=100, save_steps=100, eval_notes=0,
                          lora={"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}),
               prepared, tiny_llama_dir, tmp_path / "sft", None)
     sft = tmp_path / "sft_best"
@@ -126,11 +128,11 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
     (tmp_path / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(4)))
     (tmp_path / "pairs" / "eval.jsonl").write_text(json.dumps(pair(5, "145")) + "\n")
     monkeypatch.chdir(tmp_path)
-    params = {**TINY_DPO, "lr": 1.0, "max_steps": 4, "save_steps": 2, "val_notes": 2,
+    params = {**TINY_DPO, "learning_rate": 1.0, "max_steps": 4, "save_steps": 2, "val_notes": 2,
               "report": {"backend": "hf", "max_new_tokens": 40, "constrained": True}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
-    dpo.main(["--prepared", str(prepared), "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", str(sft),
-              "--out", "dpo", "--live", "live", "--metrics", "dpo.json"])
+    dpo.main(load_config("dpo"), dpo.Paths(prepared=prepared, pairs=Path("pairs"), base=tiny_llama_dir, sft=sft,
+                                           out=Path("dpo"), live=Path("live"), metrics=Path("dpo.json")))
     m = json.loads((tmp_path / "dpo.json").read_text())
     assert [c["step"] for c in m["validation"]["curve"]] == [0, 2, 4]
     assert m["sft_field_accuracy"] == 1.0 and m["best_dpo_field_accuracy"] < 1.0

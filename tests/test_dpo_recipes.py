@@ -38,7 +38,7 @@ def test_recipe_file_errors_name_the_recipe_and_key(tmp_path):
     path.write_text("- name: a\n  dpo: {loss_type: [apo_zero, sft], beta: 0.3}\n")
     (recipe,) = bench.load_recipes(path, dict(TINY_DPO))
     assert recipe["params"].loss_type == ("apo_zero", "sft") and recipe["params"].beta == 0.3
-    assert recipe["params"].lr == TINY_DPO["lr"]        # the rest is the dpo block's
+    assert recipe["params"].learning_rate == TINY_DPO["learning_rate"]        # the rest is the dpo block's
 
 
 def test_recipe_pairs_keep_their_directions_and_balance_only_when_both_null_directions_are_kept(tmp_path):

@@ -1,6 +1,7 @@
 """The evaluate stage on hand-made predictions with known answers: every model on the same notes, the regex
 baseline, the survival block and its headline gap, the plot data and the report."""
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -64,10 +65,12 @@ def project(tmp_path, schema, support2_rows, monkeypatch):
 
 
 def test_evaluate_on_known_predictions(project):
+    from survlm.config import load_config
     from survlm.stages import evaluate
 
-    evaluate.main(["--prepared", "data/prepared", "--predictions", "data/predictions", "--metrics",
-                   "metrics/evaluate.json", "--plots", "metrics/plots", "--report", "metrics/report.md"])
+    evaluate.main(load_config("evaluate"), evaluate.Paths(
+        prepared=Path("data/prepared"), predictions=Path("data/predictions"), metrics=Path("metrics/evaluate.json"),
+        plots=Path("metrics/plots"), report=Path("metrics/report.md")))
     ev = json.loads(open("metrics/evaluate.json").read())
     test = ev["extraction_by_model"]["test"]
     assert set(test) == {"dpo", "sft", "zero_shot", "regex"}

@@ -37,7 +37,7 @@ def checkout(tmp_path):
         "import runpy, sys; sys.argv = ['stand_in.py', 'export', *sys.argv[1:]]; runpy.run_path('stand_in.py')")
     stages = {name: {"cmd": f"python stand_in.py {name}"} for name in ("prepare", "sft", "select_ckpt", "dpo")}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
-    (tmp_path / "preset.yaml").write_text(yaml.safe_dump({"sft": {"lr": 0.001, "lora": {"r": 8}}}))
+    (tmp_path / "preset.yaml").write_text(yaml.safe_dump({"sft": {"learning_rate": 0.001, "lora": {"r": 8}}}))
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "committed.json").write_text("{}")  # an older run's file: not this run's result
     return tmp_path
@@ -61,7 +61,7 @@ def test_whole_run_in_dvc_order_with_overrides_and_export(checkout):
     assert [line.split()[0] for line in ran(checkout)] == ["prepare", "sft", "select_ckpt", "dpo", "export"]
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     assert set(params) == set(yaml.safe_load((ROOT / "params.yaml").read_text()))   # every section, resolved
-    assert params["sft"]["lr"] == 0.001 and params["sft"]["lora"]["r"] == 64          # the preset, then the override
+    assert params["sft"]["learning_rate"] == 0.001 and params["sft"]["lora"]["r"] == 64   # the preset, then the override
     assert params["sft"]["lora"]["alpha"] == 32                                       # the rest: the defaults
     results = checkout / "results" / "run"
     assert list(json.loads((results / "timings.json").read_text())) == ["prepare", "sft", "select_ckpt", "dpo",
@@ -90,8 +90,8 @@ def test_stop_after_with_throughput_then_start_at(checkout):
 
 
 def test_unknown_override_key_stops_before_any_stage(checkout):
-    done = run(checkout, "sft.learning_rate=1e-4")
+    done = run(checkout, "sft.lr=1e-4")                 # TRL's name is learning_rate
     assert done.returncode != 0
-    assert done.stderr.startswith("override 'sft.learning_rate=1e-4': sft.learning_rate: unknown key (known: ")
+    assert done.stderr.startswith("override 'sft.lr=1e-4': sft.lr: unknown key (known: ")
     assert "Traceback" not in done.stderr and not (checkout / "params.yaml").exists()
     assert not (checkout / "ran.txt").exists()

@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,8 +61,9 @@ def run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from survlm.stages import report
 
-    report.main(["--metrics-dir", "metrics", "--dvclive", "dvclive", "--headline-dir", "metrics/headline", "--html",
-                 "metrics/report.html", "--lock", "dvc.lock", "--params", "params.yaml"])
+    report.main(report.Paths(metrics_dir=Path("metrics"), dvclive=Path("dvclive"),
+                             headline_dir=Path("metrics/headline"), html=Path("metrics/report.html"),
+                             lock=Path("dvc.lock"), params=Path("params.yaml")))
     return tmp_path
 
 

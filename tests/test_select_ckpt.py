@@ -1,5 +1,6 @@
 """select_ckpt end to end on a tiny random Llama with two real SFT checkpoints, and HF generation."""
 import json
+from pathlib import Path
 
 import yaml
 
@@ -8,6 +9,7 @@ from conftest import SODIUM_PROMPT, record, sft_params, write_prepared
 
 def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
     from survlm.modeling.sft import train_sft
+    from survlm.config import load_config
     from survlm.stages import select_ckpt
 
     prepared = write_prepared(tmp_path / "prepared", {"train": [record(i) for i in range(2)],
@@ -17,8 +19,9 @@ def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"select_ckpt": {
         "val_notes": 2, "max_new_tokens": 12, "engine": {"batch_size": 2}, "include_zero_shot": True}}))
-    select_ckpt.main(["--prepared", str(prepared), "--base", str(tiny_llama_dir), "--sft", str(tmp_path / "sft"),
-                      "--out", str(tmp_path / "best"), "--metrics", "m.json", "--curve", "curve.json"])
+    select_ckpt.main(load_config("select_ckpt"), select_ckpt.Paths(
+        prepared=prepared, base=tiny_llama_dir, sft=tmp_path / "sft", out=tmp_path / "best", metrics=Path("m.json"),
+        curve=Path("curve.json")))
     curve = json.loads((tmp_path / "curve.json").read_text())
     assert [c["step"] for c in curve] == [0, 2, 4]
     assert all(0.0 <= c["field_accuracy"] <= 1.0 for c in curve)
@@ -50,6 +53,7 @@ def test_infer_stage_decoding_comparison_alone(tiny_llama_dir, tmp_path, monkeyp
     """test_notes/heldout_notes 0: infer runs only the decoding comparison (greedy, sample, beam) on validation."""
     from survlm.modeling.sft import train_sft
     from survlm.stages import infer
+    from survlm.stages.common import run_stage
 
     prepared = write_prepared(tmp_path / "prepared", {
         "train": [record(i) for i in range(2)], "val": [record(i, split="val") for i in range(2)],
@@ -63,8 +67,9 @@ def test_infer_stage_decoding_comparison_alone(tiny_llama_dir, tmp_path, monkeyp
         "decoding_comparison": {"val_notes": 2, "strategies": ["greedy", "sample", "beam"], "temperature": 0.7,
                                 "top_p": 0.95, "beam_width": 2}}}))
     adapter = str(tmp_path / "sft" / "checkpoint-2")   # no baselines: --sft is not read
-    infer.main(["--prepared", str(prepared), "--base", str(tiny_llama_dir), "--adapter", adapter, "--sft", adapter,
-                "--out", "pred", "--metrics", "m.json"])
+    run_stage(infer.main, "infer", infer.Paths, ["--prepared", str(prepared), "--base", str(tiny_llama_dir),
+                                                 "--adapter", adapter, "--sft", adapter, "--out", "pred",
+                                                 "--metrics", "m.json"])
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert sorted(metrics["tasks"]) == ["decoding/beam", "decoding/greedy", "decoding/sample"]
     assert 0 < metrics["beam_search_s"] < metrics["generation_s"]  # beam is timed apart from the batched tasks

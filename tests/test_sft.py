@@ -119,7 +119,7 @@ def test_sft_stage_under_ddp_matches_one_process(tiny_llama_dir, prepared, tmp_p
         work.mkdir()
         shutil.copytree(prepared, work / "prepared")
         (work / "base").symlink_to(tiny_llama_dir)
-        params = {**TINY_SFT, "max_steps": 4, "batch_size": per_device, "save_steps": 4, "eval_steps": 4}
+        params = {**TINY_SFT, "max_steps": 4, "per_device_train_batch_size": per_device, "save_steps": 4, "eval_steps": 4}
         (work / "params.yaml").write_text(yaml.safe_dump({"sft": params}))
         runs[name] = _run_sft_stage(launcher, work)
     one, ddp = runs["one"], runs["ddp"]

@@ -75,7 +75,7 @@ def test_run_params_hold_one_style_out(tmp_path):
     assert params["prepare"]["heldout_styles"] == ["nursing"]                  # the preset itself is not changed
     # an unknown override key stops the benchmark before anything runs or is written
     out = tmp_path / "out.json"
-    with pytest.raises(SystemExit, match=r"^override 'sft.learning_rate=1e-4': .*sft\.learning_rate: unknown key"):
+    with pytest.raises(SystemExit, match=r"^override 'sft.lr=1e-4': .*sft\.lr: unknown key"):
         bench.main(["--preset", str(preset), "--work", str(tmp_path / "work"), "--out", str(out),
-                    "--set", "sft.learning_rate=1e-4"])
+                    "--set", "sft.lr=1e-4"])
     assert not out.exists() and not (tmp_path / "work").exists()

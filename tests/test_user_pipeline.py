@@ -92,7 +92,7 @@ def test_user_notes_through_every_stage(repo_copy, tiny_llama_dir):
     params["model"]["base"] = str(tiny_llama_dir)
     params["prepare"].update(source="path", path="data/user/notes.csv", schema="data/user/schema.yaml", workers=1,
                              split={"train": 0.5, "val": 0.125, "pairs": 0.125, "test": 0.25})
-    params["sft"].update(max_steps=2, save_steps=1, eval_steps=1, eval_notes=1, max_length=1024, lr=5e-3,
+    params["sft"].update(max_steps=2, save_steps=1, eval_steps=1, eval_notes=1, max_length=1024, learning_rate=5e-3,
                          lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
     params["select_ckpt"].update(val_notes=2, **gen)
     params["make_pairs"].update(notes=3, samples=1, **gen)

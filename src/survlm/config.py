@@ -125,14 +125,14 @@ class LoraParams:
 
 @dataclass(frozen=True)
 class TrainerParams:
-    """Knobs that sft and dpo share; modeling.training maps them onto TRL's config (a few are renamed)."""
-    lr: float = 1.0e-3
-    epochs: float = 1
+    """Knobs that sft and dpo share; each under its TRL name, so modeling.training passes them on as they are."""
+    learning_rate: float = 1.0e-3
+    num_train_epochs: float = 1
     max_steps: int | None = None
-    batch_size: int = 1
-    grad_accum: int = 1
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
     warmup_steps: int = 2
-    lr_scheduler: str = "cosine"
+    lr_scheduler_type: str = "cosine"
     max_grad_norm: float = 1.0
     seed: int = 42
     max_length: int = 2048
@@ -150,7 +150,7 @@ class SFTParams(TrainerParams):
     weight_decay: float = 0.0
     max_train_notes: int | None = 32
     eval_notes: int | None = 4
-    liger: bool = True
+    use_liger_kernel: bool = True
     lora: LoraParams = field(default_factory=LoraParams)
 
 
@@ -206,11 +206,11 @@ class DPOParams(TrainerParams):
     beta: float = 0.1
     loss_type: str | tuple[str, ...] = ("sigmoid", "sft")
     loss_weights: tuple[float, ...] | None = (1.0, 1.0)
-    lr: float = 5.0e-5
+    learning_rate: float = 5.0e-5
     max_pairs: int | None = 6
     save_steps: int | None = 3
     warmup_steps: int = 0
-    lr_scheduler: str = "constant"
+    lr_scheduler_type: str = "constant"
     max_prompt_length: int = 1536
     eval_steps: int | None = None
     precompute_ref_log_probs: bool = False

@@ -1,5 +1,6 @@
-"""What SFT and DPO training share: the TRL config built from a `TrainerParams` block (a few keys renamed, the
-device decided in one place) and the callbacks that log throughput and peak memory next to TRL's metrics."""
+"""What SFT and DPO training share: the TRL config built from a `TrainerParams` block (its trainer knobs carry TRL's
+own names and pass through as they are; the device is decided in one place) and the callbacks that log throughput
+and peak memory next to TRL's metrics."""
 from __future__ import annotations
 
 import importlib.util
@@ -14,10 +15,6 @@ import torch
 from ..config import SFTParams, TrainerParams
 from .loading import compute_dtype
 
-# params.yaml name -> TRL TrainingArguments name; every other trainer knob has TRL's own name
-TRL_NAMES = {"lr": "learning_rate", "epochs": "num_train_epochs", "batch_size": "per_device_train_batch_size",
-             "grad_accum": "gradient_accumulation_steps", "lr_scheduler": "lr_scheduler_type",
-             "liger": "use_liger_kernel"}
 # our own keys (data selection, model loading, generation), not TRL's
 NOT_TRAINER = {"quantization", "max_train_notes", "eval_notes", "attn_implementation", "lora", "max_pairs",
                "max_prompt_length", "val_notes", "report"}
@@ -37,7 +34,7 @@ def device_args(params: TrainerParams, device: str) -> dict:
         "use_cpu": not on_cuda,
     }
     if isinstance(params, SFTParams):
-        out["use_liger_kernel"] = params.liger and on_cuda and importlib.util.find_spec("liger_kernel") is not None
+        out["use_liger_kernel"] = params.use_liger_kernel and on_cuda and importlib.util.find_spec("liger_kernel") is not None
         # Tokenizing thousands of 3k-16k-token notes is CPU work a GPU machine's cores can share; on a small CPU
         # machine the training itself needs them.
         out["dataset_num_proc"] = min(8, os.cpu_count() or 1) if on_cuda else None
@@ -45,13 +42,13 @@ def device_args(params: TrainerParams, device: str) -> dict:
 
 
 def trainer_config(config_cls, params: TrainerParams, out_dir: Path, device: str, with_eval: bool, **fixed):
-    """`config_cls` (TRL's SFTConfig or DPOConfig) from the params block: each trainer knob under its TRL name,
-    then the device settings, then `fixed` (what the calling trainer always sets)."""
-    args = {TRL_NAMES.get(f.name, f.name): getattr(params, f.name) for f in fields(params)
-            if f.name not in NOT_TRAINER}
+    """`config_cls` (TRL's SFTConfig or DPOConfig) from the params block: every trainer knob as it is, then what
+    a null stands for (no step limit, no checkpoints, eval once per epoch), the device settings, and `fixed` (what
+    the calling trainer always sets)."""
+    args = {f.name: getattr(params, f.name) for f in fields(params) if f.name not in NOT_TRAINER}
     args.update(
         max_steps=params.max_steps or -1,
-        per_device_eval_batch_size=params.batch_size,
+        per_device_eval_batch_size=params.per_device_train_batch_size,
         data_seed=params.seed,
         save_strategy="steps" if params.save_steps else "no",
         save_steps=params.save_steps or 1,

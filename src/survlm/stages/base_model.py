@@ -1,23 +1,26 @@
 """DVC stage `base_model`: materialise models/base from params `model.base`."""
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from pathlib import Path
 
+from ..config import ModelParams
 from ..modeling.base import BaseModelError, materialise_base
-from .common import fail, stage_params
+from .common import fail, path_arg, run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True, help="the base model dir to write (models/base)")
-    args = ap.parse_args(argv)
-    params = stage_params("model")
+@dataclass(frozen=True)
+class Paths:
+    out: Path = path_arg("the base model dir to write (models/base)")
+
+
+def main(cfg: ModelParams, paths: Paths) -> None:
     try:
-        manifest = materialise_base(params.base, args.out, allow_download=params.allow_download)
+        manifest = materialise_base(cfg.base, paths.out, allow_download=cfg.allow_download)
     except BaseModelError as exc:
         fail(str(exc))
-    print(f"base model: {manifest['source']['spec']} ({manifest['parameters'] / 1e6:.0f}M parameters) -> {args.out}")
+    print(f"base model: {manifest['source']['spec']} ({manifest['parameters'] / 1e6:.0f}M parameters) -> {paths.out}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "model", Paths)

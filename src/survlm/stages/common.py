@@ -1,9 +1,17 @@
-"""Plumbing only stage modules need: their typed params from params.yaml and a one-line stage error."""
+"""Plumbing only stage modules need: the command line that dvc.yaml's `cmd` gives each stage, its typed params
+from params.yaml, and a one-line stage error.
+
+Every stage is `main(cfg, paths)`: `cfg` its params section (survlm.config), `paths` a frozen dataclass of the
+files and folders it reads and writes, each given on the command line by dvc.yaml (the one place paths live).
+`report`, which has no params section, is `main(paths)`."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
-from typing import Iterator
+from dataclasses import field, fields
+from pathlib import Path
+from typing import Callable, Iterator
 
 from ..config import ConfigError, load_config
 
@@ -30,3 +38,23 @@ def stage_params(section: str):
         return load_config(section)
     except ConfigError as exc:
         fail(str(exc))
+
+
+def path_arg(help: str):
+    """A field of a stage's paths: required on the command line as `--name` (underscores as dashes)."""
+    return field(metadata={"help": help})
+
+
+def parse_paths(paths_cls: type, description: str | None, argv: list[str] | None = None):
+    """`paths_cls` filled from the command line, one required `--option` per field."""
+    ap = argparse.ArgumentParser(description=description)
+    for f in fields(paths_cls):
+        ap.add_argument("--" + f.name.replace("_", "-"), required=True, type=Path, help=f.metadata["help"])
+    return paths_cls(**vars(ap.parse_args(argv)))
+
+
+def run_stage(main: Callable, section: str, paths_cls: type, argv: list[str] | None = None) -> None:
+    """The stage's entry point: its paths from the command line, then `main(cfg, paths)` with params.yaml's
+    `section` (paths first, so that `--help` needs no params.yaml)."""
+    paths = parse_paths(paths_cls, sys.modules[main.__module__].__doc__, argv)
+    main(stage_params(section), paths)

@@ -3,18 +3,19 @@ saving a checkpoint every `save_steps`; then every DPO checkpoint and the SFT ad
 validation notes in one generation pass, and models/dpo becomes the most accurate of them, ties to the earlier
 step: the SFT adapter itself when no DPO checkpoint beats it. -> models/dpo, metrics/dpo.json.
 
-Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stages.dpo` (DDP; `dpo.batch_size` is
-per GPU); rank 0 saves the adapter and runs the selection."""
+Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stages.dpo` (DDP;
+`dpo.per_device_train_batch_size` is per GPU); rank 0 saves the adapter and runs the selection."""
 from __future__ import annotations
 
-import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, continued_run, copy_adapter, labelled_records,
                          load_prompt, read_jsonl, scratch_dir, write_adapter_run, write_json)
+from ..config import DPOParams
 from ..selection import checkpoints, dpo_selection
-from .common import fail, failing_on, stage_params
+from .common import fail, failing_on, path_arg, run_stage
 
 REPORT_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "first_value_rate", "json_valid_rate")
 CURVE_KEYS = ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")
@@ -35,18 +36,19 @@ def candidates(train_dir: Path, final_step: int) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", required=True, help="prepare's output dir (validation notes, prompt)")
-    ap.add_argument("--pairs", required=True, help="make_pairs' train.jsonl and eval.jsonl")
-    ap.add_argument("--base", required=True, help="the base model dir")
-    ap.add_argument("--sft", required=True, help="the selected SFT adapter to start from")
-    ap.add_argument("--out", required=True, help="where the shipped adapter goes")
-    ap.add_argument("--live", required=True, help="dvclive dir")
-    ap.add_argument("--metrics", required=True, help="the summary JSON")
-    args = ap.parse_args(argv)
-    params = stage_params("dpo")
-    sft, prepared = Path(args.sft), Path(args.prepared)
+@dataclass(frozen=True)
+class Paths:
+    prepared: Path = path_arg("prepare's output dir (validation notes, prompt)")
+    pairs: Path = path_arg("make_pairs' train.jsonl and eval.jsonl")
+    base: Path = path_arg("the base model dir")
+    sft: Path = path_arg("the selected SFT adapter to start from")
+    out: Path = path_arg("where the shipped adapter goes")
+    live: Path = path_arg("dvclive dir")
+    metrics: Path = path_arg("the summary JSON")
+
+
+def main(cfg: DPOParams, paths: Paths) -> None:
+    sft, prepared = paths.sft, paths.prepared
     if not (sft / "adapter_config.json").is_file():
         fail(f"{sft}: no SFT adapter to start DPO from")
     from ..modeling.dpo import train_dpo
@@ -55,21 +57,20 @@ def main(argv: list[str] | None = None) -> None:
 
     with failing_on(ArtifactError):   # the pairs' prompts are the prepared prompt's: the SFT adapter's must be it
         schema, system = load_prompt(prepared)
-        sft_run = check_adapter_runs({"sft": sft}, args.base, model_digest(Path(args.base)), prepared, schema,
+        sft_run = check_adapter_runs({"sft": sft}, paths.base, model_digest(paths.base), prepared, schema,
                                      system)["sft"]
     quantization = sft_run["quantization"]
 
-    train_pairs = list(read_jsonl(Path(args.pairs) / "train.jsonl"))
-    eval_pairs = list(read_jsonl(Path(args.pairs) / "eval.jsonl"))
+    train_pairs = list(read_jsonl(paths.pairs / "train.jsonl"))
+    eval_pairs = list(read_jsonl(paths.pairs / "eval.jsonl"))
     if not is_main_process():  # DDP: the other ranks train alongside rank 0 and write nothing
         with tempfile.TemporaryDirectory() as scratch:
-            train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, Path(scratch), None)
+            train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, Path(scratch), None)
         return
-    out = Path(args.out)
+    out = paths.out
     out.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir(out.with_name(out.name + "-train")) as train_dir:   # a killed run's is removed next time
-        summary = train_dpo(params, train_pairs, eval_pairs, Path(args.base), sft, quantization, train_dir,
-                            Path(args.live))
+        summary = train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, train_dir, paths.live)
         print(f"dpo: {summary['steps']} steps on {summary['train_pairs']} pairs in {summary['train_seconds']} s; "
               f"ref adapter max |diff| from SFT {summary['ref_adapter_max_abs_diff_from_sft']}, "
               f"policy moved {summary['policy_max_abs_change']:.3g}; gold answers' log-prob changed by "
@@ -80,12 +81,12 @@ def main(argv: list[str] | None = None) -> None:
         for step, path in steps:
             write_adapter_run(path, continued_run(sft_run, "dpo", step))
         ship, selection = steps[-1][1], {"selected": "dpo", "selected_step": steps[-1][0], "guarded": False}
-        if (params.val_notes or 0) > 0:
-            rows = labelled_records(prepared / "val.jsonl", params.val_notes)
+        if (cfg.val_notes or 0) > 0:
+            rows = labelled_records(prepared / "val.jsonl", cfg.val_notes)
             names = {0: "sft", **{step: f"checkpoint-{step}" for step, _ in steps}}
             with tempfile.TemporaryDirectory() as work:
-                m = score_adapters(Path(args.base), {"sft": sft, **{names[st]: p for st, p in steps}}, rows, schema,
-                                   system, prepared, params.report, Path(work))
+                m = score_adapters(paths.base, {"sft": sft, **{names[st]: p for st, p in steps}}, rows, schema,
+                                   system, prepared, cfg.report, Path(work))
             curve = [{"step": st, "checkpoint": names[st], **{k: m[names[st]][k] for k in CURVE_KEYS}}
                      for st in sorted(names)]
             selection = {**dpo_selection(curve), "guarded": True}
@@ -102,8 +103,8 @@ def main(argv: list[str] | None = None) -> None:
         with atomic_dir(out) as tmp:   # with its run record: the SFT adapter's own where that ships
             copy_adapter(ship, tmp)
     report.update(selection)
-    write_json(args.metrics, report)
+    write_json(paths.metrics, report)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "dpo", Paths)

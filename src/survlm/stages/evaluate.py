@@ -6,12 +6,13 @@ survlm.evaluation (the metrics) and survlm.report (the Markdown and plot data).
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import ArtifactError, load_prompt, note_of, read_jsonl, render_meta, write_json, write_text
+from ..config import EvaluateParams
 from ..predictions import MODELS, TEST_SPLITS
-from .common import failing_on, stage_params
+from .common import failing_on, path_arg, run_stage
 
 
 def load_model_results(pred_dir: Path, split: str, schema, records: dict[str, dict]) -> dict[str, dict]:
@@ -31,19 +32,20 @@ def load_model_results(pred_dir: Path, split: str, schema, records: dict[str, di
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", required=True, help="prepare's output dir")
-    ap.add_argument("--predictions", required=True, help="infer's predictions dir")
-    ap.add_argument("--metrics", required=True, help="the metrics JSON")
-    ap.add_argument("--plots", required=True, help="plot data dir")
-    ap.add_argument("--report", required=True, help="the Markdown report")
-    args = ap.parse_args(argv)
+@dataclass(frozen=True)
+class Paths:
+    prepared: Path = path_arg("prepare's output dir")
+    predictions: Path = path_arg("infer's predictions dir")
+    metrics: Path = path_arg("the metrics JSON")
+    plots: Path = path_arg("plot data dir")
+    report: Path = path_arg("the Markdown report")
+
+
+def main(cfg: EvaluateParams, paths: Paths) -> None:
     from ..evaluation import evaluate
     from ..report import plot_rows, report_md
 
-    params = stage_params("evaluate")
-    prepared, preds = Path(args.prepared), Path(args.predictions)
+    prepared, preds = paths.prepared, paths.predictions
     with failing_on(ArtifactError):
         schema, _ = load_prompt(prepared)
     train = list(read_jsonl(prepared / "train.jsonl"))
@@ -52,15 +54,15 @@ def main(argv: list[str] | None = None) -> None:
         records = {r["id"]: r for r in read_jsonl(prepared / f"{split}.jsonl")}
         splits[split] = (records, render_meta(prepared, set(records)), load_model_results(preds, split, schema,
                                                                                            records))
-    ev, km = evaluate(schema, train, splits, params)
-    write_json(args.metrics, ev)
+    ev, km = evaluate(schema, train, splits, cfg)
+    write_json(paths.metrics, ev)
     for name, rows in {**plot_rows(ev), "km_risk_groups": km}.items():
-        write_json(Path(args.plots) / f"{name}.json", rows)
-    write_text(args.report, report_md(ev))
+        write_json(paths.plots / f"{name}.json", rows)
+    write_text(paths.report, report_md(ev))
     main_model, survival = ev["extraction"]["model"], ev["survival"]
     print(f"evaluate: test field accuracy ({main_model}) {ev['extraction']['field_accuracy']}; C-index gold "
           f"{survival.get('cindex_gold')} vs {main_model} {survival.get('cindex_' + main_model)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "evaluate", Paths)

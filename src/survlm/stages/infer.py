@@ -14,15 +14,16 @@ Outputs (data/predictions, kept between runs so an interrupted run resumes):
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import (ArtifactError, check_adapter_runs, first_records, load_prompt, note_of, read_jsonl,
                          render_meta, write_json, write_jsonl)
+from ..config import InferParams
 from ..predictions import ABSTAINING, HELDOUT_SPLIT, TEST_SPLIT, ZERO_SHOT, prediction_path, row_results
-from .common import failing_on, stage_params
+from .common import failing_on, path_arg, run_stage
 
 SPLITS = {TEST_SPLIT: "test_notes", HELDOUT_SPLIT: "heldout_notes"}
 
@@ -62,37 +63,38 @@ def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
             "on_validation": {kind: {k: m[k] for k in keys} for kind, m in scored.items()}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", required=True, help="prepare's output dir (test splits, validation, prompt)")
-    ap.add_argument("--base", required=True, help="the base model dir")
-    ap.add_argument("--adapter", required=True, help="the adapter under evaluation (dpo's output)")
-    ap.add_argument("--sft", required=True, help="the selected SFT adapter, the `sft` baseline")
-    ap.add_argument("--out", required=True, help="predictions dir (kept between runs to resume)")
-    ap.add_argument("--metrics", required=True, help="the summary JSON")
-    args = ap.parse_args(argv)
+@dataclass(frozen=True)
+class Paths:
+    prepared: Path = path_arg("prepare's output dir (test splits, validation, prompt)")
+    base: Path = path_arg("the base model dir")
+    adapter: Path = path_arg("the adapter under evaluation (dpo's output)")
+    sft: Path = path_arg("the selected SFT adapter, the `sft` baseline")
+    out: Path = path_arg("predictions dir (kept between runs to resume)")
+    metrics: Path = path_arg("the summary JSON")
+
+
+def main(cfg: InferParams, paths: Paths) -> None:
     from ..metrics import score
     from ..modeling.backends import Decoding, make_backend
     from ..modeling.extractor import Task, run_tasks
     from ..modeling.loading import model_digest
 
-    params = stage_params("infer")
-    prepared, out = Path(args.prepared), Path(args.out)
-    models = adapter_dirs(params.baselines, Path(args.adapter), Path(args.sft))
+    prepared, out = paths.prepared, paths.out
+    models = adapter_dirs(cfg.baselines, paths.adapter, paths.sft)
     with failing_on(ArtifactError):
         schema, system = load_prompt(prepared)
-        check_adapter_runs(models, args.base, model_digest(Path(args.base)), prepared, schema, system)
-    greedy = Decoding(strategy="greedy", **params.decoding_args())
+        check_adapter_runs(models, paths.base, model_digest(paths.base), prepared, schema, system)
+    greedy = Decoding(strategy="greedy", **cfg.decoding_args())
     tasks = []
     for split, key in SPLITS.items():
-        split_rows = first_records(prepared / f"{split}.jsonl", getattr(params, key))
+        split_rows = first_records(prepared / f"{split}.jsonl", getattr(cfg, key))
         records = [{"id": r["id"], "note": note_of(r)} for r in split_rows]
         if not records:  # e.g. test_notes: 0 to run only the decoding comparison
             continue
         for model, path in models.items():
             tasks.append(Task(f"{model}/{split}", None if path is None else model, records,
                               prediction_path(out, model, split)))
-    comparison = params.decoding_comparison
+    comparison = cfg.decoding_comparison
     val_rows = first_records(prepared / "val.jsonl", comparison.val_notes) if comparison.val_notes != 0 else []
     val_records = [{"id": r["id"], "note": note_of(r)} for r in val_rows]
     for strategy in comparison.strategies if val_records else []:
@@ -102,12 +104,12 @@ def main(argv: list[str] | None = None) -> None:
             dec = Decoding(strategy="sample" if strategy == "vote" else strategy,
                            n=comparison.vote_samples if strategy == "vote" else 1,
                            temperature=comparison.temperature, top_p=comparison.top_p,
-                           beam_width=comparison.beam_width, **params.decoding_args())
+                           beam_width=comparison.beam_width, **cfg.decoding_args())
         tasks.append(Task(f"decoding/{strategy}", "dpo", val_records, out / "decoding" / f"{strategy}.jsonl", dec,
                           vote=strategy == "vote"))
     adapters = {m: p for m, p in models.items() if p is not None}
     t0 = time.perf_counter()
-    backend = make_backend(params.backend, Path(args.base), adapters, schema, params.engine)
+    backend = make_backend(cfg.backend, paths.base, adapters, schema, cfg.engine)
     started = time.perf_counter() - t0
     # beam search runs apart (vLLM's beam_search steps the engine once per token), so its cost is timed apart
     is_beam = [t.decoding is not None and t.decoding.strategy == "beam" for t in tasks]
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, group in groups.items():
             t1 = time.perf_counter()
             counts.update(run_tasks(backend, group, schema, system, greedy,
-                                    chunk_overlap=params.chunk_overlap))
+                                    chunk_overlap=cfg.chunk_overlap))
             seconds[name] = time.perf_counter() - t1
     finally:
         backend.close()
@@ -148,15 +150,15 @@ def main(argv: list[str] | None = None) -> None:
                 summary["decoding_comparison"][task.name.split("/")[1]] = {
                     k: m[k] for k in ("notes", "field_accuracy", "last_value_rate", "first_value_rate",
                                       "fabrication_rate", "json_valid_rate")}
-    if params.abstention.enabled and "greedy" in comparison.strategies and val_rows:
+    if cfg.abstention.enabled and "greedy" in comparison.strategies and val_rows:
         summary["abstention"] = abstain(out, schema, val_rows, list(SPLITS))
     else:   # answers of an earlier run must not pass for this one's
         shutil.rmtree(out / "abstain", ignore_errors=True)
         (out / "calibration.json").unlink(missing_ok=True)
-    write_json(args.metrics, summary)
+    write_json(paths.metrics, summary)
     print(f"infer: {len(tasks)} tasks via {backend.name} in {summary['generation_s']} s "
           f"(engine start {summary['engine_start_s']} s)")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "infer", Paths)

@@ -6,8 +6,8 @@ The answers are an extraction run like infer's (data/pair_answers, kept between 
 with the notes it has not answered."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
+from dataclasses import dataclass
 import random
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from ..artifacts import (ArtifactError, atomic_dir, first_records, has_target, l
                          render_meta, write_json, write_jsonl)
 from ..config import MakePairsParams
 from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, summarize
-from .common import fail, failing_on, stage_params
+from .common import fail, failing_on, path_arg, run_stage
 
 
 def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: MakePairsParams,
@@ -51,34 +51,34 @@ def _trained_labels(record: dict) -> dict:
     return {**record, "labels": {k: v for k, v in record["labels"].items() if k not in untrained}}
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", required=True, help="prepare's output dir")
-    ap.add_argument("--base", required=True, help="the base model dir")
-    ap.add_argument("--adapter", required=True, help="the selected SFT adapter")
-    ap.add_argument("--answers", required=True, help="the adapter's answers (kept between runs to resume)")
-    ap.add_argument("--out", required=True, help="where train.jsonl and eval.jsonl go")
-    ap.add_argument("--metrics", required=True, help="the summary JSON")
-    args = ap.parse_args(argv)
-    params = stage_params("make_pairs")
-    prepared, adapter = Path(args.prepared), Path(args.adapter)
+@dataclass(frozen=True)
+class Paths:
+    prepared: Path = path_arg("prepare's output dir")
+    base: Path = path_arg("the base model dir")
+    adapter: Path = path_arg("the selected SFT adapter")
+    answers: Path = path_arg("the adapter's answers (kept between runs to resume)")
+    out: Path = path_arg("where train.jsonl and eval.jsonl go")
+    metrics: Path = path_arg("the summary JSON")
+
+
+def main(cfg: MakePairsParams, paths: Paths) -> None:
+    prepared, adapter = paths.prepared, paths.adapter
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter}: no adapter (select_ckpt chose the zero-shot base); preference pairs need an SFT adapter")
     with failing_on(ArtifactError):
         schema, system = load_prompt(prepared)
-    rows = first_records(prepared / "pairs.jsonl", params.notes)
+    rows = first_records(prepared / "pairs.jsonl", cfg.notes)
     rows = [r for r in rows if has_target(r)]  # records without a gold answer cannot give a pair
     if not rows:
         fail(f"{prepared / 'pairs.jsonl'}: no record with a gold answer to build preference pairs from")
     meta = render_meta(prepared, {r["id"] for r in rows})
-    completions, generation = sample_completions(Path(args.base), adapter, rows, schema, system, params,
-                                                 Path(args.answers))
-    rates = dataclasses.asdict(params.synthetic)
+    completions, generation = sample_completions(paths.base, adapter, rows, schema, system, cfg, paths.answers)
+    rates = dataclasses.asdict(cfg.synthetic)
     pairs, fully_correct, n_completions, unfilled = [], 0, 0, 0
     for r, texts in zip(rows, completions):
         r = _trained_labels(r)
-        got, counters = build_pairs(schema, r, system, meta.get(r["id"]), texts, rates, params.seed,
-                                    params.max_model_rejections, params.single_field)
+        got, counters = build_pairs(schema, r, system, meta.get(r["id"]), texts, rates, cfg.seed,
+                                    cfg.max_model_rejections, cfg.single_field)
         if r.get("untrained"):  # placeholders come from the model's answer, or the pair is dropped (counted)
             filled = [fill_untrained(p, r["untrained"], p["rejected"][0]["content"] if p["source"] == "model"
                                      else texts[0]) for p in got]
@@ -88,15 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         pairs.extend(got)
         fully_correct += counters["fully_correct"]
         n_completions += counters["completions"]
-    pairs, balance = balance_pairs(pairs, params.max_type_ratio, params.max_direction_ratio, params.seed)
+    pairs, balance = balance_pairs(pairs, cfg.max_type_ratio, cfg.max_direction_ratio, cfg.seed)
     # a seeded order, so that dpo.max_pairs takes a random sample and not the first notes
-    random.Random(params.seed).shuffle(pairs)
+    random.Random(cfg.seed).shuffle(pairs)
     # eval pairs: whole notes held out, so no prompt is in both files
     ids = sorted({p["id"] for p in pairs})
-    random.Random(params.seed).shuffle(ids)
-    n_eval = max(1, round(len(ids) * params.eval_fraction)) if len(ids) > 1 else 0
+    random.Random(cfg.seed).shuffle(ids)
+    n_eval = max(1, round(len(ids) * cfg.eval_fraction)) if len(ids) > 1 else 0
     eval_ids = set(ids[:n_eval])
-    with atomic_dir(args.out) as tmp:
+    with atomic_dir(paths.out) as tmp:
         write_jsonl(tmp / "train.jsonl", (p for p in pairs if p["id"] not in eval_ids))
         write_jsonl(tmp / "eval.jsonl", (p for p in pairs if p["id"] in eval_ids))
     summary = summarize(pairs)
@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> None:
                     "dropped_unfilled_placeholders": unfilled,
                     "train_pairs": sum(p["id"] not in eval_ids for p in pairs),
                     "eval_pairs": sum(p["id"] in eval_ids for p in pairs), "balance": balance,
-                    "single_field": params.single_field, "generation": generation,
+                    "single_field": cfg.single_field, "generation": generation,
                     "by_source_and_type": {src: summarize([p for p in pairs if p["source"] == src])["by_error_type"]
                                            for src in ("model", "synthetic")}})
-    write_json(args.metrics, summary)
+    write_json(paths.metrics, summary)
     print(f"make_pairs: {summary['pairs']} pairs from {len(rows)} notes ({summary['model_made']} model-made, "
           f"{summary['synthetic']} synthetic, {balance['dropped']} dropped to balance); by type "
           f"{summary['by_primary_type']}; by direction {summary['by_direction']}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "make_pairs", Paths)

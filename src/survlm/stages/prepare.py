@@ -6,12 +6,12 @@ unless everything succeeded.
 """
 from __future__ import annotations
 
-import argparse
 import random
 import statistics
 import sys
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.support2 import CohortError, load_support2
@@ -25,7 +25,7 @@ from ..split import SPLITS, assign_splits, record_order
 from ..artifacts import atomic_dir, prepared_record, write_json, write_jsonl, write_prompt
 from ..config import PrepareParams
 from ..predictions import HELDOUT_SPLIT
-from .common import fail, stage_params
+from .common import fail, path_arg, run_stage
 
 OUTPUT_SPLITS = (*SPLITS, HELDOUT_SPLIT)
 
@@ -249,7 +249,7 @@ def _record(r: dict, split: str) -> dict:
                            target=_answer(r), time=r["time"], event=r["event"], n_tokens=r["n_tokens"], **extra)
 
 
-def prepare(params: PrepareParams, base_dir: str, out_dir: str, metrics_path: str) -> dict:
+def prepare(params: PrepareParams, base_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
     schema_path = params.schema
     try:
         schema = load_schema(schema_path)
@@ -292,13 +292,15 @@ def prepare(params: PrepareParams, base_dir: str, out_dir: str, metrics_path: st
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--base", required=True, help="base model dir (its tokenizer measures note length)")
-    ap.add_argument("--out", required=True, help="the prepared records dir")
-    ap.add_argument("--metrics", required=True, help="the summary JSON")
-    args = ap.parse_args(argv)
-    m = prepare(stage_params("prepare"), args.base, args.out, args.metrics)
+@dataclass(frozen=True)
+class Paths:
+    base: Path = path_arg("base model dir (its tokenizer measures note length)")
+    out: Path = path_arg("the prepared records dir")
+    metrics: Path = path_arg("the summary JSON")
+
+
+def main(cfg: PrepareParams, paths: Paths) -> None:
+    m = prepare(cfg, paths.base, paths.out, paths.metrics)
     print(f"prepared {m['patients']} notes: " + ", ".join(f"{k}={v}" for k, v in m["splits"].items())
           + f"; tokens mean {m['note_tokens']['mean']}, max {m['note_tokens']['max']}")
     if "evidence" in m:
@@ -309,4 +311,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "prepare", Paths)

@@ -2,15 +2,16 @@
 accuracy on validation notes, all in one generation pass; copy the best adapter to models/sft_best."""
 from __future__ import annotations
 
-import argparse
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, copy_adapter, labelled_records, load_prompt,
                          write_json)
+from ..config import SelectCkptParams
 from ..predictions import ZERO_SHOT
 from ..selection import checkpoints, choose_checkpoint
-from .common import failing_on, stage_params
+from .common import failing_on, path_arg, run_stage
 
 
 def choose_best(curve: list[dict]) -> dict:
@@ -18,31 +19,32 @@ def choose_best(curve: list[dict]) -> dict:
     return choose_checkpoint(curve)
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", required=True, help="prepare's output dir")
-    ap.add_argument("--base", required=True, help="the base model dir")
-    ap.add_argument("--sft", required=True, help="the sft stage's checkpoints, each with its run record")
-    ap.add_argument("--out", required=True, help="where the chosen adapter goes")
-    ap.add_argument("--metrics", required=True, help="the summary JSON")
-    ap.add_argument("--curve", required=True, help="the accuracy-by-step plot data")
-    args = ap.parse_args(argv)
-    params = stage_params("select_ckpt")
-    prepared, sft_dir = Path(args.prepared), Path(args.sft)
-    rows = labelled_records(prepared / "val.jsonl", params.val_notes)
+@dataclass(frozen=True)
+class Paths:
+    prepared: Path = path_arg("prepare's output dir")
+    base: Path = path_arg("the base model dir")
+    sft: Path = path_arg("the sft stage's checkpoints, each with its run record")
+    out: Path = path_arg("where the chosen adapter goes")
+    metrics: Path = path_arg("the summary JSON")
+    curve: Path = path_arg("the accuracy-by-step plot data")
+
+
+def main(cfg: SelectCkptParams, paths: Paths) -> None:
+    prepared, sft_dir = paths.prepared, paths.sft
+    rows = labelled_records(prepared / "val.jsonl", cfg.val_notes)
     found = checkpoints(sft_dir)
-    steps = ([(0, None)] if params.include_zero_shot else []) + found
+    steps = ([(0, None)] if cfg.include_zero_shot else []) + found
     names = {step: (path.name if path else ZERO_SHOT) for step, path in steps}
     from ..modeling.extractor import score_adapters
     from ..modeling.loading import model_digest
 
     with failing_on(ArtifactError):
         schema, system = load_prompt(prepared)
-        check_adapter_runs({names[s]: p for s, p in steps}, args.base, model_digest(Path(args.base)), prepared,
+        check_adapter_runs({names[s]: p for s, p in steps}, paths.base, model_digest(paths.base), prepared,
                            schema, system)
     with tempfile.TemporaryDirectory() as work:
-        metrics = score_adapters(Path(args.base), {names[s]: p for s, p in steps}, rows, schema, system, prepared,
-                                 params, Path(work))
+        metrics = score_adapters(paths.base, {names[s]: p for s, p in steps}, rows, schema, system, prepared,
+                                 cfg, Path(work))
         curve = []
         for step, _ in steps:
             m = metrics[names[step]]
@@ -50,16 +52,16 @@ def main(argv: list[str] | None = None) -> None:
                 k: m[k] for k in ("field_accuracy", "fabrication_rate", "last_value_rate", "json_valid_rate")}})
             print(f"select_ckpt: step {step}: field accuracy {m['field_accuracy']}, json valid {m['json_valid_rate']}")
         best = choose_best([c for c in curve if c["step"] > 0] or curve)
-        with atomic_dir(args.out) as tmp:
+        with atomic_dir(paths.out) as tmp:
             if best["step"] > 0:   # the checkpoint's adapter with its run record; the zero-shot base has neither
                 copy_adapter(sft_dir / best["checkpoint"], tmp)
     zero = next((c for c in curve if c["step"] == 0), None)
-    write_json(args.metrics, {"val_notes": len(rows), "best": best, "zero_shot": zero,
-                              "best_detail": {k: metrics[best["checkpoint"]][k] for k in ("errors", "per_field")},
-                              "gain_over_zero_shot": None if zero is None else
-                              round(best["field_accuracy"] - zero["field_accuracy"], 4)})
-    write_json(args.curve, curve)
+    write_json(paths.metrics, {"val_notes": len(rows), "best": best, "zero_shot": zero,
+                               "best_detail": {k: metrics[best["checkpoint"]][k] for k in ("errors", "per_field")},
+                               "gain_over_zero_shot": None if zero is None else
+                               round(best["field_accuracy"] - zero["field_accuracy"], 4)})
+    write_json(paths.curve, curve)
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "select_ckpt", Paths)

@@ -2,35 +2,38 @@
 adapter_run.json; run.json, the resume state).
 
 Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stages.sft`, or `accelerate launch
---multi_gpu` (DDP; `sft.batch_size` is per GPU)."""
+--multi_gpu` (DDP; `sft.per_device_train_batch_size` is per GPU)."""
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import ArtifactError, write_json
-from .common import failing_on, stage_params
+from ..config import SFTParams
+from .common import failing_on, path_arg, run_stage
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prepared", required=True, help="prepare's output dir")
-    ap.add_argument("--base", required=True, help="the base model dir")
-    ap.add_argument("--out", required=True, help="checkpoints and run.json (kept between runs to resume)")
-    ap.add_argument("--live", required=True, help="dvclive dir")
-    ap.add_argument("--metrics", required=True, help="the summary JSON")
-    args = ap.parse_args(argv)
+@dataclass(frozen=True)
+class Paths:
+    prepared: Path = path_arg("prepare's output dir")
+    base: Path = path_arg("the base model dir")
+    out: Path = path_arg("checkpoints and run.json (kept between runs to resume)")
+    live: Path = path_arg("dvclive dir")
+    metrics: Path = path_arg("the summary JSON")
+
+
+def main(cfg: SFTParams, paths: Paths) -> None:
     from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
 
     with failing_on(ArtifactError):   # a prompt.json of an older prepare, or one whose schema changed since
-        summary = train_sft(stage_params("sft"), Path(args.prepared), Path(args.base), Path(args.out), Path(args.live))
+        summary = train_sft(cfg, paths.prepared, paths.base, paths.out, paths.live)
     if not is_main_process():  # DDP: rank 0 writes
         return
-    write_json(args.metrics, summary)
+    write_json(paths.metrics, summary)
     print(f"sft: {summary['steps']} steps on {summary['train_examples']} notes ({summary['quantization']}, "
           f"{summary['device']}) in {summary['train_seconds']} s; checkpoints: {', '.join(summary['checkpoints'])}")
 
 
 if __name__ == "__main__":
-    main()
+    run_stage(main, "sft", Paths)
