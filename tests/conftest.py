@@ -292,9 +292,12 @@ def run_module_here(module: str, args: list[str], cwd: Path):
     torch.set_num_threads(1)
     try:
         with contextlib.redirect_stdout(out):
-            stage = importlib.import_module(module)
-            name = module.rsplit(".", 1)[1]
-            code = run_stage(stage.main, {"base_model": "model"}.get(name, name), stage.Paths, args)
+            entry = importlib.import_module(module)
+            if hasattr(entry, "Paths"):  # a DVC stage: main(cfg, paths) behind run_stage
+                name = module.rsplit(".", 1)[1]
+                code = run_stage(entry.main, {"base_model": "model"}.get(name, name), entry.Paths, args)
+            else:  # a command line such as survlm.cli: main(argv)
+                code = entry.main(args)
     finally:
         os.chdir(old_cwd)
         torch.set_num_threads(threads)
