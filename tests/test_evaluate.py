@@ -64,6 +64,7 @@ def project(tmp_path, schema, support2_rows, monkeypatch):
     return recs
 
 
+@pytest.mark.slow
 def test_evaluate_on_known_predictions(project):
     from survlm.config import load_config
     from survlm.stages import evaluate

@@ -26,6 +26,7 @@ def test_families_are_registered_after_the_original_styles():
     assert set(FAMILY_STYLES) == {"labsheet", "datagrid", "handoff", "narrative"}
 
 
+@pytest.mark.slow
 def test_family_invariants_hold_over_the_whole_cohort(schema, support2_rows):
     """Every patient in one family (rotating): labels come from the single day-3 mention, nulls have none, every
     mention's metadata converts back to its canonical value, days are named by date only, and every target is
