@@ -136,8 +136,8 @@ class TrainerParams:
     max_grad_norm: float = 1.0
     seed: int = 42
     max_length: int = 2048
-    save_steps: int | None = 16
-    eval_steps: int | None = 16
+    save_steps: int | None = 8
+    eval_steps: int | None = 8
     gradient_checkpointing: bool = False
     activation_offloading: bool = False
     attn_implementation: str = "sdpa"
@@ -148,7 +148,7 @@ class TrainerParams:
 class SFTParams(TrainerParams):
     quantization: str = "auto"
     weight_decay: float = 0.0
-    max_train_notes: int | None = 32
+    max_train_notes: int | None = 16
     eval_notes: int | None = 4
     use_liger_kernel: bool = True
     lora: LoraParams = field(default_factory=LoraParams)
@@ -172,7 +172,7 @@ class ScoringParams:
 
 @dataclass(frozen=True)
 class SelectCkptParams(ScoringParams):
-    val_notes: int | None = 4
+    val_notes: int | None = 3
     include_zero_shot: bool = False
     seed: int = 0
 
@@ -188,7 +188,7 @@ class SyntheticRates:
 
 @dataclass(frozen=True)
 class MakePairsParams(ScoringParams):
-    notes: int | None = 3
+    notes: int | None = 2
     samples: int = 2
     temperature: float = 1.0
     top_p: float = 0.95
@@ -207,14 +207,14 @@ class DPOParams(TrainerParams):
     loss_type: str | tuple[str, ...] = ("sigmoid", "sft")
     loss_weights: tuple[float, ...] | None = (1.0, 1.0)
     learning_rate: float = 5.0e-5
-    max_pairs: int | None = 6
-    save_steps: int | None = 3
+    max_pairs: int | None = 4
+    save_steps: int | None = 4
     warmup_steps: int = 0
     lr_scheduler_type: str = "constant"
     max_prompt_length: int = 1536
     eval_steps: int | None = None
     precompute_ref_log_probs: bool = False
-    val_notes: int | None = 3
+    val_notes: int | None = 2
     report: ScoringParams = field(default_factory=ScoringParams)
 
 
@@ -236,8 +236,8 @@ class Abstention:
 @dataclass(frozen=True)
 class InferParams(ScoringParams):
     baselines: tuple[str, ...] = ("sft", "zero_shot")
-    test_notes: int | None = 6
-    heldout_notes: int | None = 3
+    test_notes: int | None = 3
+    heldout_notes: int | None = 2
     chunk_overlap: int = 128
     seed: int = 0
     decoding_comparison: DecodingComparison = field(default_factory=DecodingComparison)
