@@ -6,10 +6,7 @@ import statistics
 from collections import Counter, defaultdict
 
 from .evidence import STATUSES
-
-
-def rate(a: int, b: int) -> float | None:
-    return round(a / b, 4) if b else None
+from .metrics import rate
 
 
 def cohort_metrics(records: list[dict], schema, params, info: dict, splits: tuple[str, ...]) -> dict:
@@ -46,8 +43,6 @@ def cohort_metrics(records: list[dict], schema, params, info: dict, splits: tupl
         "first_mention_wrong_rate": round(statistics.fmean([t["first_wrong"] for t in traps]), 4) if traps else None,
         "last_mention_wrong_rate": round(statistics.fmean([t["last_wrong"] for t in traps]), 4) if traps else None,
         "source_out_of_range": dict(sorted(out_of_range.items())),
-        # a rendered note's target, or the answer built from a user's located labels
-        "with_target": sum(r.get("answer") is not None or r.get("target") is not None for r in records),
         **({"evidence": evidence_metrics(records, schema, info["unlocated"])} if "unlocated" in info else {}),
     }
 

@@ -101,6 +101,11 @@ def field_errors(f: Field, gold: Any, r: FieldResult, mentions: list[FieldMentio
     return tags
 
 
+def rate(a: int, b: int) -> float | None:
+    """a / b to 4 decimals; None when nothing was counted."""
+    return round(a / b, 4) if b else None
+
+
 def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dict | None]]) -> dict:
     """rows: (gold labels, parsed results, render metadata or None) per note -> metrics dict.
 
@@ -148,9 +153,6 @@ def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dic
                 if day and (g is None or not values_match(day[0].canonical, g, tolerance(f))):
                     first_trap += 1
                     first_taken += "first_value" in errs
-
-    def rate(a: int, b: int) -> float | None:
-        return round(a / b, 4) if b else None
 
     return {
         "notes": n_notes,

@@ -176,6 +176,7 @@ def prepare(params: PrepareParams, base_dir: Path, out_dir: Path, metrics_path: 
         fail(f"params.yaml: prepare.prompt: {exc}")
     primary = [r for r in records if r["rendering"] == 0]
     metrics = cohort_metrics(primary, schema, params, info, OUTPUT_SPLITS)
+    metrics["with_target"] = sum(_answer(r) is not None for r in primary)
     extra = [r for r in records if r["rendering"] > 0]
     metrics["train_renderings"] = {"notes": len(extra),
                                    "styles": dict(sorted(Counter(r["style"] for r in extra).items())),
