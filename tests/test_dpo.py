@@ -103,6 +103,55 @@ def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, sft_adapter, tmp_
     assert with_sft["gold_logp_change"] > plain["gold_logp_change"] + 1.0
 
 
+def _with_age(p, chosen_age, rejected_age):
+    """The pair with an age field after sodium in both answers."""
+    out = dict(p)
+    for side, age in (("chosen", chosen_age), ("rejected", rejected_age)):
+        answer = json.loads(p[side][0]["content"])
+        answer["age_years"] = {"value": age, "unit": None, "evidence": f"age {age}"}
+        out[side] = [{"role": "assistant", "content": json.dumps(answer, separators=(",", ":"))}]
+    return out
+
+
+def test_field_completions_hold_the_contrasted_value_alone(tiny_llama_dir, sft_adapter, tmp_path):
+    """dpo.completion: field. A pair that differs in one field trains on that value's tokens as the model writes
+    them inside the whole answer: the gold answer up to it is prompt, the field after it and the end of turn
+    are in neither completion. A pair that differs in more fields is trained whole, tokenized as TRL does."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    from survlm.modeling.dpo import _answer_tokens, _trl_rows, dataset_rows, train_dpo
+    from survlm.modeling.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir)
+    one, two = _with_age(pair(0, "147"), 70, 70), _with_age(pair(1, "147"), 70, 45)
+    rows, fields = dataset_rows(tok, [one, two], "field")
+    assert fields == 1
+    row = rows[0]
+    full, first, _ = _answer_tokens(tok, one["prompt"], one["chosen"])
+    assert full[:len(row["prompt_ids"]) + len(row["chosen_ids"])] == row["prompt_ids"] + row["chosen_ids"]
+    assert len(row["prompt_ids"]) > first                                 # the gold answer's start is context
+    assert "sodium_meq_l" in tok.decode(row["prompt_ids"][first:]) and "age" not in tok.decode(row["prompt_ids"])
+    chosen, rejected = tok.decode(row["chosen_ids"]), tok.decode(row["rejected_ids"])
+    assert "138" in chosen and "147" in rejected and "147" not in chosen
+    assert "age" not in chosen + rejected and len(row["chosen_ids"]) < len(full) - len(row["prompt_ids"]) - 4
+
+    trl_args = SimpleNamespace(dataset_num_proc=None, max_length=None, truncation_mode="keep_start")
+    trl_row = DPOTrainer._prepare_dataset(SimpleNamespace(_tokenizer=tok), Dataset.from_list(_trl_rows([two])),
+                                          tok, trl_args, "train")[0]
+    assert {k: trl_row[k] for k in row} == rows[1]                        # two fields differ: TRL's own row
+
+    pairs = [_with_age(pair(i, f"14{i}"), 70, 70) for i in range(3)]
+    _, sft_adapter = sft_adapter
+    summary = train_dpo(dpo_params(completion="field", loss_type=["apo_zero", "sft"], loss_weights=[1.0, 1.0]),
+                        pairs, [_with_age(pair(5, "145"), 70, 70)], tiny_llama_dir, sft_adapter, "none",
+                        tmp_path / "dpo", None)
+    assert summary["completion"] == "field" and summary["field_completion_pairs"] == 3
+    assert summary["steps"] == 3 and summary["policy_max_abs_change"] > 1e-4
+
+
 def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeypatch):
     """A one-field schema and an SFT adapter that has learnt its answer; DPO with an absurd learning rate wrecks
     it. Every DPO checkpoint and the SFT adapter (step 0) are scored in one generation pass, and models/dpo is

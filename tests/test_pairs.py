@@ -7,7 +7,7 @@ from survlm.artifacts import chat_prompt, prepared_record, target_of
 from survlm.extraction import compact_json
 from survlm.metrics import mentions_by_field
 from survlm.notes.render import render_patient
-from survlm.pairs import SYNTHETIC_TYPES, answer_errors, build_pairs, pair_is_valid, summarize
+from survlm.pairs import SYNTHETIC_TYPES, answer_errors, build_pairs, field_completion, pair_is_valid, summarize
 
 ALL_RATES = {t: 1.0 for t in SYNTHETIC_TYPES}
 SYSTEM = "Extract."
@@ -214,3 +214,20 @@ def test_balance_holds_on_random_pools(seed):
     assert max(v2n, n2v) <= -(-1.2 * max(min(v2n, n2v), 1) // 1)
     counts = sorted(report["before"]["by_type"].values())
     assert max(report["after"]["by_type"].values()) <= -(-1.5 * counts[(len(counts) - 1) // 2] // 1)
+
+
+def test_field_completion_is_the_one_contrasted_value(cases):
+    rec, _, _ = cases[0]
+    chosen = target_of(rec)
+    gold = json.loads(chosen)
+    names = [k for k, v in gold.items() if v is not None]
+    first, later = names[0], names[-1]
+    wrong = {"value": 1.5, "unit": None, "evidence": "x 1.5"}
+    rejected = _with_field(rec, later, wrong)
+    name, (c0, c1), (r0, r1) = field_completion(chosen, rejected)
+    assert name == later and chosen[:c0] == rejected[:r0] and chosen[c0 - len(later) - 3:c0] == f'"{later}":'
+    assert json.loads(chosen[c0:c1]) == gold[later] and json.loads(rejected[r0:r1]) == wrong
+    assert field_completion(chosen, chosen) is None                          # nothing contrasted
+    two = json.loads(rejected)
+    two[first] = wrong
+    assert field_completion(chosen, compact_json(two)) is None               # two fields differ

@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 PARAMS_FILE = "params.yaml"
 QUANTIZATIONS = ("auto", "nf4", "none")          # engine.quantization: the base the adapters were trained on
@@ -214,6 +214,7 @@ class DPOParams(TrainerParams):
     max_prompt_length: int = 1536
     eval_steps: int | None = None
     precompute_ref_log_probs: bool = False
+    completion: Literal["answer", "field"] = "answer"
     val_notes: int | None = 2
     report: ScoringParams = field(default_factory=ScoringParams)
 
@@ -284,6 +285,10 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ConfigError(f"{where}: {exc}") from None
     if dataclasses.is_dataclass(hint):
         return _parse(hint, value, where)          # None (an empty block): the block's defaults
+    if typing.get_origin(hint) is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, typing.get_args(hint)))}, got {value!r}")
+        return value
     if value is None:
         return None
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)

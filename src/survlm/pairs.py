@@ -321,6 +321,20 @@ def differing_fields(chosen: str, rejected: str) -> set[str]:
     return {k for k in set(a) | set(b) if k not in a or k not in b or a[k][2] != b[k][2]}
 
 
+def field_completion(chosen: str, rejected: str) -> tuple[str, tuple[int, int], tuple[int, int]] | None:
+    """For two answers that differ in exactly one field and agree before it: (that field's name, its value's
+    character span in chosen, in rejected). None for any other pair (several fields differ, a field is
+    missing, or the answers part before that field)."""
+    differing = differing_fields(chosen, rejected)
+    if len(differing) != 1:
+        return None
+    (name,) = differing
+    a, b = value_spans(chosen), value_spans(rejected)
+    if name not in a or name not in b or chosen[:a[name][0]] != rejected[:b[name][0]]:
+        return None
+    return name, a[name][:2], b[name][:2]
+
+
 def char_classes(text: str, differing: set[str]) -> list[tuple[int, int, str, str]]:
     """(start, end, "differing_field" | "shared_fields", "null_values" | "other_values") per field value."""
     return [(s, e, "differing_field" if k in differing else "shared_fields",

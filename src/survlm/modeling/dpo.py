@@ -49,6 +49,58 @@ def _trl_rows(pairs: list[dict]) -> list[dict]:
     return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
 
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def field_completion_row(tokenizer, pair: dict) -> dict | None:
+    """A pair whose answers differ in one field, as a tokenized DPO row whose completions are that field's value
+    alone: the prompt runs on through the gold answer up to the value, and chosen and rejected are the tokens
+    that cover each answer's value, tokenized inside the whole answer (the tokens the model writes there; no
+    end of turn). The fields after it leave the loss: sigmoid's margin only nearly cancels them (their context
+    differs in one value), apo_zero and the SFT term do not cancel them at all. None for any other pair."""
+    from ..pairs import field_completion
+
+    split = field_completion(pair["chosen"][0]["content"], pair["rejected"][0]["content"])
+    if split is None:
+        return None
+    sides = []
+    for key, (start, end) in zip(("chosen", "rejected"), split[1:]):
+        ids, first, offsets = _answer_tokens(tokenizer, pair["prompt"], pair[key])
+        lo = first + next(i for i, (_, e) in enumerate(offsets) if e > start)
+        hi = first + 1 + max(i for i, (s, _) in enumerate(offsets) if s < end)
+        sides.append((ids, lo, hi))
+    (chosen, c_lo, c_hi), (rejected, r_lo, r_hi) = sides
+    # where a token joins the value to the text before it, both sides keep it in their completion
+    n = min(c_lo, r_lo, _common_prefix(chosen, rejected))
+    return {"prompt_ids": chosen[:n], "chosen_ids": chosen[n:c_hi], "rejected_ids": rejected[n:r_hi]}
+
+
+def _answer_row(tokenizer, pair: dict) -> dict:
+    """A pair as TRL tokenizes a conversational one: the whole answer, end of turn included, is the completion."""
+    sides = []
+    for key in ("chosen", "rejected"):
+        ids, first, _ = _answer_tokens(tokenizer, pair["prompt"], pair[key])
+        sides.append((ids, first))
+    (chosen, c_first), (rejected, r_first) = sides
+    n = min(c_first, r_first, _common_prefix(chosen, rejected))
+    return {"prompt_ids": chosen[:n], "chosen_ids": chosen[n:], "rejected_ids": rejected[n:]}
+
+
+def dataset_rows(tokenizer, pairs: list[dict], completion: str) -> tuple[list[dict], int]:
+    """The rows DPOTrainer trains on, and how many are field completions. `answer`: the pairs as they are (TRL
+    tokenizes them); `field`: each pair that differs in one field as field_completion_row, others whole."""
+    if completion == "answer":
+        return _trl_rows(pairs), 0
+    rows = [field_completion_row(tokenizer, p) for p in pairs]
+    return [r or _answer_row(tokenizer, p) for r, p in zip(rows, pairs)], sum(r is not None for r in rows)
+
+
 def load_policy(base_dir: str | Path, adapter_dir: str | Path, quantization: str, device: str,
                 attn_implementation: str = "sdpa"):
     """One base model + the SFT adapter as the trainable `default` adapter."""
@@ -79,12 +131,21 @@ def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], va
     from datasets import Dataset
     from trl import DPOTrainer
 
+    class Trainer(DPOTrainer):
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "prompt_ids" in dataset.column_names:   # dataset_rows tokenized it: keep its completions
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
     hooks = callbacks(live, device)
-    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(params, out_dir, device, bool(val)),
-                         train_dataset=Dataset.from_list(_trl_rows(train)),
-                         eval_dataset=Dataset.from_list(_trl_rows(val)) if val else None,
-                         processing_class=tokenizer, callbacks=hooks)
+    train_rows, fields = dataset_rows(tokenizer, train, params.completion)
+    val_rows, _ = dataset_rows(tokenizer, val, params.completion)
+    trainer = Trainer(model=model, ref_model=None, args=dpo_config(params, out_dir, device, bool(val)),
+                      train_dataset=Dataset.from_list(train_rows),
+                      eval_dataset=Dataset.from_list(val_rows) if val else None,
+                      processing_class=tokenizer, callbacks=hooks)
     trainer.throughput = hooks[0]
+    trainer.field_completions = fields
     return trainer
 
 
@@ -210,6 +271,8 @@ def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict]
         # the reference is the SFT adapter, bit for bit; the policy moved away from it
         "ref_adapter_max_abs_diff_from_sft": ref_diff, "policy_max_abs_change": policy_change,
         "adapters_in_model": sorted(policy.peft_config),
+        # with field completions, chosen and rejected are the contrasted field's value alone
+        "completion": params.completion, "field_completion_pairs": trainer.field_completions,
         "gold_logp_change": None if gold_logp is None else round(float(gold_logp) / params.beta, 3),
         "gold_logp_change_on": "eval" if evals else "last train step",
         "logp_change_by_pair_type": by_class,
