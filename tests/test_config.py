@@ -187,3 +187,9 @@ def test_partial_sections_take_the_defaults_and_coerce_yaml_values(tmp_path):
     assert parse_section("infer", {"engine": None, "decoding_comparison": None}) == SECTIONS["infer"]()
     with pytest.raises(dataclasses.FrozenInstanceError):
         sft.learning_rate = 1.0
+
+
+def test_a_value_outside_its_choices_is_named():
+    assert parse_section("dpo", {"completion": "field"}).completion == "field"
+    with pytest.raises(ConfigError, match=r"dpo\.completion: expected one of answer, field, got 'tokens'"):
+        parse_section("dpo", {"completion": "tokens"})
