@@ -58,38 +58,34 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def field_completion_row(tokenizer, pair: dict) -> dict | None:
-    """A pair whose answers differ in one field, as a tokenized DPO row whose completions are that field's value
-    alone: the prompt runs on through the gold answer up to the value, and chosen and rejected are the tokens
-    that cover each answer's value, tokenized inside the whole answer (the tokens the model writes there; no
-    end of turn). The fields after it leave the loss: sigmoid's margin only nearly cancels them (their context
-    differs in one value), apo_zero and the SFT term do not cancel them at all. None for any other pair."""
-    from ..pairs import field_completion
-
-    split = field_completion(pair["chosen"][0]["content"], pair["rejected"][0]["content"])
-    if split is None:
-        return None
+def _tokenized_row(tokenizer, pair: dict, spans: tuple | None = None) -> dict:
+    """A pair as a tokenized DPO row. Without `spans`, as TRL tokenizes a conversational pair: each whole answer,
+    end of turn included, is the completion. With (chosen, rejected) character spans of one field's value, the
+    completions are the tokens that cover each value, tokenized inside the whole answer (the tokens the model
+    writes there; no end of turn), and the gold answer before the value is part of the prompt."""
     sides = []
-    for key, (start, end) in zip(("chosen", "rejected"), split[1:]):
+    for key, span in zip(("chosen", "rejected"), spans or (None, None)):
         ids, first, offsets = _answer_tokens(tokenizer, pair["prompt"], pair[key])
-        lo = first + next(i for i, (_, e) in enumerate(offsets) if e > start)
-        hi = first + 1 + max(i for i, (s, _) in enumerate(offsets) if s < end)
+        lo, hi = first, len(ids)
+        if span is not None:
+            start, end = span
+            lo = first + next(i for i, (_, e) in enumerate(offsets) if e > start)
+            hi = first + 1 + max(i for i, (s, _) in enumerate(offsets) if s < end)
         sides.append((ids, lo, hi))
     (chosen, c_lo, c_hi), (rejected, r_lo, r_hi) = sides
-    # where a token joins the value to the text before it, both sides keep it in their completion
+    # where a token joins the completion to the text before it, both sides keep it in their completion
     n = min(c_lo, r_lo, _common_prefix(chosen, rejected))
     return {"prompt_ids": chosen[:n], "chosen_ids": chosen[n:c_hi], "rejected_ids": rejected[n:r_hi]}
 
 
-def _answer_row(tokenizer, pair: dict) -> dict:
-    """A pair as TRL tokenizes a conversational one: the whole answer, end of turn included, is the completion."""
-    sides = []
-    for key in ("chosen", "rejected"):
-        ids, first, _ = _answer_tokens(tokenizer, pair["prompt"], pair[key])
-        sides.append((ids, first))
-    (chosen, c_first), (rejected, r_first) = sides
-    n = min(c_first, r_first, _common_prefix(chosen, rejected))
-    return {"prompt_ids": chosen[:n], "chosen_ids": chosen[n:], "rejected_ids": rejected[n:]}
+def field_completion_row(tokenizer, pair: dict) -> dict | None:
+    """A pair whose answers differ in one field, as a tokenized row whose completions are that field's value
+    alone. The fields after it leave the loss: sigmoid's margin only nearly cancels them (their context differs
+    in one value), apo_zero and the SFT term do not cancel them at all. None for any other pair."""
+    from ..pairs import field_completion
+
+    split = field_completion(pair["chosen"][0]["content"], pair["rejected"][0]["content"])
+    return None if split is None else _tokenized_row(tokenizer, pair, split[1:])
 
 
 def dataset_rows(tokenizer, pairs: list[dict], completion: str) -> tuple[list[dict], int]:
@@ -98,7 +94,7 @@ def dataset_rows(tokenizer, pairs: list[dict], completion: str) -> tuple[list[di
     if completion == "answer":
         return _trl_rows(pairs), 0
     rows = [field_completion_row(tokenizer, p) for p in pairs]
-    return [r or _answer_row(tokenizer, p) for r, p in zip(rows, pairs)], sum(r is not None for r in rows)
+    return [r or _tokenized_row(tokenizer, p) for r, p in zip(rows, pairs)], sum(r is not None for r in rows)
 
 
 def load_policy(base_dir: str | Path, adapter_dir: str | Path, quantization: str, device: str,
