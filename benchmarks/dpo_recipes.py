@@ -11,8 +11,10 @@ its YAML entry sets:
 
 Each recipe is trained with the dpo stage's own trainer (modeling.dpo.train_dpo) on at most `dpo.max_pairs` of
 its pairs, saving every `dpo.save_steps`; then the SFT adapter (step 0) and every checkpoint of every recipe
-answer the same `dpo.val_notes` validation notes in one generation pass (modeling.extractor.score_adapters) and
-are scored as the dpo stage scores them. Run make_pairs with `make_pairs.max_direction_ratio=null` so that each
+answer the same `dpo.val_notes` validation notes (modeling.extractor.score_adapters) and are scored as the dpo
+stage scores them: in one generation pass after the last recipe (`--score end`), or after each recipe with that
+recipe's checkpoints (`--score each`: an engine start per recipe, and every finished recipe has its accuracy
+on disk, for runs that may be cut short). Run make_pairs with `make_pairs.max_direction_ratio=null` so that each
 recipe balances directions itself.
 
   python benchmarks/dpo_recipes.py --prepared data/prepared --pairs data/pairs --base models/base \\
@@ -90,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--recipes", required=True, help="YAML list of recipes")
     ap.add_argument("--work", required=True, help="where each recipe's checkpoints go (WORK/<name>)")
     ap.add_argument("--out", required=True, help="the result JSON")
-    ap.add_argument("--only", nargs="*", help="run only these recipes (by name)")
+    ap.add_argument("--only", nargs="*", help="run only these recipes (by name), in this order")
+    ap.add_argument("--score", choices=("end", "each"), default="end",
+                    help="validation: one pass after the last recipe, or one after each recipe")
     args = ap.parse_args(argv)
     try:
         base_params = load_config("dpo")
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         missing = set(args.only) - {r["name"] for r in recipes}
         if missing:
             sys.exit(f"{args.recipes}: no recipe named {sorted(missing)[0]}")
-        recipes = [r for r in recipes if r["name"] in args.only]
+        by_name = {r["name"]: r for r in recipes}
+        recipes = [by_name[name] for name in dict.fromkeys(args.only)]
     sft, prepared, work = Path(args.sft), Path(args.prepared), Path(args.work)
     from survlm.modeling.dpo import train_dpo
     from survlm.modeling.extractor import score_adapters
@@ -117,9 +122,21 @@ def main(argv: list[str] | None = None) -> None:
 
     train_all = list(read_jsonl(Path(args.pairs) / "train.jsonl"))
     eval_pairs = list(read_jsonl(Path(args.pairs) / "eval.jsonl"))
+    rows = labelled_records(prepared / "val.jsonl", base_params.val_notes)
     result: dict = {"base_dpo": to_dict(base_params), "pairs_in_file": summarize(train_all)["by_direction"],
-                    "recipes": {}}
-    adapters: dict[str, Path] = {"sft": sft}
+                    "recipes": {}, "validation": {"notes": len(rows), "seconds": 0.0}}
+    scores: dict[str, dict] = {}
+    unscored: dict[str, Path] = {"sft": sft}
+
+    def score_unscored() -> None:
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as scratch:
+            scores.update(score_adapters(Path(args.base), unscored, rows, schema, system, prepared,
+                                         base_params.report, Path(scratch)))
+        unscored.clear()
+        result["validation"]["seconds"] = round(result["validation"]["seconds"] + time.perf_counter() - t0, 1)
+        add_curves(result, scores)
+
     for recipe in recipes:
         name = recipe["name"]
         pairs = recipe_pairs(train_all, recipe, base_params.seed)
@@ -131,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         steps.setdefault(summary["steps"], out_dir)
         for step, path in steps.items():
             write_adapter_run(path, continued_run(sft_run, "dpo", step))
-            adapters[f"{name}@{step}"] = path
+            unscored[f"{name}@{step}"] = path
         result["recipes"][name] = {
             "directions": list(recipe["directions"]), "max_direction_ratio": recipe["max_direction_ratio"],
             "dpo": recipe["overrides"], "pairs": summarize(pairs), "train": summary,
@@ -139,17 +156,23 @@ def main(argv: list[str] | None = None) -> None:
             "steps": sorted(steps)}
         print(f"dpo_recipes: {name}: {summary['steps']} steps on {len(pairs)} pairs in {summary['train_seconds']} s;"
               f" gold answers' log-prob changed by {summary['gold_logp_change']} nats", flush=True)
-        write_json(args.out, result)   # a run cut short keeps what it trained
+        if args.score == "each":
+            score_unscored()
+        write_json(args.out, result)   # a run cut short keeps what it trained (and scored)
+    if unscored:
+        score_unscored()
+        write_json(args.out, result)
 
-    rows = labelled_records(prepared / "val.jsonl", base_params.val_notes)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as scratch:
-        scores = score_adapters(Path(args.base), adapters, rows, schema, system, prepared, base_params.report,
-                                Path(scratch))
-    result["validation"] = {"notes": len(rows), "seconds": round(time.perf_counter() - t0, 1),
-                            "sft": {k: scores["sft"][k] for k in CURVE_KEYS}}
+
+def add_curves(result: dict, scores: dict[str, dict]) -> None:
+    """Each recipe whose checkpoints are all scored gets its validation curve (the SFT adapter as step 0), the
+    step the dpo stage's guard would ship, and that step's errors."""
+    result["validation"]["sft"] = {k: scores["sft"][k] for k in CURVE_KEYS}
+    result["validation"]["sft_errors"] = scores["sft"]["errors"]
     for name, block in result["recipes"].items():
-        curve = [{"step": 0, **{k: scores["sft"][k] for k in CURVE_KEYS}}]
+        if "curve" in block or any(f"{name}@{s}" not in scores for s in block["steps"]):
+            continue
+        curve = [{"step": 0, **result["validation"]["sft"]}]
         curve += [{"step": s, **{k: scores[f"{name}@{s}"][k] for k in CURVE_KEYS}} for s in block["steps"]]
         block["curve"] = curve
         block["selection"] = dpo_selection(curve)
@@ -157,8 +180,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"dpo_recipes: {name}: " + ", ".join(f"step {c['step']} {c['field_accuracy']} "
                                                    f"(fabrication {c['fabrication_rate']})" for c in curve),
               flush=True)
-    result["validation"]["sft_errors"] = scores["sft"]["errors"]
-    write_json(args.out, result)
 
 
 if __name__ == "__main__":

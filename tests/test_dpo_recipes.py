@@ -1,5 +1,5 @@
 """benchmarks/dpo_recipes.py: recipe files, the pairs each recipe trains on, and two recipes end to end on a tiny
-random Llama (TRL's real DPOTrainer, one generation pass scoring the SFT adapter and every checkpoint)."""
+random Llama (TRL's real DPOTrainer, a generation pass after each recipe scoring its checkpoints)."""
 import importlib.util
 import json
 import shutil
@@ -82,8 +82,19 @@ def test_two_recipes_end_to_end(tiny_llama_dir, sft_adapter, tmp_path, monkeypat
     (tmp_path / "recipes.yaml").write_text("- name: sigmoid\n"
                                            "- name: apo\n  dpo: {loss_type: [apo_zero, sft], loss_weights: [1, 1]}\n")
     monkeypatch.chdir(tmp_path)
+    import survlm.modeling.extractor as extractor
+
+    passes, score_adapters = [], extractor.score_adapters
+
+    def recorded(base, adapters, *args):
+        passes.append(list(adapters))
+        return score_adapters(base, adapters, *args)
+    monkeypatch.setattr(extractor, "score_adapters", recorded)
     bench.main(["--prepared", "prepared", "--pairs", "pairs", "--base", str(tiny_llama_dir), "--sft", "sft",
-                "--recipes", "recipes.yaml", "--work", "work", "--out", "out.json"])
+                "--recipes", "recipes.yaml", "--work", "work", "--out", "out.json", "--only", "apo", "sigmoid",
+                "--score", "each"])
+    # one pass per recipe, in --only's order, the SFT adapter scored once, in the first
+    assert passes == [["sft", "apo@1", "apo@2"], ["sigmoid@1", "sigmoid@2"]]
     result = json.loads((tmp_path / "out.json").read_text())
     assert sorted(result["recipes"]) == ["apo", "sigmoid"] and result["validation"]["notes"] == 2
     sigmoid, apo = result["recipes"]["sigmoid"], result["recipes"]["apo"]
