@@ -150,6 +150,10 @@ def test_field_completions_hold_the_contrasted_value_alone(tiny_llama_dir, sft_a
                         tmp_path / "dpo", None)
     assert summary["completion"] == "field" and summary["field_completion_pairs"] == 3
     assert summary["steps"] == 3 and summary["policy_max_abs_change"] > 1e-4
+    # the gold answer's change is the whole answer's, not the one value the loss saw
+    whole = summary["logp_change_by_pair_type"]["all"]["chosen"]["answer"]["change_per_pair"]
+    assert summary["gold_logp_change_on"] == "eval" and summary["gold_logp_change"] == round(whole, 3)
+    assert summary["gold_logp_change"] != round(summary["eval"]["eval_rewards/chosen"] / 0.1, 3)
 
 
 def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeypatch):

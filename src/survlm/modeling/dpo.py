@@ -251,10 +251,15 @@ def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict]
             by_class = logp_by_token_class(policy, tokenizer, val)
     logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
     last = logs[-1] if logs else {}
-    evals = [h for h in trainer.state.log_history if "eval_rewards/chosen" in h]
-    # Likelihood displacement: the margin can grow while the gold answer itself becomes less likely. A chosen
-    # reward is beta * (policy - reference) log-prob of the gold answer, so this is that change in nats.
-    gold_logp = evals[-1]["eval_rewards/chosen"] if evals else last.get("rewards/chosen")
+    # Likelihood displacement: the margin can grow while the gold answer itself becomes less likely. Measured on
+    # the eval pairs' whole gold answers whatever the completion (a field completion is one value); without eval
+    # pairs, from the last step's chosen reward, beta * (policy - reference) log-prob of the chosen completion.
+    if by_class:
+        gold_logp, gold_on = by_class["all"]["chosen"]["answer"]["change_per_pair"], "eval"
+    else:
+        reward = last.get("rewards/chosen")
+        gold_logp = None if reward is None else float(reward) / params.beta
+        gold_on = "last train step" if params.completion == "answer" else "last train step, completions only"
     return {
         "device": device, "quantization": quantization, "train_pairs": len(train), "eval_pairs": len(val),
         "dropped_too_long": {"train": dropped_train, "eval": dropped_val},
@@ -269,7 +274,7 @@ def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict]
         "adapters_in_model": sorted(policy.peft_config),
         # with field completions, chosen and rejected are the contrasted field's value alone
         "completion": params.completion, "field_completion_pairs": trainer.field_completions,
-        "gold_logp_change": None if gold_logp is None else round(float(gold_logp) / params.beta, 3),
-        "gold_logp_change_on": "eval" if evals else "last train step",
+        "gold_logp_change": None if gold_logp is None else round(gold_logp, 3),
+        "gold_logp_change_on": gold_on,
         "logp_change_by_pair_type": by_class,
     }
