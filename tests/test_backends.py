@@ -189,3 +189,23 @@ def test_one_call_answers_each_prompt_as_asking_for_it_alone(tiny_lora_pair, sch
         h.generate(prompts, free, ["a", None])
     with pytest.raises(KeyError, match="adapter 'b' was not loaded"):
         h.generate(prompts[:1], free, "b")
+
+
+def test_static_cache_answers_as_the_dynamic_one(tiny_lora_pair, schema):
+    """On CPU `generate` writes a static KV cache in place instead of regrowing a dynamic one each step: prompts of
+    different lengths (left padding), with and without the adapter, greedy constrained and sampled, give the same
+    tokens and log-probabilities either way."""
+    base, lora = tiny_lora_pair
+    h = HFBackend(base, {"a": lora}, schema.subset(SUBSET), BackendSettings(batch_size=4))
+    assert h.cache_implementation == "static"
+    prompts = _prompts(3) + [[{"role": "user", "content": "A much longer note: " + "HR 90, T 37 C. " * 20}]]
+    adapters = ["a", None, "a", None]
+    asked = [Decoding(max_new_tokens=40), Decoding(strategy="sample", temperature=1.0, max_new_tokens=20, seed=1)]
+    static = [h.generate(prompts, d, adapters) for d in asked]
+    h.cache_implementation = None
+    dynamic = [h.generate(prompts, d, adapters) for d in asked]
+    for s_out, d_out in zip(static, dynamic):
+        assert [g[0].text for g in s_out] == [g[0].text for g in d_out]
+        for s_gen, d_gen in zip(s_out, d_out):
+            assert s_gen[0].token_logprobs == pytest.approx(d_gen[0].token_logprobs, abs=1e-4)
+    assert len({g[0].text for g in static[0]}) > 1

@@ -40,6 +40,10 @@ class HFBackend(Backend):
         self.model = model.eval()
         self._torch = torch
         self._grammar = None
+        # On CPU a dynamic KV cache grows by copying every layer's keys and values at each step, most of a decode
+        # step's time; a static one, sized for prompt + max_new_tokens, is written in place. On a GPU the copy is
+        # cheap and a static cache would hold the longest answer's memory from the first step.
+        self.cache_implementation = "static" if self.device == "cpu" else None
 
     def _compiled_grammar(self):
         if self._grammar is None:
@@ -76,6 +80,8 @@ class HFBackend(Backend):
         texts = [self.prompt_text(r.messages, decoding) for r in group]
         kw: dict[str, Any] = dict(max_new_tokens=decoding.max_new_tokens, pad_token_id=tok.pad_token_id,
                                   eos_token_id=tok.eos_token_id)
+        if self.cache_implementation:
+            kw["cache_implementation"] = self.cache_implementation
         if per_row:
             kw["adapter_names"] = adapter
         if decoding.strategy == "greedy":
