@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from survlm.artifacts import labelled_records, load_prompt, note_of, read_jsonl, write_json  # noqa: E402
+from survlm.artifacts import ArtifactError, labelled_records, load_prompt, note_of, read_jsonl, write_json  # noqa: E402
 from survlm.config import load_config  # noqa: E402
 
 
@@ -47,10 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     from survlm.modeling.extractor import Task, run_tasks
 
     params = load_config("select_ckpt")
-    schema, system = load_prompt(Path(args.prepared))
-    rows = labelled_records(Path(args.prepared) / "val.jsonl", params.val_notes)
+    try:
+        schema, system = load_prompt(Path(args.prepared))
+        rows = labelled_records(Path(args.prepared) / "val.jsonl", params.val_notes)
+    except ArtifactError as exc:
+        sys.exit(str(exc))
     records = [{"id": r["id"], "note": note_of(r)} for r in rows]
     adapters = {p.name: p for p in sorted(Path(args.sft).glob("checkpoint-*"))}
+    if not adapters:
+        sys.exit(f"{args.sft}: no checkpoint-* directory (run `dvc repro sft` first)")
     backend = make_backend("hf", Path(args.base), adapters, schema, params.engine)
     decoding = Decoding(strategy="greedy", max_new_tokens=params.max_new_tokens, constrained=params.constrained)
     result: dict = {"machine": cpu_description(), "notes": len(records),
