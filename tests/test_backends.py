@@ -119,6 +119,7 @@ def test_resolve_backend():
         BackendSettings.from_params({"max_model_length": 10})
 
 
+@requires_vllm
 def test_qlora_adapter_is_served_on_its_dequantized_nf4_base(tiny_lora_pair, schema, tmp_path):
     """An adapter whose run record says NF4 is served by vLLM on the NF4 weights dequantized (full-precision
     kernels) and answers exactly as transformers does on the 4-bit base itself with the PEFT adapter."""

