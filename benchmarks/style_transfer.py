@@ -26,6 +26,13 @@ preset or other overrides is refused rather than mixed:
       --families handoff narrative --out metrics/style_transfer.json          # merges into the same file
 
 Without --base, the preset's base model is built once by the base_model stage in WORK/_base.
+
+--parallel N runs N styles at once, each in its own processes: a small model leaves most of a large GPU idle
+(its stages spend much of their time on the CPU, loading, rendering and starting engines), so styles sharing one
+GPU finish sooner together than one after another. The preset's engines must then leave room for each other
+(gpu_memory_utilization). A stage that fails while other styles share the machine is run once more: an engine
+measures free GPU memory while it starts and stops if another process frees memory meanwhile. Stage seconds are
+then those of a shared machine; each style records how many ran at once.
 """
 from __future__ import annotations
 
@@ -37,7 +44,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -70,14 +79,16 @@ def stage_command(stage: str) -> list[str]:
     return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
 
 
-def run_stage(stage: str, cwd: Path, log) -> float:
+def run_stage(stage: str, cwd: Path, log, attempts: int = 1) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
-    print(f"=== {cwd.name}: {stage}", flush=True)
-    done = subprocess.run(stage_command(stage), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if done.returncode != 0:
-        sys.exit(f"{cwd.name}: stage {stage} failed (exit {done.returncode}); its output: {log.name}")
-    return round(time.perf_counter() - t0, 1)
+    for attempt in range(1, attempts + 1):
+        print(f"=== {cwd.name}: {stage}" + (f" (attempt {attempt})" if attempt > 1 else ""), flush=True)
+        log.flush()
+        done = subprocess.run(stage_command(stage), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        if done.returncode == 0:
+            return round(time.perf_counter() - t0, 1)
+    sys.exit(f"{cwd.name}: stage {stage} failed (exit {done.returncode}); its output: {log.name}")
 
 
 def ensure_base(params: dict, base: str | None, work: Path) -> Path:
@@ -115,7 +126,7 @@ def score_split(prepared: Path, predictions: Path, split: str) -> tuple[dict, di
     return model, regex
 
 
-def run_family(family: str, params: dict, base: Path, work: Path) -> dict:
+def run_family(family: str, params: dict, base: Path, work: Path, attempts: int = 1) -> dict:
     wd = work / family
     shutil.rmtree(wd, ignore_errors=True)
     (wd / "models").mkdir(parents=True)
@@ -125,7 +136,7 @@ def run_family(family: str, params: dict, base: Path, work: Path) -> dict:
     seconds = {}
     with open(wd / "stages.log", "w") as log:
         for stage in STAGES:
-            seconds[stage] = run_stage(stage, wd, log)
+            seconds[stage] = run_stage(stage, wd, log, attempts)
     prepared, predictions = wd / "data" / "prepared", wd / "data" / "predictions"
     test, _ = score_split(prepared, predictions, TEST_SPLIT)
     left, regex = score_split(prepared, predictions, HELDOUT_SPLIT)
@@ -160,7 +171,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--base", help="base model dir (default: built from the preset's model section)")
     ap.add_argument("--work", default="runs/style_transfer", help="one work directory per style under it")
     ap.add_argument("--out", default="metrics/style_transfer.json")
+    ap.add_argument("--parallel", type=int, default=1, metavar="N", help="styles run at once (default 1)")
     args = ap.parse_args(argv)
+    if args.parallel < 1:
+        sys.exit(f"--parallel {args.parallel}: at least 1 style at a time")
     from survlm.artifacts import write_json
     from survlm.notes.render import STYLES
 
@@ -179,14 +193,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{out}: written with another preset or overrides ({result.get('setup')}); use another --out")
     work = Path(args.work).resolve()
     base = ensure_base(params, args.base, work)
-    for family in families:
+    lock, failed = threading.Lock(), threading.Event()
+
+    def one(family: str) -> None:
+        if failed.is_set():                 # a style failed: start no further one
+            return
         t0 = time.perf_counter()
-        result["left_out"][family] = run_family(family, params, base, work)
-        result["left_out"][family]["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-        write_json(out, summarise(result))
-        r = result["left_out"][family]
+        try:
+            r = run_family(family, params, base, work, attempts=2 if args.parallel > 1 else 1)
+        except BaseException:
+            failed.set()
+            raise
+        r["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+        r["styles_at_once"] = args.parallel
+        with lock:                          # one writer of the merged file at a time
+            result["left_out"][family] = r
+            write_json(out, summarise(result))
         print(f"{family}: left-out accuracy {r['accuracy']} on {r['notes']} notes (regex {r['regex_accuracy']}), "
               f"in-distribution {r['in_distribution']['accuracy']}; {r['seconds']['total']} s", flush=True)
+
+    # the styles already running when one fails finish and are written before the failure is reported
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        runs = [pool.submit(one, f) for f in families]
+    for run in runs:
+        run.result()
     print(f"{out}: {result['runs']} styles left out; min left-out accuracy {result['min_left_out_accuracy']}, "
           f"in-distribution {result['in_distribution_accuracy']}")
 
