@@ -90,3 +90,32 @@ def test_decoding_grammar_accepts_every_target_and_only_compact_json(schema, sup
         assert xgr.GrammarMatcher(compiled).accept_string(target), row["id"]
         spaced = json.dumps(json.loads(target))
         assert not xgr.GrammarMatcher(compiled).accept_string(spaced), row["id"]
+
+
+
+def test_another_days_p_f_ratio_as_written_never_scores_as_the_day3_one(schema):
+    """PaO2 is written in whole mmHg: at FiO2 0.3 rounding moves the ratio by up to 1.7, enough to bring two days
+    planned the minimum gap apart within the 1 % scoring tolerance when both are written as PaO2 on FiO2."""
+    import random
+
+    from survlm.notes.render.days import min_gap
+    from survlm.notes.render.writing import MentionWriter, pao2_for
+    from survlm.units import values_match
+
+    f = schema["pao2_fio2"]
+    fio2s = [0.21, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0]
+
+    def as_written(ratio: int) -> set[float]:
+        return {ratio} | {pao2 / fio2 for fio2 in fio2s if (pao2 := pao2_for(ratio, fio2)) is not None}
+
+    for gold in range(int(f.range[0]), int(f.range[1]) + 1):     # every whole ratio, the nearest other-day values
+        gap = min_gap(f, gold)
+        nearest = [gold - int(gap) - 1, gold + int(gap) + 1]
+        for day3 in as_written(gold):
+            for other in (c for x in nearest for c in as_written(x)):
+                assert not values_match(other, day3), (gold, day3, other)
+    # the writer of the original styles writes PaO2 on FiO2 only where pao2_for allows it
+    writer = MentionWriter(schema, random.Random(0), terse=False, alt_unit_rate=0.0, derived_rate=1.0)
+    written = [writer.write(f.name, float(x)) for x in range(60, 600) for _ in range(3)]
+    assert sum("/" in w.value for w in written) > 1500
+    assert all(abs(w.canonical - x) <= 0.5 for w, x in zip(written, (x for x in range(60, 600) for _ in range(3))))

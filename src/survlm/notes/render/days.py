@@ -11,6 +11,12 @@ from .. import vocab
 from .core import MAX_DAYS, MIN_DAYS, RenderError, _rng
 
 
+def min_gap(f: Field, gold: float) -> float:
+    """How far another day's value stays from the gold one: clearly beyond the scoring tolerance (1 %) even after
+    each is rounded as written (a unit's rounding, or PaO2 in whole mmHg: writing.pao2_for)."""
+    return max(0.02 * abs(gold), 3 * 10.0 ** -f.decimals)
+
+
 def _perturb(f: Field, center: float, rng: random.Random, avoid: float | None) -> float:
     """A value for another day: near `center`, inside the field's range, never equal to `avoid`."""
     kind, sd = vocab.SPREAD[f.name]
@@ -25,10 +31,7 @@ def _perturb(f: Field, center: float, rng: random.Random, avoid: float | None) -
             base = max(center, 0.1 * vocab.TYPICAL[f.name])
             x = base * math.exp(rng.gauss(0, sd) * (1 + attempt / 10))
         x = round(min(max(x, lo), hi), f.decimals)
-        if avoid is None:
-            return x
-        # Clearly different: beyond the scoring tolerance (1%) even after unit rounding.
-        if abs(x - avoid) > max(0.02 * abs(avoid), 3 * 10.0 ** -f.decimals):
+        if avoid is None or abs(x - avoid) > min_gap(f, avoid):
             return x
     # Pathological center (e.g. at the edge of the range): step away deterministically.
     return round(avoid + (1 if avoid + 0.2 * abs(avoid) + 1 <= hi else -1) * max(0.2 * abs(avoid), 1), f.decimals)

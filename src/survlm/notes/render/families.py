@@ -24,7 +24,7 @@ from .. import vocab
 from .builder import NoteBuilder
 from .core import Mention, _fmt, _rng
 from .days import _perturb
-from .writing import Written
+from .writing import Written, pao2_for
 
 FAMILY_STYLES = fv.NEW_FAMILIES
 VITALS, LABS, GASES, OUTPUTS = vocab.VITALS, vocab.LABS, vocab.GASES, vocab.OUTPUTS
@@ -101,15 +101,12 @@ class FamilyWriter:
         return None
 
     def pf(self, canonical: float) -> tuple[int, str, str] | None:
-        """PaO2, the FiO2 as it goes into the value ("40%", "0.40", "RA") and as written; None when none fits.
-
-        Only an FiO2 at which the whole-mmHg PaO2 gives back the ratio within 0.5 is used, so that rounding
-        PaO2 never brings another day's ratio within the scoring tolerance of the day-3 one."""
+        """PaO2, the FiO2 as it goes into the value ("40%", "0.40", "RA") and as written; None when none fits
+        (writing.pao2_for)."""
         choices = [0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0] + ([0.21] * 3 if canonical > 250 else [])
         self.rng.shuffle(choices)
         for fio2 in choices:
-            pao2 = int(round(canonical * fio2))
-            if 25 <= pao2 <= 600 and abs(pao2 / fio2 - canonical) <= 0.5:
+            if (pao2 := pao2_for(canonical, fio2)) is not None:
                 if fio2 == 0.21:
                     return pao2, "RA", self.rng.choice(["RA", "room air"])
                 if self.rng.random() < 0.6:

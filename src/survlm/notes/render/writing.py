@@ -15,6 +15,14 @@ ALT_UNIT = {"temperature_c": "°F", "wbc_k_ul": "cells/µL", "albumin_g_dl": "g/
             "bun_mg_dl": "mmol/L", "urine_ml_day": "L/24 h"}
 
 
+def pao2_for(canonical: float, fio2: float) -> int | None:
+    """The whole-mmHg PaO2 that writes the P/F ratio `canonical` at this FiO2; None when it is implausible or its
+    rounding moves the ratio by more than 0.5, so that rounding PaO2 never brings another day's ratio within the
+    scoring tolerance of the day-3 one (days are planned at least 2 % apart)."""
+    pao2 = int(round(canonical * fio2))
+    return pao2 if 25 <= pao2 <= 600 and abs(pao2 / fio2 - canonical) <= 0.5 else None
+
+
 @dataclass
 class Written:
     surface: str
@@ -51,8 +59,7 @@ class MentionWriter:
             fio2_choices = [0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0] + ([0.21] * 3 if canonical > 250 else [])
             rng.shuffle(fio2_choices)
             for fio2 in fio2_choices:
-                pao2 = int(round(canonical * fio2))
-                if 25 <= pao2 <= 600:
+                if (pao2 := pao2_for(canonical, fio2)) is not None:
                     if fio2 == 0.21:
                         fio2_value, fio2_text = "RA", rng.choice(["RA", "room air"])
                     elif rng.random() < 0.6:
