@@ -10,7 +10,7 @@ from .. import vocab
 from .builder import NoteBuilder
 from .core import Mention, _rng
 from .days import DayPlan, _perturb
-from .writing import MentionWriter
+from .writing import MentionWriter, Written
 
 
 REFERENCE_RANGES = {"sodium_meq_l": "135-145", "creatinine_mg_dl": "0.6-1.2", "bun_mg_dl": "7-20",
