@@ -79,11 +79,17 @@ def stage_command(stage: str) -> list[str]:
     return [sys.executable if cmd[0] == "python" else cmd[0], *cmd[1:]]
 
 
+def say(line: str) -> None:
+    """One progress line in a single write, so that styles running at once do not interleave their lines."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def run_stage(stage: str, cwd: Path, log, attempts: int = 1) -> float:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     for attempt in range(1, attempts + 1):
-        print(f"=== {cwd.name}: {stage}" + (f" (attempt {attempt})" if attempt > 1 else ""), flush=True)
+        say(f"=== {cwd.name}: {stage}" + (f" (attempt {attempt})" if attempt > 1 else ""))
         log.flush()
         done = subprocess.run(stage_command(stage), cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         if done.returncode == 0:
@@ -209,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         with lock:                          # one writer of the merged file at a time
             result["left_out"][family] = r
             write_json(out, summarise(result))
-        print(f"{family}: left-out accuracy {r['accuracy']} on {r['notes']} notes (regex {r['regex_accuracy']}), "
-              f"in-distribution {r['in_distribution']['accuracy']}; {r['seconds']['total']} s", flush=True)
+        say(f"{family}: left-out accuracy {r['accuracy']} on {r['notes']} notes (regex {r['regex_accuracy']}), "
+            f"in-distribution {r['in_distribution']['accuracy']}; {r['seconds']['total']} s")
 
     # the styles already running when one fails finish and are written before the failure is reported
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
