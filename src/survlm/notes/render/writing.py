@@ -18,7 +18,7 @@ ALT_UNIT = {"temperature_c": "°F", "wbc_k_ul": "cells/µL", "albumin_g_dl": "g/
 def pao2_for(canonical: float, fio2: float) -> int | None:
     """The whole-mmHg PaO2 that writes the P/F ratio `canonical` at this FiO2; None when it is implausible or its
     rounding moves the ratio by more than 0.5, so that rounding PaO2 never brings another day's ratio within the
-    scoring tolerance of the day-3 one (days are planned at least 2 % apart)."""
+    scoring tolerance of the day-3 one (days are planned days.min_gap apart)."""
     pao2 = int(round(canonical * fio2))
     return pao2 if 25 <= pao2 <= 600 and abs(pao2 / fio2 - canonical) <= 0.5 else None
 
