@@ -18,7 +18,7 @@ dec = Decoding(max_new_tokens=96, constrained=True)
 constraint = sys.argv[1] if len(sys.argv) > 1 else "json_schema"
 server_flags = (["--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
                 if constraint == "json_schema" else [])
-env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="2")
+env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="2", VLLM_ENABLE_V1_MULTIPROCESSING="0")
 server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", "models/base",
                            "--enable-lora", "--lora-modules", "dpo=models/dpo", "--max-lora-rank", "16", "--max-loras", "2",
                            "--dtype", "float32", "--enforce-eager", "--max-model-len", "4096", "--port", "8011",

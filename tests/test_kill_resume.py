@@ -62,7 +62,7 @@ def test_extract_killed_then_rerun_equals_an_uninterrupted_run(tiny_lora_pair, t
 
     def cmd(out):
         return ["-m", "survlm.cli", "extract", "notes.jsonl", "--adapter", str(lora), "--base", str(base),
-                "--out", out, "--backend", "hf", "--fields", "sex,heart_rate_bpm", "--max-new-tokens", "200",
+                "--out", out, "--backend", "hf", "--fields", "sex,heart_rate_bpm", "--max-new-tokens", "80",
                 "--batch-size", "1", "--quiet"]
 
     # the uninterrupted reference, in this process; the interrupted runs and their reruns are real processes

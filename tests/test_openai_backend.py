@@ -128,7 +128,9 @@ def live_server(tiny_lora_pair, tmp_path_factory):
     base, lora = tiny_lora_pair
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CONFIGURE_LOGGING="0")
+    # the engine core in the server's own process: on CPU that saves starting two more torch+vLLM processes
+    env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CONFIGURE_LOGGING="0",
+               VLLM_ENABLE_V1_MULTIPROCESSING="0")
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--host", "127.0.0.1",
            "--port", str(port), "--enable-lora", "--lora-modules", f"a={lora}", "--max-lora-rank", "8",
            "--max-loras", "2", "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0",

@@ -29,7 +29,7 @@ class VLLMBackend(Backend):
 
         s = self.settings
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
-        _cuda_engine_environment()
+        _engine_environment()
         self.quantization = s.base_quantization(self.adapters)
         self.served_model = self.base_dir
         if self.quantization == "nf4" and s.nf4_serving == "dequantized":
@@ -149,17 +149,20 @@ class VLLMBackend(Backend):
             gc.collect()
 
 
-def _cuda_engine_environment() -> None:
-    """vLLM settings a CUDA machine needs before the engine starts (setdefault: the user's own values win).
+def _engine_environment() -> None:
+    """vLLM settings the machine needs before the engine starts (setdefault: the user's own values win).
 
     With vllm 0.24.0 on CUDA the engine process is forked by default and cannot use CUDA
     once the stage has touched it ("Cannot re-initialize CUDA in forked subprocess"), so spawn it; and the
-    sampler imports FlashInfer unless told not to, which is an optional kernel library the GPU image lacks."""
+    sampler imports FlashInfer unless told not to, which is an optional kernel library the GPU image lacks.
+    On CPU the engine core runs in the calling process: a separate one (and its worker) would import torch and
+    vLLM again, about 30 s a start on two cores, for no overlap that a CPU could use."""
     import importlib.util
 
     import torch
 
     if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         return
     os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     if importlib.util.find_spec("flashinfer") is None:
