@@ -12,8 +12,10 @@ scored here with survlm.metrics on the render metadata: the test split (the trai
 test_heldout split (F). The regex baseline is scored on the same left-out notes, for reference.
 
 The result file (--out) is written after every style and merged with what is already there, so the styles can
-be run a few per invocation (one GPU machine at a time) and gathered in one file; a file written with another
-preset or other overrides is refused rather than mixed:
+be run a few per invocation (one GPU machine at a time) and gathered in one file. Runs merge only when their
+recipe is the same: the resolved params, leaving out the keys that only place the work (processes, an engine's
+memory share and batch, activation memory, the split of a training batch into accumulation steps). A file
+written with another recipe or styles is refused rather than mixed. Each run records its preset and overrides.
 
   in_distribution_accuracy   test-split field accuracy (training styles), mean over the runs
   left_out                   per style: accuracy, fabrication_rate, last_value_rate, notes (left-out notes
@@ -69,6 +71,28 @@ def run_params(params: dict, family: str) -> dict:
     p["infer"]["decoding_comparison"]["val_notes"] = 0
     p["infer"]["abstention"]["enabled"] = False
     return p
+
+
+# Keys that decide only where and in what pieces the work runs, not what is computed: processes, an engine's
+# memory share and batch, activation memory, and how a training batch is split into accumulation steps.
+PLACEMENT_KEYS = {"workers", "n_jobs", "gpu_memory_utilization", "batch_size", "tensor_parallel_size",
+                  "gradient_checkpointing", "activation_offloading"}
+
+
+def recipe_digest(params: dict) -> str:
+    """A digest of the resolved params without PLACEMENT_KEYS, with each training batch as its size (per device x
+    accumulation steps): runs of one recipe placed differently on a machine share it."""
+    import hashlib
+
+    def strip(node):
+        if not isinstance(node, dict):
+            return node
+        kept = {k: strip(v) for k, v in node.items() if k not in PLACEMENT_KEYS}
+        if "per_device_train_batch_size" in kept:
+            kept["train_batch"] = kept.pop("per_device_train_batch_size") * kept.pop("gradient_accumulation_steps")
+        return kept
+
+    return hashlib.sha256(json.dumps(strip(params), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_command(stage: str) -> list[str]:
@@ -192,11 +216,12 @@ def main(argv: list[str] | None = None) -> None:
     unknown = [f for f in families if f not in STYLES]
     if unknown:
         sys.exit(f"--families: unknown style(s) {', '.join(unknown)}; known: {', '.join(STYLES)}")
-    setup = {"preset": str(args.preset), "overrides": list(args.overrides), "styles": params["prepare"]["styles"]}
+    setup = {"recipe": recipe_digest(params), "styles": params["prepare"]["styles"]}
     out = Path(args.out)
     result = json.loads(out.read_text()) if out.is_file() else {"setup": setup, "left_out": {}}
     if result.get("setup") != setup:
-        sys.exit(f"{out}: written with another preset or overrides ({result.get('setup')}); use another --out")
+        sys.exit(f"{out}: written with another recipe or styles ({result.get('setup')}, this run {setup}); "
+                 "use another --out")
     work = Path(args.work).resolve()
     base = ensure_base(params, args.base, work)
     lock, failed = threading.Lock(), threading.Event()
@@ -211,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
             failed.set()
             raise
         r["seconds"]["total"] = round(time.perf_counter() - t0, 1)
-        r["styles_at_once"] = args.parallel
+        r.update(styles_at_once=args.parallel, preset=str(args.preset), overrides=list(args.overrides))
         with lock:                          # one writer of the merged file at a time
             result["left_out"][family] = r
             write_json(out, summarise(result))

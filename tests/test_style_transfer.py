@@ -42,6 +42,7 @@ def test_one_left_out_style_end_to_end(tiny_llama_dir, tmp_path):
     assert result["min_left_out_accuracy"] == r["accuracy"]
     assert "handoff" not in r["train_styles"] and len(r["train_styles"]) == 8
     assert set(r["seconds"]) == {"prepare", "sft", "select_ckpt", "infer", "total"}
+    assert set(result["setup"]) == {"recipe", "styles"} and r["overrides"] == TINY    # each run's own settings
     # the run's own prepare held the style out of training and scored only its notes as left out
     prepared = tmp_path / "work" / "handoff" / "data" / "prepared"
     styles = json.loads((tmp_path / "work" / "handoff" / "metrics" / "prepare.json").read_text())["styles"]
@@ -50,7 +51,7 @@ def test_one_left_out_style_end_to_end(tiny_llama_dir, tmp_path):
 
     # another setup must not be merged into this file; nothing runs and the file stays as it was
     before = out.read_bytes()
-    with pytest.raises(SystemExit, match="another preset or overrides"):
+    with pytest.raises(SystemExit, match="another recipe or styles"):
         bench.main([*argv[:-len(TINY)], *TINY[:-1], "infer.max_new_tokens=16"])
     assert out.read_bytes() == before
 
@@ -60,6 +61,21 @@ def test_one_left_out_style_end_to_end(tiny_llama_dir, tmp_path):
     summary = bench.summarise(merged)
     assert summary["runs"] == 2 and summary["min_left_out_accuracy"] == min(0.25, r["accuracy"])
     assert summary["in_distribution_accuracy"] == round((r["in_distribution"]["accuracy"] + 0.5) / 2, 4)
+
+
+def test_runs_placed_differently_share_a_recipe_and_other_recipes_do_not():
+    from survlm.config import resolve_params
+
+    bench = _benchmark()
+    preset = REPO / "params" / "gpu-smollm2-h200-style-transfer.yaml"
+    recipe = bench.recipe_digest(resolve_params(preset))
+    placed = ["sft.per_device_train_batch_size=8", "sft.gradient_accumulation_steps=1", "prepare.workers=2",
+              "select_ckpt.engine.gpu_memory_utilization=0.5", "infer.engine.batch_size=64",
+              "sft.gradient_checkpointing=true"]
+    assert bench.recipe_digest(resolve_params(preset, placed)) == recipe
+    for other in ("sft.per_device_train_batch_size=2", "sft.learning_rate=1e-4", "infer.max_new_tokens=512",
+                  "prepare.note_tokens=3072"):
+        assert bench.recipe_digest(resolve_params(preset, [other])) != recipe, other
 
 
 def test_run_params_hold_one_style_out(tmp_path):
