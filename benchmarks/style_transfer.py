@@ -82,7 +82,7 @@ PLACEMENT_KEYS = {"workers", "n_jobs", "gpu_memory_utilization", "batch_size", "
 def recipe_digest(params: dict) -> str:
     """A digest of the resolved params without PLACEMENT_KEYS, with each training batch as its size (per device x
     accumulation steps): runs of one recipe placed differently on a machine share it."""
-    import hashlib
+    from survlm.hashing import text_digest
 
     def strip(node):
         if not isinstance(node, dict):
@@ -92,7 +92,7 @@ def recipe_digest(params: dict) -> str:
             kept["train_batch"] = kept.pop("per_device_train_batch_size") * kept.pop("gradient_accumulation_steps")
         return kept
 
-    return hashlib.sha256(json.dumps(strip(params), sort_keys=True).encode()).hexdigest()[:16]
+    return text_digest(json.dumps(strip(params), sort_keys=True))
 
 
 def stage_command(stage: str) -> list[str]:
