@@ -34,7 +34,8 @@ Without --base, the preset's base model is built once by the base_model stage in
 GPU finish sooner together than one after another. The preset's engines must then leave room for each other
 (gpu_memory_utilization). A stage that fails while other styles share the machine is run once more: an engine
 measures free GPU memory while it starts and stops if another process frees memory meanwhile. Stage seconds are
-then those of a shared machine; each style records how many ran at once.
+then those of a shared machine; each style records how many ran at once. --attempts sets the tries per stage
+when the GPU is shared with other work than these styles.
 """
 from __future__ import annotations
 
@@ -202,9 +203,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default="runs/style_transfer", help="one work directory per style under it")
     ap.add_argument("--out", default="metrics/style_transfer.json")
     ap.add_argument("--parallel", type=int, default=1, metavar="N", help="styles run at once (default 1)")
+    ap.add_argument("--attempts", type=int, metavar="N",
+                    help="tries per stage (default: 2 when styles run at once, else 1)")
     args = ap.parse_args(argv)
     if args.parallel < 1:
         sys.exit(f"--parallel {args.parallel}: at least 1 style at a time")
+    attempts = args.attempts if args.attempts is not None else (2 if args.parallel > 1 else 1)
+    if attempts < 1:
+        sys.exit(f"--attempts {args.attempts}: at least 1 try per stage")
     from survlm.artifacts import write_json
     from survlm.notes.render import STYLES
 
@@ -231,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
             return
         t0 = time.perf_counter()
         try:
-            r = run_family(family, params, base, work, attempts=2 if args.parallel > 1 else 1)
+            r = run_family(family, params, base, work, attempts=attempts)
         except BaseException:
             failed.set()
             raise
