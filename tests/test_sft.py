@@ -84,9 +84,69 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
     assert logged["tokens_per_s"] > 0 and "loss" in logged["eval"]
     assert len((live / "plots" / "metrics" / "loss.tsv").read_text().splitlines()) >= 1 + 6
 
-    # Different params: the stale checkpoints are not resumed.
-    summary2 = sft.train_sft(sft_params(max_steps=2), prepared, tiny_llama_dir, out, live)
+    # Different params (here the value-weighted loss too): the stale checkpoints are not resumed.
+    summary2 = sft.train_sft(sft_params(max_steps=2, value_weight=3.0), prepared, tiny_llama_dir, out, live)
     assert summary2["resumed_from"] is None and summary2["checkpoints"] == ["checkpoint-2"]
+    assert math.isfinite(summary2["train_loss"]) and summary2["train_examples"] == 3
+
+
+def test_value_weights_move_the_loss_onto_field_values(tiny_llama_dir):
+    from survlm.modeling.loading import load_tokenizer
+    from survlm.modeling.sft import mask_placeholders, prompt_completion
+
+    tok = load_tokenizer(tiny_llama_dir)
+    ex = prompt_completion(record(0), SODIUM_PROMPT)
+    assert "value_weights" not in mask_placeholders(tok, ex, [], ["sodium_meq_l"], 1.0)   # plain loss: no column
+    out = mask_placeholders(tok, ex, [], ["sodium_meq_l"], 4.0)
+    mask, weights = out["completion_mask"], out["value_weights"]
+    assert len(weights) == len(out["input_ids"]) and all(w == 0 for w, m in zip(weights, mask) if not m)
+    loss_weights = [w for w, m in zip(weights, mask) if m]
+    assert math.isclose(sum(loss_weights), len(loss_weights))   # averages 1: the loss keeps its scale
+    high, low = max(loss_weights), min(loss_weights)
+    assert math.isclose(high / low, 4.0)
+    heavy = tok.decode([t for t, w in zip(out["input_ids"], weights) if w == high])
+    # the value and unit, where the answer decides null or a value; never the key, the evidence or the end
+    assert heavy.startswith('{"value":"138"') and "unit" in heavy and "Na 138" not in heavy and "sodium" not in heavy
+
+
+def test_sft_trains_on_the_value_weighted_loss(tiny_llama_dir, prepared):
+    """The training batch carries the weights through TRL's column filter and collator, and the trainer's loss is
+    the weighted mean of the answer tokens' negative log-likelihoods; the eval set keeps the plain loss."""
+    import torch
+
+    from survlm.modeling.loading import load_base, load_tokenizer
+    from survlm.modeling.sft import build_trainer, mask_placeholders, prompt_completion
+
+    tok = load_tokenizer(tiny_llama_dir)
+    rows = [record(i) for i in range(2)]
+    train = [mask_placeholders(tok, prompt_completion(r, SODIUM_PROMPT), [], ["sodium_meq_l"], 5.0) for r in rows]
+    val = [prompt_completion(r, SODIUM_PROMPT) for r in rows]
+    params = sft_params(value_weight=5.0, per_device_train_batch_size=2)
+    trainer = build_trainer(load_base(tiny_llama_dir, "none", "cpu"), tok, params, train, val, prepared / "w", "cpu")
+    batch = next(iter(trainer.get_train_dataloader()))
+    weights = batch["value_weights"].clone()
+    assert weights.shape == batch["input_ids"].shape and weights.max() > 1 > weights[weights > 0].min()
+    model = trainer.model
+    with torch.no_grad():
+        weighted = trainer.compute_loss(model, dict(batch)).item()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        nll = nll * (labels != -100)
+        plain = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "value_weights"}).item()
+    assert math.isclose(weighted, (nll * weights[:, 1:]).sum().item() / (labels != -100).sum().item(), rel_tol=1e-4)
+    assert math.isclose(plain, nll.sum().item() / (labels != -100).sum().item(), rel_tol=1e-4)
+    assert abs(weighted - plain) > 1e-3        # a random model's NLL is near ln(vocab) on every token: the gap is small
+    assert "value_weights" not in next(iter(trainer.get_eval_dataloader()))
+
+
+def test_sft_stage_rejects_a_value_weight_that_is_not_positive(tmp_path, capsys):
+    from survlm.stages.sft import Paths, main
+
+    with pytest.raises(SystemExit):
+        main(sft_params(value_weight=0), Paths(*(tmp_path / n for n in ("p", "b", "o", "l", "m.json"))))
+    assert capsys.readouterr().err.strip() == ("params.yaml: sft.value_weight: must be greater than 0 "
+                                               "(1: every answer token alike), got 0.0")
 
 
 def test_choose_best_prefers_accuracy_then_earlier_step():

@@ -151,6 +151,7 @@ class SFTParams(TrainerParams):
     max_train_notes: int | None = 16
     eval_notes: int | None = 4
     use_liger_kernel: bool = True
+    value_weight: float = 1.0
     lora: LoraParams = field(default_factory=LoraParams)
 
 

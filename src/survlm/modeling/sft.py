@@ -13,12 +13,14 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
 from ..artifacts import (PROMPT_FILE, adapter_run, chat_messages, first_records, has_target, load_prompt, read_jsonl,
                          write_adapter_run)
 from ..config import SFTParams, to_dict
+from ..confidence import value_spans
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
 from .training import callbacks, peak_memory_gib, trainer_config
@@ -39,9 +41,16 @@ def example_lengths(tokenizer, example: dict) -> tuple[int, int]:
     return n_prompt, len(tokenizer(full, add_special_tokens=False)["input_ids"])
 
 
-def mask_placeholders(tokenizer, example: dict, spans: list) -> dict:
+def mask_placeholders(tokenizer, example: dict, spans: list, value_names: Iterable[str] = (),
+                      value_weight: float = 1.0) -> dict:
     """A prompt/completion example tokenized as TRL tokenizes it, with the answer's placeholder characters
-    (`loss_mask` spans of a user record: unlabelled fields, evidence that was not located) out of the loss."""
+    (`loss_mask` spans of a user record: unlabelled fields, evidence that was not located) out of the loss.
+
+    With `value_weight` other than 1, `value_weights` gives each loss token its weight: `value_weight` for the
+    tokens of a field's value (`null`, or the value and unit before the evidence quote, as confidence.value_spans
+    reads them; the first of them is where the answer decides between `null` and a value), 1 for the rest of the
+    answer (keys, punctuation, evidence quotes), scaled so that they average 1 over the example's loss tokens.
+    The loss keeps its scale and its token count; only its spread over the answer changes."""
     messages = example["prompt"] + example["completion"]
     prompt_ids = tokenizer.apply_chat_template(example["prompt"], tokenize=True, return_dict=True,
                                                add_generation_prompt=True)["input_ids"]
@@ -54,21 +63,31 @@ def mask_placeholders(tokenizer, example: dict, spans: list) -> dict:
     n_prompt = 0
     while n_prompt < min(len(prompt_ids), len(ids)) and prompt_ids[n_prompt] == ids[n_prompt]:
         n_prompt += 1
-    at = text.rfind(example["completion"][0]["content"])
+    answer = example["completion"][0]["content"]
+    at = text.rfind(answer)
     spans = [(at + a, at + b) for a, b in spans]
     mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
     for k, (s, e) in enumerate(enc["offset_mapping"]):
         if k >= n_prompt and any(s < b and a < e for a, b in spans):
             mask[k] = 0
-    return {"id": example["id"], "input_ids": list(ids), "completion_mask": mask}
+    out = {"id": example["id"], "input_ids": list(ids), "completion_mask": mask}
+    if value_weight != 1.0:
+        values = [(at + a, at + b) for a, b in value_spans(answer, value_names).values()]
+        weights = [0.0 if not m else value_weight if any(s < b and a < e for a, b in values) else 1.0
+                   for m, (s, e) in zip(mask, enc["offset_mapping"])]
+        scale = sum(mask) / sum(weights) if sum(weights) else 1.0
+        out["value_weights"] = [w * scale for w in weights]
+    return out
 
 
-def _with_masks(tokenizer, examples: list[dict], rows: list[dict]) -> list[dict]:
-    """All examples pre-tokenized when any record masks part of its answer (a dataset is tokenized or not)."""
+def tokenized_examples(tokenizer, examples: list[dict], rows: list[dict], value_names: Iterable[str] = (),
+                       value_weight: float = 1.0) -> list[dict]:
+    """All examples pre-tokenized when any record masks part of its answer or value tokens are weighted (a dataset
+    is tokenized or not); else TRL tokenizes the prompt/completion examples itself."""
     spans = {r["id"]: r.get("loss_mask") or [] for r in rows}
-    if not any(spans.values()):
+    if not any(spans.values()) and value_weight == 1.0:
         return examples
-    return [mask_placeholders(tokenizer, ex, spans[ex["id"]]) for ex in examples]
+    return [mask_placeholders(tokenizer, ex, spans[ex["id"]], value_names, value_weight) for ex in examples]
 
 
 def _fingerprint(params: SFTParams, quantization: str, files: list[Path], base_dir: Path) -> str:
@@ -112,17 +131,78 @@ def sft_config(params: SFTParams, out_dir: Path, device: str, with_eval: bool):
                           save_total_limit=None)
 
 
-def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: list[dict], out_dir: Path, device: str,
-                  live=None):
-    """SFTTrainer over `model` (wrapped with a fresh LoRA adapter); `trainer.throughput` has tokens/s per step."""
-    from datasets import Dataset
+class _WeightedLogProbs:
+    """The model as compute_loss calls it, with its fused LM head's per-token log-probabilities scaled by the
+    batch's answer-token weights: SFTTrainer's loss (their negated sum over the token count) becomes the weighted
+    one, while its entropy and token-accuracy metrics stay unweighted."""
+
+    def __init__(self, model, weights: torch.Tensor):
+        self.model, self.weights = model, weights
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        if kwargs.get("fused_lm_head") and getattr(out, "log_probs", None) is not None:
+            out.log_probs = out.log_probs * self.weights[:, 1:].to(out.log_probs.dtype)   # labels are shifted by one
+        return out
+
+
+class _ValueWeightCollator:
+    """TRL's collator, and each example's `value_weights` padded as its labels are (weight 0 on padding)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if "value_weights" not in examples[0]:
+            return self.collator(examples)
+        batch = self.collator([{k: v for k, v in ex.items() if k != "value_weights"} for ex in examples])
+        weights = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
+        for row, ex in enumerate(examples):
+            if len(ex["value_weights"]) != len(ex["input_ids"]):
+                raise ValueError("sft: value weights and tokens differ in length (a truncated example?)")
+            weights[row, :len(ex["value_weights"])] = torch.tensor(ex["value_weights"])
+        batch["value_weights"] = weights
+        return batch
+
+
+def _trainer_class(value_weighted: bool):
     from trl import SFTTrainer
 
+    if not value_weighted:
+        return SFTTrainer
+
+    class ValueWeightedSFTTrainer(SFTTrainer):
+        """SFTTrainer whose training loss weighs each answer token by the example's `value_weights`."""
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "value_weights" not in self._signature_columns:   # else the Trainer drops the column unread
+                self._signature_columns = [*self._signature_columns, "value_weights"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weights = inputs.pop("value_weights", None)
+            if weights is not None:
+                model = _WeightedLogProbs(model, weights)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+
+    return ValueWeightedSFTTrainer
+
+
+def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: list[dict], out_dir: Path, device: str,
+                  live=None):
+    """SFTTrainer over `model` (wrapped with a fresh LoRA adapter); `trainer.throughput` has tokens/s per step.
+    Training examples with `value_weights` (mask_placeholders) train on the weighted loss."""
+    from datasets import Dataset
+
+    weighted = any("value_weights" in ex for ex in train)
     hooks = callbacks(live, device)
-    trainer = SFTTrainer(model=model, args=sft_config(params, out_dir, device, bool(val)),
-                         train_dataset=Dataset.from_list(train),
-                         eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
-                         peft_config=lora_config(params.lora), callbacks=hooks)
+    trainer = _trainer_class(weighted)(
+        model=model, args=sft_config(params, out_dir, device, bool(val)), train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
+        peft_config=lora_config(params.lora), callbacks=hooks)
+    if weighted:
+        trainer.data_collator = _ValueWeightCollator(trainer.data_collator)
     trainer.throughput = hooks[0]
     return trainer
 
@@ -205,7 +285,9 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     val_rows = [r for r in val_rows if has_target(r)]
     train, dropped_train = select_examples(tokenizer, train_rows, max_length, system)
     val, dropped_val = select_examples(tokenizer, val_rows, max_length, system)
-    train, val = _with_masks(tokenizer, train, train_rows), _with_masks(tokenizer, val, val_rows)
+    # value weights shape the training loss only: the eval loss stays the plain token mean, comparable across runs
+    train = tokenized_examples(tokenizer, train, train_rows, [f.name for f in schema], params.value_weight)
+    val = tokenized_examples(tokenizer, val, val_rows)
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
 

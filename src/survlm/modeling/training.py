@@ -17,7 +17,7 @@ from .loading import compute_dtype
 
 # our own keys (data selection, model loading, generation), not TRL's
 NOT_TRAINER = {"quantization", "max_train_notes", "eval_notes", "attn_implementation", "lora", "max_pairs",
-               "max_prompt_length", "completion", "val_notes", "report"}
+               "max_prompt_length", "completion", "val_notes", "report", "value_weight"}
 
 
 def device_args(params: TrainerParams, device: str) -> dict:

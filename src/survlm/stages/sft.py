@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..artifacts import ArtifactError, write_json
 from ..config import SFTParams
-from .common import failing_on, path_arg, run_stage
+from .common import fail, failing_on, path_arg, run_stage
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,8 @@ class Paths:
 
 
 def main(cfg: SFTParams, paths: Paths) -> None:
+    if not cfg.value_weight > 0:
+        fail(f"params.yaml: sft.value_weight: must be greater than 0 (1: every answer token alike), got {cfg.value_weight}")
     from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
 
