@@ -24,7 +24,8 @@ class Paths:
 
 def main(cfg: SFTParams, paths: Paths) -> None:
     if not cfg.value_weight > 0:
-        fail(f"params.yaml: sft.value_weight: must be greater than 0 (1: every answer token alike), got {cfg.value_weight}")
+        fail("params.yaml: sft.value_weight: must be greater than 0 (1: every answer token alike), "
+             f"got {cfg.value_weight}")
     from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
 
