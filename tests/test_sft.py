@@ -145,8 +145,10 @@ def test_sft_stage_rejects_a_value_weight_that_is_not_positive(tmp_path, capsys)
 
     with pytest.raises(SystemExit):
         main(sft_params(value_weight=0), Paths(*(tmp_path / n for n in ("p", "b", "o", "l", "m.json"))))
-    assert capsys.readouterr().err.strip() == ("params.yaml: sft.value_weight: must be greater than 0 "
+    assert capsys.readouterr().err.strip() == ("params.yaml: sft.value_weight: must be a number above 0 "
                                                "(1: every answer token alike), got 0.0")
+    with pytest.raises(SystemExit):           # an infinite weight would make every other token's weight 0 * inf
+        main(sft_params(value_weight=float("inf")), Paths(*(tmp_path / n for n in ("p", "b", "o", "l", "m.json"))))
 
 
 def test_choose_best_prefers_accuracy_then_earlier_step():

@@ -47,9 +47,10 @@ def mask_placeholders(tokenizer, example: dict, spans: list, value_names: Iterab
     (`loss_mask` spans of a user record: unlabelled fields, evidence that was not located) out of the loss.
 
     With `value_weight` other than 1, `value_weights` gives each loss token its weight: `value_weight` for the
-    tokens of a field's value (`null`, or the value and unit before the evidence quote, as confidence.value_spans
-    reads them; the first of them is where the answer decides between `null` and a value), 1 for the rest of the
-    answer (keys, punctuation, evidence quotes), scaled so that they average 1 over the example's loss tokens.
+    tokens of a field's value up to its evidence quote (`null`, or `{"value":...,"unit":...,` as
+    confidence.value_spans reads it; its first token is where the answer decides between `null` and a value), 1
+    for the rest of the answer (field names, the punctuation between fields, evidence quotes), scaled so that they
+    average 1 over the example's loss tokens.
     The loss keeps its scale and its token count; only its spread over the answer changes."""
     messages = example["prompt"] + example["completion"]
     prompt_ids = tokenizer.apply_chat_template(example["prompt"], tokenize=True, return_dict=True,

@@ -5,6 +5,7 @@ Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stag
 --multi_gpu` (DDP; `sft.per_device_train_batch_size` is per GPU)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,8 @@ class Paths:
 
 
 def main(cfg: SFTParams, paths: Paths) -> None:
-    if not cfg.value_weight > 0:
-        fail("params.yaml: sft.value_weight: must be greater than 0 (1: every answer token alike), "
+    if not 0 < cfg.value_weight < math.inf:
+        fail("params.yaml: sft.value_weight: must be a number above 0 (1: every answer token alike), "
              f"got {cfg.value_weight}")
     from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
