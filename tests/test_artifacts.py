@@ -164,7 +164,7 @@ def test_sft_trains_on_exactly_the_text_prepare_wrote_before(tiny_llama_dir, tmp
     those of the chat record prepare wrote before, so the tokens SFT trains on (and their loss mask) are the same."""
     from survlm.config import parse_section
     from survlm.modeling.loading import load_tokenizer
-    from survlm.modeling.sft import mask_placeholders, prompt_completion
+    from survlm.modeling.sft import tokenized_example, prompt_completion
     from survlm.schema import system_prompt
     from survlm.stages.prepare import _answer, _path_records, _record, _support2_records
 
@@ -188,6 +188,6 @@ def test_sft_trains_on_exactly_the_text_prepare_wrote_before(tiny_llama_dir, tmp
                     == tok.apply_chat_template(old, tokenize=False))
             if new.get("loss_mask"):   # a user's placeholders: the same characters out of the loss
                 assert new["loss_mask"] == r["loss_mask"]
-                masked = mask_placeholders(tok, example, new["loss_mask"])
+                masked = tokenized_example(tok, example, new["loss_mask"])
                 assert 0 < sum(masked["completion_mask"]) < len(masked["input_ids"])
     assert any(r.get("loss_mask") for r in users)

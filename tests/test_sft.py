@@ -92,12 +92,12 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
 
 def test_value_weights_move_the_loss_onto_field_values(tiny_llama_dir):
     from survlm.modeling.loading import load_tokenizer
-    from survlm.modeling.sft import mask_placeholders, prompt_completion
+    from survlm.modeling.sft import tokenized_example, prompt_completion
 
     tok = load_tokenizer(tiny_llama_dir)
     ex = prompt_completion(record(0), SODIUM_PROMPT)
-    assert "value_weights" not in mask_placeholders(tok, ex, [], ["sodium_meq_l"], 1.0)   # plain loss: no column
-    out = mask_placeholders(tok, ex, [], ["sodium_meq_l"], 4.0)
+    assert "value_weights" not in tokenized_example(tok, ex, [], ["sodium_meq_l"], 1.0)   # plain loss: no column
+    out = tokenized_example(tok, ex, [], ["sodium_meq_l"], 4.0)
     mask, weights = out["completion_mask"], out["value_weights"]
     assert len(weights) == len(out["input_ids"]) and all(w == 0 for w, m in zip(weights, mask) if not m)
     loss_weights = [w for w, m in zip(weights, mask) if m]
@@ -115,11 +115,11 @@ def test_sft_trains_on_the_value_weighted_loss(tiny_llama_dir, prepared):
     import torch
 
     from survlm.modeling.loading import load_base, load_tokenizer
-    from survlm.modeling.sft import build_trainer, mask_placeholders, prompt_completion
+    from survlm.modeling.sft import build_trainer, tokenized_example, prompt_completion
 
     tok = load_tokenizer(tiny_llama_dir)
     rows = [record(i) for i in range(2)]
-    train = [mask_placeholders(tok, prompt_completion(r, SODIUM_PROMPT), [], ["sodium_meq_l"], 5.0) for r in rows]
+    train = [tokenized_example(tok, prompt_completion(r, SODIUM_PROMPT), [], ["sodium_meq_l"], 5.0) for r in rows]
     val = [prompt_completion(r, SODIUM_PROMPT) for r in rows]
     params = sft_params(value_weight=5.0, per_device_train_batch_size=2)
     trainer = build_trainer(load_base(tiny_llama_dir, "none", "cpu"), tok, params, train, val, prepared / "w", "cpu")

@@ -46,18 +46,18 @@ def test_sft_masks_placeholder_tokens_only(schema, tiny_llama_dir):
     from survlm.artifacts import prepared_record
     from survlm.evidence import target_text
     from survlm.modeling.loading import load_tokenizer
-    from survlm.modeling.sft import mask_placeholders, prompt_completion
+    from survlm.modeling.sft import tokenized_example, prompt_completion
 
     target = target_text(schema, {"sodium_meq_l": NA}, {f.name: "value" for f in schema if f.name != "sodium_meq_l"})
     row = prepared_record(id="u1", split="train", style="user", text=NOTE, labels={"sodium_meq_l": 138.0},
                           target=target.text, time=10.0, event=1, n_tokens=40)
     tok = load_tokenizer(tiny_llama_dir)
-    ex = mask_placeholders(tok, prompt_completion(row, "Extract."), target.masked)
+    ex = tokenized_example(tok, prompt_completion(row, "Extract."), target.masked)
     trained = tok.decode([t for t, m in zip(ex["input_ids"], ex["completion_mask"]) if m])
     untrained = [t for k, (t, m) in enumerate(zip(ex["input_ids"], ex["completion_mask"]))
                  if not m and k >= ex["completion_mask"].index(1)]
     assert '"value":"138"' in trained and '"evidence":"Na 138"' in trained and '"heart_rate_bpm"' in trained
     assert '"ph":,"glucose_mg_dl":,' in trained and '"unit":null' in trained   # placeholders out, a real null in
     assert tok.decode(untrained).count("null") == len(schema.names) - 1
-    full = mask_placeholders(tok, prompt_completion(row, "Extract."), [])       # nothing masked: TRL's own mask
+    full = tokenized_example(tok, prompt_completion(row, "Extract."), [])       # nothing masked: TRL's own mask
     assert sum(full["completion_mask"]) > sum(ex["completion_mask"]) and full["input_ids"] == ex["input_ids"]

@@ -41,7 +41,7 @@ def example_lengths(tokenizer, example: dict) -> tuple[int, int]:
     return n_prompt, len(tokenizer(full, add_special_tokens=False)["input_ids"])
 
 
-def mask_placeholders(tokenizer, example: dict, spans: list, value_names: Iterable[str] = (),
+def tokenized_example(tokenizer, example: dict, spans: list, value_names: Iterable[str] = (),
                       value_weight: float = 1.0) -> dict:
     """A prompt/completion example tokenized as TRL tokenizes it, with the answer's placeholder characters
     (`loss_mask` spans of a user record: unlabelled fields, evidence that was not located) out of the loss.
@@ -88,7 +88,7 @@ def tokenized_examples(tokenizer, examples: list[dict], rows: list[dict], value_
     spans = {r["id"]: r.get("loss_mask") or [] for r in rows}
     if not any(spans.values()) and value_weight == 1.0:
         return examples
-    return [mask_placeholders(tokenizer, ex, spans[ex["id"]], value_names, value_weight) for ex in examples]
+    return [tokenized_example(tokenizer, ex, spans[ex["id"]], value_names, value_weight) for ex in examples]
 
 
 def _fingerprint(params: SFTParams, quantization: str, files: list[Path], base_dir: Path) -> str:
@@ -193,7 +193,7 @@ def _trainer_class(value_weighted: bool):
 def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: list[dict], out_dir: Path, device: str,
                   live=None):
     """SFTTrainer over `model` (wrapped with a fresh LoRA adapter); `trainer.throughput` has tokens/s per step.
-    Training examples with `value_weights` (mask_placeholders) train on the weighted loss."""
+    Training examples with `value_weights` (tokenized_example) train on the weighted loss."""
     from datasets import Dataset
 
     weighted = any("value_weights" in ex for ex in train)
