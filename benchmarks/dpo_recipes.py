@@ -68,6 +68,8 @@ def load_recipes(path: Path, base: dict) -> list[dict]:
         if bad:
             raise ConfigError(f"{where}.directions: {bad[0]} is no pair direction (known: {', '.join(DIRECTIONS)})")
         params = parse_section("dpo", {**base, **(entry.get("dpo") or {})}, f"{path} ({entry['name']})")
+        if (problem := params.value_weight_problem()) is not None:
+            raise ConfigError(f"{where}.dpo.value_weight: {problem}")
         recipes.append({"name": entry["name"], "directions": directions,
                         "max_direction_ratio": entry.get("max_direction_ratio"), "params": params,
                         "overrides": entry.get("dpo") or {}})
@@ -142,7 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         pairs = recipe_pairs(train_all, recipe, base_params.seed)
         out_dir = work / name
         t0 = time.perf_counter()
-        summary = train_dpo(recipe["params"], pairs, eval_pairs, Path(args.base), sft, quantization, out_dir, None)
+        summary = train_dpo(recipe["params"], pairs, eval_pairs, Path(args.base), sft, quantization, out_dir, None,
+                            [f.name for f in schema])
         by_class = summary.pop("logp_change_by_pair_type")
         steps = dict(checkpoints(out_dir))
         steps.setdefault(summary["steps"], out_dir)

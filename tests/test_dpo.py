@@ -1,6 +1,7 @@
 """DPO with TRL's real DPOTrainer on a tiny random Llama: the SFT adapter is the trainable policy and TRL's
 frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
+import math
 from pathlib import Path
 
 from conftest import (SODIUM_SCHEMA, TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here,
@@ -102,6 +103,77 @@ def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, sft_adapter, tmp_
     assert plain["gold_logp_change_on"] == with_sft["gold_logp_change_on"] == "eval"
     assert with_sft["gold_logp_change"] > plain["gold_logp_change"] + 1.0
 
+
+
+def test_value_weighted_rows_weigh_the_chosen_answers_values(tiny_llama_dir):
+    """dpo.value_weight: the rows are TRL's whole-answer rows, and each chosen completion token gets its weight in
+    the sft term: `value_weight` on the field's value up to its evidence quote, 1 elsewhere, averaging 1."""
+    from survlm.modeling.dpo import _tokenized_row, value_weighted_row
+    from survlm.modeling.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir)
+    p = pair(0, "150")
+    row = value_weighted_row(tok, p, ["sodium_meq_l"], 5.0)
+    weights = row.pop("chosen_value_weights")
+    assert row == _tokenized_row(tok, p)
+    assert len(weights) == len(row["chosen_ids"]) and abs(sum(weights) - len(weights)) < 1e-9
+    heavy = [i for i, w in enumerate(weights) if w > 1]
+    assert heavy == list(range(heavy[0], heavy[-1] + 1))            # one span: the value
+    assert len(set(weights[i] for i in heavy)) == 1 and abs(weights[heavy[0]] / weights[0] - 5.0) < 1e-9
+    value = tok.decode([row["chosen_ids"][i] for i in heavy])
+    assert "value" in value and "evidence" not in value and "sodium" not in value
+
+
+def test_dpo_trains_on_the_value_weighted_sft_term(tiny_llama_dir, sft_adapter):
+    """The training batch carries the weights through TRL's column filter and collator; the loss is the sigmoid
+    term plus the weighted sft term computed by hand from the policy's log-probs; the eval batches stay TRL's."""
+    import torch
+
+    from survlm.modeling.dpo import build_dpo_trainer, load_policy
+    from survlm.modeling.loading import load_tokenizer
+
+    _, sft_adapter = sft_adapter
+    tok = load_tokenizer(tiny_llama_dir)
+    params = dpo_params(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 2.0], value_weight=5.0,
+                        per_device_train_batch_size=2)
+    trainer = build_dpo_trainer(load_policy(tiny_llama_dir, sft_adapter, "none", "cpu"), tok, params,
+                                [pair(0, "150"), pair(1, "1499")], [pair(5, "145")], Path("unused"), "cpu",
+                                value_names=["sodium_meq_l"])
+    batch = next(iter(trainer.get_train_dataloader()))
+    weights = batch["chosen_value_weights"].clone()
+    assert weights.shape == batch["completion_mask"].shape and weights[2:].abs().sum() == 0   # rejected rows: 0
+    assert ((weights > 0) == batch["completion_mask"].bool())[:2].all() and weights.max() > 1
+    model = trainer.model
+    model.eval()                                                       # no dropout: the three losses see one model
+    with torch.no_grad():
+        weighted = trainer.compute_loss(model, dict(batch)).item()
+        plain = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "chosen_value_weights"}).item()
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:2, :-1]
+        labels, mask = batch["input_ids"][:2, 1:], batch["completion_mask"][:2, 1:].float()
+        logps = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
+        nll_plain = -(logps * mask).sum() / mask.sum()
+        nll_weighted = -(logps * mask * weights[:2, 1:]).sum() / mask.sum()
+    assert math.isclose(weighted, plain - 2.0 * nll_plain.item() + 2.0 * nll_weighted.item(), rel_tol=1e-4)
+    assert abs(weighted - plain) > 1e-3
+    assert "chosen_value_weights" not in next(iter(trainer.get_eval_dataloader()))
+
+
+def test_dpo_stage_rejects_a_value_weight_it_cannot_apply(tmp_path, capsys):
+    import pytest
+
+    from survlm.stages.dpo import Paths, main
+
+    paths = Paths(*(tmp_path / n for n in ("p", "pairs", "b", "s", "o", "l", "m.json")))
+    for params, problem in (
+            (dpo_params(value_weight=0.0), "must be a number above 0 (1: every answer token alike), got 0.0"),
+            (dpo_params(value_weight=4.0, loss_type="sigmoid"),
+             "weighs the sft term's tokens, but loss_type ['sigmoid'] has no sft term"),
+            (dpo_params(value_weight=4.0, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], completion="field"),
+             "weighs whole answers' value tokens: it needs completion: answer")):
+        with pytest.raises(SystemExit):
+            main(params, paths)
+        assert capsys.readouterr().err.strip() == f"params.yaml: dpo.value_weight: {problem}"
+    assert not any(tmp_path.iterdir())
 
 def _with_age(p, chosen_age, rejected_age):
     """The pair with an age field after sodium in both answers."""

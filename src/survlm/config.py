@@ -202,6 +202,13 @@ class MakePairsParams(ScoringParams):
     seed: int = 0
 
 
+def value_weight_problem(weight: float) -> str | None:
+    """Why a loss weight of the answers' value tokens (sft.value_weight, dpo.value_weight) is no weight, or None."""
+    if not 0 < weight < float("inf"):
+        return f"must be a number above 0 (1: every answer token alike), got {weight}"
+    return None
+
+
 @dataclass(frozen=True)
 class DPOParams(TrainerParams):
     beta: float = 0.1
@@ -216,8 +223,21 @@ class DPOParams(TrainerParams):
     eval_steps: int | None = None
     precompute_ref_log_probs: bool = False
     completion: Literal["answer", "field"] = "answer"
+    value_weight: float = 1.0
     val_notes: int | None = 2
     report: ScoringParams = field(default_factory=ScoringParams)
+
+    def value_weight_problem(self) -> str | None:
+        """Why `value_weight` cannot apply as given (it weighs the `sft` term's tokens in whole answers), or None."""
+        w = self.value_weight
+        types = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        if (problem := value_weight_problem(w)) is not None:
+            return problem
+        if w != 1.0 and "sft" not in types:
+            return f"weighs the sft term's tokens, but loss_type {types} has no sft term"
+        if w != 1.0 and self.completion != "answer":
+            return "weighs whole answers' value tokens: it needs completion: answer"
+        return None
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
 from ..config import DPOParams
+from ..confidence import value_spans
 from .loading import load_base, load_tokenizer, pick_device
-from .training import callbacks, peak_memory_gib, trainer_config
+from .training import callbacks, peak_memory_gib, trainer_config, value_token_weights
 
 
 def pair_lengths(tokenizer, pair: dict) -> tuple[int, int]:
@@ -88,10 +90,27 @@ def field_completion_row(tokenizer, pair: dict) -> dict | None:
     return None if split is None else _tokenized_row(tokenizer, pair, split[1:])
 
 
-def dataset_rows(tokenizer, pairs: list[dict], completion: str) -> tuple[list[dict], int]:
+def value_weighted_row(tokenizer, pair: dict, value_names: Iterable[str], value_weight: float) -> dict:
+    """A pair as a tokenized DPO row of whole answers (as TRL tokenizes it) with `chosen_value_weights`: each
+    chosen completion token's weight in the `sft` term, `value_weight` on a field's value tokens (`null`, or value
+    and unit, as sft.value_weight weighs them), 1 on the rest, averaging 1 over the chosen completion."""
+    row = _tokenized_row(tokenizer, pair)
+    ids, first, offsets = _answer_tokens(tokenizer, pair["prompt"], pair["chosen"])
+    values = list(value_spans(pair["chosen"][0]["content"], value_names).values())
+    # completion tokens before the answer text (none under the usual chat templates) are no value's
+    completion = [offsets[k - first] if k >= first else (0, 0) for k in range(len(row["prompt_ids"]), len(ids))]
+    row["chosen_value_weights"] = value_token_weights(completion, values, [1] * len(completion), value_weight)
+    return row
+
+
+def dataset_rows(tokenizer, pairs: list[dict], completion: str, value_names: Iterable[str] = (),
+                 value_weight: float = 1.0) -> tuple[list[dict], int]:
     """The rows DPOTrainer trains on, and how many are field completions. `answer`: the pairs as they are (TRL
-    tokenizes them); `field`: each pair that differs in one field as field_completion_row, others whole."""
+    tokenizes them), or value_weighted_row with `value_weight` other than 1; `field`: each pair that differs in one
+    field as field_completion_row, others whole."""
     if completion == "answer":
+        if value_weight != 1.0:
+            return [value_weighted_row(tokenizer, p, value_names, value_weight) for p in pairs], 0
         return _trl_rows(pairs), 0
     rows = [field_completion_row(tokenizer, p) for p in pairs]
     return [r or _tokenized_row(tokenizer, p) for r, p in zip(rows, pairs)], sum(r is not None for r in rows)
@@ -121,9 +140,55 @@ def dpo_config(params: DPOParams, out_dir: Path, device: str, with_eval: bool):
         save_only_model=True)
 
 
+class _PolicyLogProbs:
+    """The model as DPOTrainer's loss calls it for the policy's forward (the reference's goes through the trainer's
+    own model), keeping that forward's per-token log-probabilities."""
+
+    def __init__(self, model):
+        self.model, self.log_probs = model, None
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        if self.log_probs is None:
+            self.log_probs = out.log_probs
+        return out
+
+
+class _ChosenWeightCollator:
+    """TRL's preference collator, and each row's `chosen_value_weights` placed where its chosen completion sits
+    (weight 0 elsewhere: prompts, rejected rows, padding)."""
+
+    def __init__(self, collator):
+        self.collator = collator
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if "chosen_value_weights" not in examples[0]:
+            return self.collator(examples)
+        batch = self.collator([{k: v for k, v in ex.items() if k != "chosen_value_weights"} for ex in examples])
+        weights = torch.zeros(batch["completion_mask"].shape, dtype=torch.float32)
+        for row, ex in enumerate(examples):
+            start, w = len(ex["prompt_ids"]), ex["chosen_value_weights"]
+            if len(w) != len(ex["chosen_ids"]) or start + len(w) > weights.shape[1]:
+                raise ValueError("dpo: value weights and chosen tokens differ in length (a truncated pair?)")
+            weights[row, start:start + len(w)] = torch.tensor(w)
+        batch["chosen_value_weights"] = weights
+        return batch
+
+
+def weighted_sft_term(log_probs: torch.Tensor, completion_mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """TRL's `sft` term, the chosen completions' mean negative log-likelihood per token, with each token weighted.
+    Rows are [chosen..., rejected...]; `log_probs` are per label token (shifted by one), so the weights are too."""
+    chosen = completion_mask.size(0) // 2
+    mask = completion_mask[:chosen, 1:].to(log_probs.dtype)
+    w = weights[:chosen, 1:].to(log_probs.dtype)
+    return -(log_probs[:chosen, -mask.size(1):] * w * mask).sum() / mask.sum().clamp_min(1)
+
+
 def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], val: list[dict], out_dir: Path,
-                      device: str, live=None):
-    """DPOTrainer over a PeftModel with the SFT adapter as `default`; TRL adds the frozen `ref` copy."""
+                      device: str, live=None, value_names: Iterable[str] = ()):
+    """DPOTrainer over a PeftModel with the SFT adapter as `default`; TRL adds the frozen `ref` copy. With
+    `params.value_weight` other than 1, the training loss's `sft` term weighs the chosen answers' value tokens
+    (weighted_sft_term); the preference terms and the eval loss are TRL's."""
     from datasets import Dataset
     from trl import DPOTrainer
 
@@ -133,13 +198,36 @@ def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], va
                 return dataset
             return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
 
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()
+            if "chosen_value_weights" not in self._signature_columns:   # else the Trainer drops the column unread
+                self._signature_columns = [*self._signature_columns, "chosen_value_weights"]
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            weights = inputs.pop("chosen_value_weights", None)
+            if weights is None:
+                return super()._compute_loss(model, inputs, return_outputs)
+            # TRL computes the other terms; the sft term is computed here from the same policy forward
+            types, term_weights = self.loss_types, self.loss_weights
+            k = types.index("sft")
+            self.loss_types, self.loss_weights = types[:k] + types[k + 1:], term_weights[:k] + term_weights[k + 1:]
+            policy = _PolicyLogProbs(model)
+            try:
+                result = super()._compute_loss(policy, inputs, return_outputs)
+            finally:
+                self.loss_types, self.loss_weights = types, term_weights
+            loss, outputs = result if return_outputs else (result, None)
+            loss = loss + term_weights[k] * weighted_sft_term(policy.log_probs, inputs["completion_mask"], weights)
+            return (loss, outputs) if return_outputs else loss
+
     hooks = callbacks(live, device)
-    train_rows, fields = dataset_rows(tokenizer, train, params.completion)
-    val_rows, _ = dataset_rows(tokenizer, val, params.completion)
+    train_rows, fields = dataset_rows(tokenizer, train, params.completion, value_names, params.value_weight)
+    val_rows, _ = dataset_rows(tokenizer, val, params.completion)   # the eval loss stays TRL's, unweighted
     trainer = Trainer(model=model, ref_model=None, args=dpo_config(params, out_dir, device, bool(val)),
                       train_dataset=Dataset.from_list(train_rows),
                       eval_dataset=Dataset.from_list(val_rows) if val else None,
                       processing_class=tokenizer, callbacks=hooks)
+    trainer.data_collator = _ChosenWeightCollator(trainer.data_collator)
     trainer.throughput = hooks[0]
     trainer.field_completions = fields
     return trainer
@@ -206,8 +294,9 @@ def logp_by_token_class(model, tokenizer, pairs: list[dict]) -> dict:
 
 
 def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict], base_dir: Path, sft_adapter: Path,
-              quantization: str, out_dir: Path, live_dir: Path | None) -> dict:
+              quantization: str, out_dir: Path, live_dir: Path | None, value_names: Iterable[str] = ()) -> dict:
     """Train and save the policy adapter (only `default`) to out_dir; returns a summary incl. the ref check.
+    `value_names`: the schema's fields, whose value tokens `params.value_weight` weighs in the `sft` term.
 
     Under DDP (torchrun / `accelerate launch --multi_gpu`) every process trains; rank 0 alone logs and saves."""
     from accelerate import PartialState
@@ -223,6 +312,8 @@ def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict]
         train = train[: params.max_pairs]
     if not train:
         raise ValueError(f"dpo: no preference pair fits max_length={max_len} / max_prompt_length={max_prompt}")
+    if (problem := params.value_weight_problem()) is not None:
+        raise ValueError(f"dpo.value_weight: {problem}")
     model = load_policy(base_dir, sft_adapter, quantization, device, params.attn_implementation)
     sft_weights = adapter_state(model, "default")
     live = None
@@ -231,7 +322,7 @@ def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict]
 
         live = Live(dir=str(live_dir), report=None, save_dvc_exp=False,
                     dvcyaml=None)  # metrics and plots are declared in dvc.yaml; tests must not edit it
-    trainer = build_dpo_trainer(model, tokenizer, params, train, val, out_dir, device, live)
+    trainer = build_dpo_trainer(model, tokenizer, params, train, val, out_dir, device, live, value_names)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()

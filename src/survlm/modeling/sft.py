@@ -23,7 +23,7 @@ from ..config import SFTParams, to_dict
 from ..confidence import value_spans
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
-from .training import callbacks, peak_memory_gib, trainer_config
+from .training import callbacks, peak_memory_gib, trainer_config, value_token_weights
 
 RUN_FILE = "run.json"
 
@@ -74,10 +74,7 @@ def tokenized_example(tokenizer, example: dict, spans: list, value_names: Iterab
     out = {"id": example["id"], "input_ids": list(ids), "completion_mask": mask}
     if value_weight != 1.0:
         values = [(at + a, at + b) for a, b in value_spans(answer, value_names).values()]
-        weights = [0.0 if not m else value_weight if any(s < b and a < e for a, b in values) else 1.0
-                   for m, (s, e) in zip(mask, enc["offset_mapping"])]
-        scale = sum(mask) / sum(weights) if sum(weights) else 1.0
-        out["value_weights"] = [w * scale for w in weights]
+        out["value_weights"] = value_token_weights(enc["offset_mapping"], values, mask, value_weight)
     return out
 
 

@@ -20,6 +20,16 @@ NOT_TRAINER = {"quantization", "max_train_notes", "eval_notes", "attn_implementa
                "max_prompt_length", "completion", "val_notes", "report", "value_weight"}
 
 
+def value_token_weights(offsets: list[tuple[int, int]], values: list[tuple[int, int]], in_loss: list[int],
+                        value_weight: float) -> list[float]:
+    """Each token's loss weight: `value_weight` for a loss token overlapping a field's value (character spans in
+    the offsets' coordinates), 1 for the other loss tokens, 0 outside the loss; scaled so that the loss tokens
+    average 1, so the loss keeps its scale and only its spread over the answer changes."""
+    weights = [0.0 if not m else value_weight if any(s < b and a < e for a, b in values) else 1.0
+               for m, (s, e) in zip(in_loss, offsets)]
+    scale = sum(in_loss) / sum(weights) if sum(weights) else 1.0
+    return [w * scale for w in weights]
+
 def device_args(params: TrainerParams, device: str) -> dict:
     """The TRL settings that depend on the device. On CUDA: bf16, paged 8-bit AdamW (optim `auto`), Liger kernels
     where asked for and installed, optional activation offloading, parallel dataset tokenizing. On CPU: fp32,

@@ -49,6 +49,8 @@ class Paths:
 
 def main(cfg: DPOParams, paths: Paths) -> None:
     sft, prepared = paths.sft, paths.prepared
+    if (problem := cfg.value_weight_problem()) is not None:
+        fail(f"params.yaml: dpo.value_weight: {problem}")
     if not (sft / "adapter_config.json").is_file():
         fail(f"{sft}: no SFT adapter to start DPO from")
     from ..modeling.dpo import train_dpo
@@ -60,17 +62,19 @@ def main(cfg: DPOParams, paths: Paths) -> None:
         sft_run = check_adapter_runs({"sft": sft}, paths.base, model_digest(paths.base), prepared, schema,
                                      system)["sft"]
     quantization = sft_run["quantization"]
+    fields = [f.name for f in schema]
 
     train_pairs = list(read_jsonl(paths.pairs / "train.jsonl"))
     eval_pairs = list(read_jsonl(paths.pairs / "eval.jsonl"))
     if not is_main_process():  # DDP: the other ranks train alongside rank 0 and write nothing
         with tempfile.TemporaryDirectory() as scratch:
-            train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, Path(scratch), None)
+            train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, Path(scratch), None, fields)
         return
     out = paths.out
     out.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir(out.with_name(out.name + "-train")) as train_dir:   # a killed run's is removed next time
-        summary = train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, train_dir, paths.live)
+        summary = train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, train_dir, paths.live,
+                            fields)
         print(f"dpo: {summary['steps']} steps on {summary['train_pairs']} pairs in {summary['train_seconds']} s; "
               f"ref adapter max |diff| from SFT {summary['ref_adapter_max_abs_diff_from_sft']}, "
               f"policy moved {summary['policy_max_abs_change']:.3g}; gold answers' log-prob changed by "

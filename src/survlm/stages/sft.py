@@ -5,12 +5,11 @@ Several GPUs: `python -m torch.distributed.run --nproc_per_node N -m survlm.stag
 --multi_gpu` (DDP; `sft.per_device_train_batch_size` is per GPU)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..artifacts import ArtifactError, write_json
-from ..config import SFTParams
+from ..config import SFTParams, value_weight_problem
 from .common import fail, failing_on, path_arg, run_stage
 
 
@@ -24,9 +23,8 @@ class Paths:
 
 
 def main(cfg: SFTParams, paths: Paths) -> None:
-    if not 0 < cfg.value_weight < math.inf:
-        fail("params.yaml: sft.value_weight: must be a number above 0 (1: every answer token alike), "
-             f"got {cfg.value_weight}")
+    if (problem := value_weight_problem(cfg.value_weight)) is not None:
+        fail(f"params.yaml: sft.value_weight: {problem}")
     from ..modeling.loading import is_main_process
     from ..modeling.sft import train_sft
 
