@@ -30,6 +30,7 @@ def value_token_weights(offsets: list[tuple[int, int]], values: list[tuple[int, 
     scale = sum(in_loss) / sum(weights) if sum(weights) else 1.0
     return [w * scale for w in weights]
 
+
 def device_args(params: TrainerParams, device: str) -> dict:
     """The TRL settings that depend on the device. On CUDA: bf16, paged 8-bit AdamW (optim `auto`), Liger kernels
     where asked for and installed, optional activation offloading, parallel dataset tokenizing. On CPU: fp32,
