@@ -30,7 +30,9 @@ def test_recipe_file_errors_name_the_recipe_and_key(tmp_path):
     for text, message in (("- name: a\n  dpo: {betta: 0.2}\n", "(a): dpo.betta: unknown key"),
                           ("- name: a\n  directions: [sideways]\n", "recipe 1.directions: sideways is no pair"),
                           ("- name: a\n- name: a\n", "recipe 2: name a is used twice"),
-                          ("- name: a\n  loss: ipo\n", "recipe 1: unknown key loss")):
+                          ("- name: a\n  loss: ipo\n", "recipe 1: unknown key loss"),
+                          ("- name: a\n  dpo: {value_weight: 4.0}\n",     # TINY_DPO's loss is sigmoid alone
+                           "recipe 1.dpo.value_weight: weighs the sft term's tokens, but loss_type ['sigmoid']")):
         path.write_text(text)
         with pytest.raises(ConfigError) as exc:
             bench.load_recipes(path, dict(TINY_DPO))
