@@ -4,6 +4,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 from conftest import (SODIUM_SCHEMA, TINY_DPO, TORCHRUN_2, dpo_params, pair, record, run_stage, run_stage_here,
                       sft_params, write_prepared)
 
@@ -108,7 +110,7 @@ def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, sft_adapter, tmp_
 def test_value_weighted_rows_weigh_the_chosen_answers_values(tiny_llama_dir):
     """dpo.value_weight: the rows are TRL's whole-answer rows, and each chosen completion token gets its weight in
     the sft term: `value_weight` on the field's value up to its evidence quote, 1 elsewhere, averaging 1."""
-    from survlm.modeling.dpo import _tokenized_row, value_weighted_row
+    from survlm.modeling.dpo import _tokenized_row, dataset_rows, value_weighted_row
     from survlm.modeling.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_llama_dir)
@@ -122,45 +124,62 @@ def test_value_weighted_rows_weigh_the_chosen_answers_values(tiny_llama_dir):
     assert len(set(weights[i] for i in heavy)) == 1 and abs(weights[heavy[0]] / weights[0] - 5.0) < 1e-9
     value = tok.decode([row["chosen_ids"][i] for i in heavy])
     assert "value" in value and "evidence" not in value and "sodium" not in value
+    with pytest.raises(ValueError, match="no field names"):            # else every weight would be 1
+        dataset_rows(tok, [p], "answer", (), 5.0)
 
 
 def test_dpo_trains_on_the_value_weighted_sft_term(tiny_llama_dir, sft_adapter):
-    """The training batch carries the weights through TRL's column filter and collator; the loss is the sigmoid
-    term plus the weighted sft term computed by hand from the policy's log-probs; the eval batches stay TRL's."""
+    """The training batch carries each pair's weights through TRL's column filter and collator to its own chosen
+    completion (pairs of different prompt and answer lengths); the loss is the sigmoid term plus the weighted sft
+    term computed by hand from the policy's log-probs, with a gradient of its own; the eval batches stay TRL's."""
     import torch
 
-    from survlm.modeling.dpo import build_dpo_trainer, load_policy
+    from survlm.modeling.dpo import build_dpo_trainer, load_policy, value_weighted_row
     from survlm.modeling.loading import load_tokenizer
 
     _, sft_adapter = sft_adapter
     tok = load_tokenizer(tiny_llama_dir)
+    longer = pair(1, "1499")
+    longer["prompt"] = [longer["prompt"][0], {**longer["prompt"][1],
+                                              "content": longer["prompt"][1]["content"] + " HD5 Na 139. HD6 Na 140."}]
+    longer["chosen"] = [{"role": "assistant",
+                         "content": '{"sodium_meq_l":{"value":"1380","unit":"mEq/L","evidence":"HD3 Na 1380 mEq/L"}}'}]
+    pairs = [pair(0, "150"), longer]
     params = dpo_params(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 2.0], value_weight=5.0,
                         per_device_train_batch_size=2)
-    trainer = build_dpo_trainer(load_policy(tiny_llama_dir, sft_adapter, "none", "cpu"), tok, params,
-                                [pair(0, "150"), pair(1, "1499")], [pair(5, "145")], Path("unused"), "cpu",
-                                value_names=["sodium_meq_l"])
+    trainer = build_dpo_trainer(load_policy(tiny_llama_dir, sft_adapter, "none", "cpu"), tok, params, pairs,
+                                [pair(5, "145")], Path("unused"), "cpu", value_names=["sodium_meq_l"])
     batch = next(iter(trainer.get_train_dataloader()))
     weights = batch["chosen_value_weights"].clone()
     assert weights.shape == batch["completion_mask"].shape and weights[2:].abs().sum() == 0   # rejected rows: 0
-    assert ((weights > 0) == batch["completion_mask"].bool())[:2].all() and weights.max() > 1
+    rows = {len(r["chosen_ids"]): r for r in (value_weighted_row(tok, p, ["sodium_meq_l"], 5.0) for p in pairs)}
+    assert len(rows) == 2                                                # the two chosen answers differ in length
+    for i in range(2):                                                   # each row's weights sit on its own answer
+        row = rows[int(batch["completion_mask"][i].sum())]
+        start = len(row["prompt_ids"])
+        assert weights[i, start:start + len(row["chosen_ids"])].tolist() == pytest.approx(row["chosen_value_weights"])
+        assert weights[i, :start].abs().sum() == 0 and weights[i, start + len(row["chosen_ids"]):].abs().sum() == 0
     model = trainer.model
-    model.eval()                                                       # no dropout: the three losses see one model
+    model.eval()                                                       # no dropout: the losses see one model
+    weighted = trainer.compute_loss(model, dict(batch))
+    plain = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "chosen_value_weights"})
+    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+    gap = torch.autograd.grad(weighted - plain, lora)                     # the weighted term trains the adapter
+    assert max(float(g.abs().max()) for g in gap) > 0
     with torch.no_grad():
-        weighted = trainer.compute_loss(model, dict(batch)).item()
-        plain = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "chosen_value_weights"}).item()
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:2, :-1]
         labels, mask = batch["input_ids"][:2, 1:], batch["completion_mask"][:2, 1:].float()
         logps = torch.log_softmax(logits.float(), -1).gather(-1, labels[..., None])[..., 0]
         nll_plain = -(logps * mask).sum() / mask.sum()
         nll_weighted = -(logps * mask * weights[:2, 1:]).sum() / mask.sum()
-    assert math.isclose(weighted, plain - 2.0 * nll_plain.item() + 2.0 * nll_weighted.item(), rel_tol=1e-4)
-    assert abs(weighted - plain) > 1e-3
+    # the two losses share every term but the sft one: their gap is that term's, weighted minus plain (a random
+    # model's NLL is near ln(vocab) on every token, so the gap is small and compared absolutely)
+    gap, by_hand = weighted.item() - plain.item(), 2.0 * (nll_weighted.item() - nll_plain.item())
+    assert abs(by_hand) > 2e-4 and abs(gap - by_hand) < 2e-5, (gap, by_hand)
     assert "chosen_value_weights" not in next(iter(trainer.get_eval_dataloader()))
 
 
 def test_dpo_stage_rejects_a_value_weight_it_cannot_apply(tmp_path, capsys):
-    import pytest
-
     from survlm.stages.dpo import Paths, main
 
     paths = Paths(*(tmp_path / n for n in ("p", "pairs", "b", "s", "o", "l", "m.json")))

@@ -110,7 +110,10 @@ def dataset_rows(tokenizer, pairs: list[dict], completion: str, value_names: Ite
     field as field_completion_row, others whole."""
     if completion == "answer":
         if value_weight != 1.0:
-            return [value_weighted_row(tokenizer, p, value_names, value_weight) for p in pairs], 0
+            names = list(value_names)
+            if not names:   # every weight would silently be 1
+                raise ValueError("dpo.value_weight: no field names given to find the answers' value tokens by")
+            return [value_weighted_row(tokenizer, p, names, value_weight) for p in pairs], 0
         return _trl_rows(pairs), 0
     rows = [field_completion_row(tokenizer, p) for p in pairs]
     return [r or _tokenized_row(tokenizer, p) for r, p in zip(rows, pairs)], sum(r is not None for r in rows)
