@@ -1,7 +1,6 @@
 """DPO with TRL's real DPOTrainer on a tiny random Llama: the SFT adapter is the trainable policy and TRL's
 frozen `ref` copy of it is the reference (one base model, nothing merged)."""
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -106,7 +105,6 @@ def test_sft_term_keeps_the_gold_answer_likely(tiny_llama_dir, sft_adapter, tmp_
     assert with_sft["gold_logp_change"] > plain["gold_logp_change"] + 1.0
 
 
-
 def test_value_weighted_rows_weigh_the_chosen_answers_values(tiny_llama_dir):
     """dpo.value_weight: the rows are TRL's whole-answer rows, and each chosen completion token gets its weight in
     the sft term: `value_weight` on the field's value up to its evidence quote, 1 elsewhere, averaging 1."""
@@ -163,7 +161,7 @@ def test_dpo_trains_on_the_value_weighted_sft_term(tiny_llama_dir, sft_adapter):
     model.eval()                                                       # no dropout: the losses see one model
     weighted = trainer.compute_loss(model, dict(batch))
     plain = trainer.compute_loss(model, {k: v for k, v in batch.items() if k != "chosen_value_weights"})
-    lora = [p for n, p in model.named_parameters() if p.requires_grad]
+    lora = [p for p in model.parameters() if p.requires_grad]
     gap = torch.autograd.grad(weighted - plain, lora)                     # the weighted term trains the adapter
     assert max(float(g.abs().max()) for g in gap) > 0
     with torch.no_grad():
@@ -193,6 +191,7 @@ def test_dpo_stage_rejects_a_value_weight_it_cannot_apply(tmp_path, capsys):
             main(params, paths)
         assert capsys.readouterr().err.strip() == f"params.yaml: dpo.value_weight: {problem}"
     assert not any(tmp_path.iterdir())
+
 
 def _with_age(p, chosen_age, rejected_age):
     """The pair with an age field after sodium in both answers."""
