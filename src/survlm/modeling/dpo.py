@@ -21,7 +21,7 @@ import torch
 from ..config import DPOParams
 from ..confidence import value_spans
 from .loading import load_base, load_tokenizer, pick_device
-from .training import callbacks, peak_memory_gib, trainer_config, value_token_weights
+from .training import TokenWeightCollator, callbacks, peak_memory_gib, trainer_config, value_token_weights
 
 
 def pair_lengths(tokenizer, pair: dict) -> tuple[int, int]:
@@ -157,27 +157,6 @@ class _PolicyLogProbs:
         return out
 
 
-class _ChosenWeightCollator:
-    """TRL's preference collator, and each row's `chosen_value_weights` placed where its chosen completion sits
-    (weight 0 elsewhere: prompts, rejected rows, padding)."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples: list[dict]) -> dict:
-        if "chosen_value_weights" not in examples[0]:
-            return self.collator(examples)
-        batch = self.collator([{k: v for k, v in ex.items() if k != "chosen_value_weights"} for ex in examples])
-        weights = torch.zeros(batch["completion_mask"].shape, dtype=torch.float32)
-        for row, ex in enumerate(examples):
-            start, w = len(ex["prompt_ids"]), ex["chosen_value_weights"]
-            if len(w) != len(ex["chosen_ids"]) or start + len(w) > weights.shape[1]:
-                raise ValueError("dpo: value weights and chosen tokens differ in length (a truncated pair?)")
-            weights[row, start:start + len(w)] = torch.tensor(w)
-        batch["chosen_value_weights"] = weights
-        return batch
-
-
 def weighted_sft_term(log_probs: torch.Tensor, completion_mask: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """TRL's `sft` term, the chosen completions' mean negative log-likelihood per token, with each token weighted.
     Rows are [chosen..., rejected...]; `log_probs` are per label token (shifted by one), so the weights are too."""
@@ -230,7 +209,9 @@ def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], va
                       train_dataset=Dataset.from_list(train_rows),
                       eval_dataset=Dataset.from_list(val_rows) if val else None,
                       processing_class=tokenizer, callbacks=hooks)
-    trainer.data_collator = _ChosenWeightCollator(trainer.data_collator)
+    # each row's weights on its chosen completion, which TRL's collator puts after the row's prompt
+    trainer.data_collator = TokenWeightCollator(trainer.data_collator, "chosen_value_weights", "completion_mask",
+                                                "chosen_ids", before="prompt_ids")
     trainer.throughput = hooks[0]
     trainer.field_completions = fields
     return trainer

@@ -23,7 +23,7 @@ from ..config import SFTParams, to_dict
 from ..confidence import value_spans
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
-from .training import callbacks, peak_memory_gib, trainer_config, value_token_weights
+from .training import TokenWeightCollator, callbacks, peak_memory_gib, trainer_config, value_token_weights
 
 RUN_FILE = "run.json"
 
@@ -144,25 +144,6 @@ class _WeightedLogProbs:
         return out
 
 
-class _ValueWeightCollator:
-    """TRL's collator, and each example's `value_weights` padded as its labels are (weight 0 on padding)."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def __call__(self, examples: list[dict]) -> dict:
-        if "value_weights" not in examples[0]:
-            return self.collator(examples)
-        batch = self.collator([{k: v for k, v in ex.items() if k != "value_weights"} for ex in examples])
-        weights = torch.zeros(batch["input_ids"].shape, dtype=torch.float32)
-        for row, ex in enumerate(examples):
-            if len(ex["value_weights"]) != len(ex["input_ids"]):
-                raise ValueError("sft: value weights and tokens differ in length (a truncated example?)")
-            weights[row, :len(ex["value_weights"])] = torch.tensor(ex["value_weights"])
-        batch["value_weights"] = weights
-        return batch
-
-
 def _trainer_class(value_weighted: bool):
     from trl import SFTTrainer
 
@@ -200,7 +181,7 @@ def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: l
         eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
         peft_config=lora_config(params.lora), callbacks=hooks)
     if weighted:
-        trainer.data_collator = _ValueWeightCollator(trainer.data_collator)
+        trainer.data_collator = TokenWeightCollator(trainer.data_collator, "value_weights", "input_ids", "input_ids")
     trainer.throughput = hooks[0]
     return trainer
 

@@ -31,6 +31,28 @@ def value_token_weights(offsets: list[tuple[int, int]], values: list[tuple[int, 
     return [w * scale for w in weights]
 
 
+
+class TokenWeightCollator:
+    """A TRL collator, and each example's per-token loss weights (`key`, one per token of its `tokens` list) placed
+    in a tensor shaped as the batch's `like`, on the positions of those tokens: after the example's `before` tokens
+    where given. Weight 0 elsewhere (padding, prompts, the rows of other sequences)."""
+
+    def __init__(self, collator, key: str, like: str, tokens: str, before: str | None = None):
+        self.collator, self.key, self.like, self.tokens, self.before = collator, key, like, tokens, before
+
+    def __call__(self, examples: list[dict]) -> dict:
+        if self.key not in examples[0]:
+            return self.collator(examples)
+        batch = self.collator([{k: v for k, v in ex.items() if k != self.key} for ex in examples])
+        weights = torch.zeros(batch[self.like].shape, dtype=torch.float32)
+        for row, ex in enumerate(examples):
+            start, w = len(ex[self.before]) if self.before else 0, ex[self.key]
+            if len(w) != len(ex[self.tokens]) or start + len(w) > weights.shape[1]:
+                raise ValueError(f"{self.key}: weights and tokens differ in length (a truncated example?)")
+            weights[row, start:start + len(w)] = torch.tensor(w)
+        batch[self.key] = weights
+        return batch
+
 def device_args(params: TrainerParams, device: str) -> dict:
     """The TRL settings that depend on the device. On CUDA: bf16, paged 8-bit AdamW (optim `auto`), Liger kernels
     where asked for and installed, optional activation offloading, parallel dataset tokenizing. On CPU: fp32,
