@@ -31,7 +31,6 @@ def value_token_weights(offsets: list[tuple[int, int]], values: list[tuple[int, 
     return [w * scale for w in weights]
 
 
-
 class TokenWeightCollator:
     """A TRL collator, and each example's per-token loss weights (`key`, one per token of its `tokens` list) placed
     in a tensor shaped as the batch's `like`, on the positions of those tokens: after the example's `before` tokens
