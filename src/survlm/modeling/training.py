@@ -52,6 +52,7 @@ class TokenWeightCollator:
         batch[self.key] = weights
         return batch
 
+
 def device_args(params: TrainerParams, device: str) -> dict:
     """The TRL settings that depend on the device. On CUDA: bf16, paged 8-bit AdamW (optim `auto`), Liger kernels
     where asked for and installed, optional activation offloading, parallel dataset tokenizing. On CPU: fp32,
