@@ -126,7 +126,8 @@ def main(cfg: InferParams, paths: Paths) -> None:
         backend.close()
 
     summary: dict = {"backend": backend.name, "engine_start_s": round(started, 1),
-                     "generation_s": round(sum(seconds.values()), 1), "beam_search_s": round(seconds["beam_search"], 1),
+                     # milliseconds: a short beam-search group would round to zero at a tenth of a second
+                     "generation_s": round(sum(seconds.values()), 3), "beam_search_s": round(seconds["beam_search"], 3),
                      "tasks": {}}
     for task in tasks:
         rows = list(read_jsonl(task.out_path))
