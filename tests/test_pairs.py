@@ -112,17 +112,18 @@ def test_never_rejected_equal_to_chosen(schema, cases):
 
 
 def test_answer_tokens_are_classed_by_field_and_null():
-    from survlm.pairs import (aggregate_logp_changes, char_classes, class_sums, differing_fields, token_classes,
-                              value_spans)
+    from survlm.extraction import answer_members
+    from survlm.pairs import aggregate_logp_changes, char_classes, class_sums, differing_fields, token_classes
 
     age = {"value": "70", "unit": None, "evidence": "70 y"}
     chosen = compact_json({"age": age, "ph": None, "bun_mg_dl": {"value": "20", "unit": None, "evidence": "BUN 20"}})
     rejected = compact_json({"age": age, "ph": {"value": "7.3", "unit": None, "evidence": "pH 7.3"},
                              "bun_mg_dl": {"value": "20", "unit": None, "evidence": "BUN 20"}})
-    spans = value_spans(chosen)
+    spans = answer_members(chosen)
     assert {k: chosen[s:e] for k, (s, e, _) in spans.items()} == {
         "age": compact_json(age), "ph": "null", "bun_mg_dl": '{"value":"20","unit":null,"evidence":"BUN 20"}'}
-    assert list(value_spans('{"age":null,"ph":{"va')) == ["age"] and value_spans("oops") == {}
+    assert list(answer_members('{"age":null,"ph":{"va')) == ["age"] and answer_members("oops") == {}
+    assert list(answer_members('```json\n{"age":null}```')) == ["age"]   # the first object, after chatter
     assert differing_fields(chosen, rejected) == {"ph"}
     assert differing_fields(chosen, chosen[:20]) == {"age", "ph", "bun_mg_dl"}   # cut off: nothing shared
     ph = chosen.index('"ph":null') + 5

@@ -13,48 +13,24 @@ abstention never scores below the raw answers on the notes it was chosen on. Pur
 """
 from __future__ import annotations
 
-import json
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
 from typing import Iterable
 
-from .extraction import FieldResult
+from .extraction import FieldResult, answer_members
 from .predictions import result_from_json, result_to_json
-
-_DECODER = json.JSONDecoder()
 
 
 def value_spans(text: str, names: Iterable[str]) -> dict[str, tuple[int, int]]:
-    """Character span of each top-level field's value in a JSON answer, cut before its `"evidence"` key.
-
-    Reads the first JSON object of `text` member by member; a field that cannot be read is left out."""
+    """Character span of each named top-level field's value in a JSON answer, cut before its `"evidence"` key
+    (extraction.answer_members reads the answer; a field that cannot be read is left out)."""
     wanted = set(names)
-    spans: dict[str, tuple[int, int]] = {}
-    start = text.find("{")
-    if start < 0:
-        return spans
-    pos = start + 1
-    n = len(text)
-    while pos < n:
-        while pos < n and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= n or text[pos] == "}":
-            break
-        try:
-            key, pos = _DECODER.raw_decode(text, pos)
-        except ValueError:
-            break
-        while pos < n and text[pos] in " \t\r\n:":
-            pos += 1
-        try:
-            value, end = _DECODER.raw_decode(text, pos)
-        except ValueError:
-            break
-        if isinstance(key, str) and key in wanted:
-            cut = text.find('"evidence"', pos, end) if isinstance(value, dict) else -1
-            spans[key] = (pos, cut if cut > pos else end)
-        pos = end
+    spans = {}
+    for key, (start, end, value) in answer_members(text).items():
+        if key in wanted:
+            cut = text.find('"evidence"', start, end) if isinstance(value, dict) else -1
+            spans[key] = (start, cut if cut > start else end)
     return spans
 
 

@@ -134,6 +134,33 @@ def _recover_fields(text: str, names: list[str]) -> dict[str, Any]:
     return found
 
 
+def answer_members(text: str) -> dict[str, tuple[int, int, Any]]:
+    """Each top-level member of the first JSON object in `text`: key -> (start, end, value) of its value's
+    characters. Lenient: reading stops at the first member that is not JSON, so an answer cut off or malformed
+    keeps the members before that point."""
+    members: dict[str, tuple[int, int, Any]] = {}
+    pos = text.find("{")
+    if pos < 0:
+        return members
+    pos += 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "}":
+            return members
+        try:
+            key, pos = _DECODER.raw_decode(text, pos)
+            while pos < len(text) and text[pos] in " \t\r\n:":
+                pos += 1
+            start = pos
+            value, pos = _DECODER.raw_decode(text, pos)
+        except ValueError:
+            return members
+        if not isinstance(key, str):
+            return members
+        members[key] = (start, pos, value)
+
+
 def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str, FieldResult]:
     """Total parser: any model output -> one FieldResult per schema field.
 

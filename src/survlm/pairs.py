@@ -24,7 +24,7 @@ import random
 from typing import Any
 
 from .artifacts import chat_prompt, note_of, target_of
-from .extraction import compact_json, parse_answer
+from .extraction import answer_members, compact_json, parse_answer
 from .metrics import FieldMention, field_errors, is_correct, mentions_by_field
 from .schema import Schema
 from .units import UnitError, resolve_unit
@@ -101,7 +101,7 @@ def single_field_rejections(schema: Schema, gold: dict, target: dict, text: str,
     """(field, error tags, rejected text) for each wrong field of a model answer: the gold answer with that one
     field as the model wrote it. Kept only where scoring gives an error on that field alone; a field the answer
     never got to (cut off) gives none."""
-    spans = value_spans(text)
+    spans = answer_members(text)
     out = []
     for name in answer_errors(schema, gold, text, note, meta):
         if name not in spans:
@@ -222,7 +222,7 @@ def pair_direction(chosen: str, rejected: str) -> str:
     """value_to_null: where they differ, the rejected answer writes null for a value the gold has (such pairs
     push `null` down); null_to_value: it writes a value where the gold is null (they push `null` up); mixed:
     both; value_to_value: neither (a wrong value, unit, category, or an answer cut off)."""
-    a, b = value_spans(chosen), value_spans(rejected)
+    a, b = answer_members(chosen), answer_members(rejected)
     drop = add = False
     for k in differing_fields(chosen, rejected):
         if k in a and k in b:
@@ -286,38 +286,11 @@ def summarize(pairs: list[dict]) -> dict[str, Any]:
 # --- Where DPO moves probability: answer tokens by class -------------------------------------------------------
 
 TOKEN_CLASSES = ("differing_field", "shared_fields", "null_values", "other_values", "structure", "answer")
-_DECODER = json.JSONDecoder()
-
-
-def value_spans(text: str) -> dict[str, tuple[int, int, Any]]:
-    """Top-level field -> (start, end, value) of its value's characters in a JSON-object answer. Lenient:
-    an answer that stops being JSON (cut off, malformed) keeps the fields parsed before that point."""
-    spans: dict[str, tuple[int, int, Any]] = {}
-    pos = len(text) - len(text.lstrip())
-    if not text.startswith("{", pos):
-        return spans
-    pos += 1
-    while True:
-        while pos < len(text) and text[pos] in " \t\r\n,":
-            pos += 1
-        if pos >= len(text) or text[pos] == "}":
-            return spans
-        try:
-            key, pos = _DECODER.raw_decode(text, pos)
-            while pos < len(text) and text[pos] in " \t\r\n:":
-                pos += 1
-            start = pos
-            value, pos = _DECODER.raw_decode(text, pos)
-        except ValueError:
-            return spans
-        if not isinstance(key, str):
-            return spans
-        spans[key] = (start, pos, value)
 
 
 def differing_fields(chosen: str, rejected: str) -> set[str]:
     """Fields whose parsed value differs between the two answers (a field one answer lacks differs)."""
-    a, b = value_spans(chosen), value_spans(rejected)
+    a, b = answer_members(chosen), answer_members(rejected)
     return {k for k in set(a) | set(b) if k not in a or k not in b or a[k][2] != b[k][2]}
 
 
@@ -329,7 +302,7 @@ def field_completion(chosen: str, rejected: str) -> tuple[str, tuple[int, int], 
     if len(differing) != 1:
         return None
     (name,) = differing
-    a, b = value_spans(chosen), value_spans(rejected)
+    a, b = answer_members(chosen), answer_members(rejected)
     if name not in a or name not in b or chosen[:a[name][0]] != rejected[:b[name][0]]:
         return None
     return name, a[name][:2], b[name][:2]
@@ -338,7 +311,7 @@ def field_completion(chosen: str, rejected: str) -> tuple[str, tuple[int, int], 
 def char_classes(text: str, differing: set[str]) -> list[tuple[int, int, str, str]]:
     """(start, end, "differing_field" | "shared_fields", "null_values" | "other_values") per field value."""
     return [(s, e, "differing_field" if k in differing else "shared_fields",
-             "null_values" if v is None else "other_values") for k, (s, e, v) in value_spans(text).items()]
+             "null_values" if v is None else "other_values") for k, (s, e, v) in answer_members(text).items()]
 
 
 def token_classes(offsets: list[tuple[int, int]], spans: list[tuple[int, int, str, str]]) -> list[tuple[str, ...]]:
