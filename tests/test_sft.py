@@ -90,6 +90,39 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
     assert math.isfinite(summary2["train_loss"]) and summary2["train_examples"] == 3
 
 
+def test_batched_tokenization_is_trls_per_example(tiny_llama_dir, monkeypatch):
+    """Notes of different lengths in batches of 2: each row has TRL's own ids and completion mask (its tokenizer
+    through the chat template, per example), with that example's masked characters and value weights; a long
+    example is dropped, not truncated."""
+    from trl.data_utils import _tokenize, common_prefix_length
+
+    from survlm.modeling import sft
+    from survlm.modeling.loading import load_tokenizer
+
+    monkeypatch.setattr(sft, "TOKENIZE_BATCH", 2)
+    tok = load_tokenizer(tiny_llama_dir)
+    rows = [record(i, note="HD1 Na 131. " * (1 + 7 * i) + "HD3 Na 138.") for i in range(5)]
+    examples = [sft.prompt_completion(r, SODIUM_PROMPT) for r in rows]
+    answer = examples[0]["completion"][0]["content"]
+    evidence = (answer.index("Na 138"), answer.index("Na 138") + 6)
+    spans = [[], [evidence], [], [], [evidence]]   # examples 1 and 4, in the first and the last batch
+    out = sft.tokenized_examples(tok, examples, spans, ["sodium_meq_l"], 3.0)
+    for ex, row, masked in zip(examples, out, spans):
+        prompt = _tokenize(tok, ex["prompt"], add_generation_prompt=True)["input_ids"]
+        ids = _tokenize(tok, ex["prompt"] + ex["completion"])["input_ids"]
+        n = common_prefix_length(prompt, ids)
+        assert row["id"] == ex["id"] and row["input_ids"] == list(ids)
+        trained = tok.decode([t for t, m in zip(ids, row["completion_mask"]) if m])
+        assert row["completion_mask"][:n] == [0] * n and ("Na 138" in trained) == (not masked)
+        assert (0 in row["completion_mask"][n:]) == bool(masked)   # else every answer token is trained
+        assert math.isclose(sum(row["value_weights"]), sum(row["completion_mask"]))
+        assert all(w == 0 for w, m in zip(row["value_weights"], row["completion_mask"]) if not m)
+    lengths = [len(r["input_ids"]) for r in out]
+    kept, dropped = sft.fitting_examples(out, lengths[3])
+    assert [r["id"] for r in kept] == ["n0", "n1", "n2", "n3"] and dropped == 1
+    assert [len(r["input_ids"]) for r in kept] == lengths[:4]
+
+
 def test_value_weights_move_the_loss_onto_field_values(tiny_llama_dir):
     from survlm.modeling.loading import load_tokenizer
     from survlm.modeling.sft import tokenized_example, prompt_completion

@@ -35,16 +35,28 @@ def prompt_completion(row: dict, system: str) -> dict:
 
 
 def example_lengths(tokenizer, example: dict) -> tuple[int, int]:
-    prompt = tokenizer.apply_chat_template(example["prompt"], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
-    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    return n_prompt, len(tokenizer(full, add_special_tokens=False)["input_ids"])
+    """(prompt tokens, all tokens) of one prompt/completion example, as sft trains on it."""
+    mask = tokenized_example(tokenizer, example, [])["completion_mask"]
+    return (mask.index(1) if 1 in mask else len(mask)), len(mask)
 
 
 def tokenized_example(tokenizer, example: dict, spans: list, value_names: Iterable[str] = (),
                       value_weight: float = 1.0) -> dict:
-    """A prompt/completion example tokenized as TRL tokenizes it, with the answer's placeholder characters
-    (`loss_mask` spans of a user record: unlabelled fields, evidence that was not located) out of the loss.
+    """One example as tokenized_examples tokenizes it."""
+    return tokenized_examples(tokenizer, [example], [spans], value_names, value_weight)[0]
+
+
+# examples per batched tokenizer call: the tokenizer spreads a batch over the CPU cores, and a bounded batch bounds
+# the memory that the offsets of long notes take
+TOKENIZE_BATCH = 256
+
+
+def tokenized_examples(tokenizer, examples: list[dict], spans: list[list] | None = None,
+                       value_names: Iterable[str] = (), value_weight: float = 1.0) -> list[dict]:
+    """Prompt/completion examples tokenized as TRL tokenizes them: the chat template's text, the completion starting
+    where the tokenized prompt and the tokenized prompt + answer part. Each note is tokenized once with its answer
+    and once as the prompt, in batches. The answer's characters in `spans` (a user record's `loss_mask`:
+    unlabelled fields, evidence that was not located) leave the loss.
 
     With `value_weight` other than 1, `value_weights` gives each loss token its weight: `value_weight` for the
     tokens of a field's value up to its evidence quote (`null`, or `{"value":...,"unit":...,` as
@@ -52,40 +64,44 @@ def tokenized_example(tokenizer, example: dict, spans: list, value_names: Iterab
     for the rest of the answer (field names, the punctuation between fields, evidence quotes), scaled so that they
     average 1 over the example's loss tokens.
     The loss keeps its scale and its token count; only its spread over the answer changes."""
-    messages = example["prompt"] + example["completion"]
-    prompt_ids = tokenizer.apply_chat_template(example["prompt"], tokenize=True, return_dict=True,
-                                               add_generation_prompt=True)["input_ids"]
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if list(enc["input_ids"]) != list(ids):
-        raise ValueError(f"record {example['id']}: the chat template's text does not tokenize to its ids; "
-                         "cannot place the answer's masked spans")
-    n_prompt = 0
-    while n_prompt < min(len(prompt_ids), len(ids)) and prompt_ids[n_prompt] == ids[n_prompt]:
-        n_prompt += 1
-    answer = example["completion"][0]["content"]
-    at = text.rfind(answer)
-    spans = [(at + a, at + b) for a, b in spans]
-    mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
-    for k, (s, e) in enumerate(enc["offset_mapping"]):
-        if k >= n_prompt and any(s < b and a < e for a, b in spans):
-            mask[k] = 0
-    out = {"id": example["id"], "input_ids": list(ids), "completion_mask": mask}
-    if value_weight != 1.0:
-        values = [(at + a, at + b) for a, b in value_spans(answer, value_names).values()]
-        out["value_weights"] = value_token_weights(enc["offset_mapping"], values, mask, value_weight)
+    spans = spans if spans is not None else [[] for _ in examples]
+    names = list(value_names)
+    out = []
+    for lo in range(0, len(examples), TOKENIZE_BATCH):
+        batch = examples[lo:lo + TOKENIZE_BATCH]
+        prompts = [tokenizer.apply_chat_template(ex["prompt"], tokenize=False, add_generation_prompt=True)
+                   for ex in batch]
+        texts = [tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=False) for ex in batch]
+        full = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        if lo == 0 and batch:   # TRL's ids come from apply_chat_template(tokenize=True): the same, or refuse
+            ex = batch[0]
+            ids = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True,
+                                                return_dict=True)["input_ids"]
+            if list(ids) != list(full["input_ids"][0]):
+                raise ValueError(f"record {ex['id']}: the chat template's text does not tokenize to its ids; "
+                                 "cannot place the answer's masked spans")
+        for k, ex in enumerate(batch):
+            ids, offsets, text = list(full["input_ids"][k]), full["offset_mapping"][k], texts[k]
+            n_prompt = len(prompt_ids[k])
+            if ids[:n_prompt] != prompt_ids[k]:   # the prompt's tokens part from the full text's: their common prefix
+                n_prompt = next(t for t, (a, b) in enumerate(zip(prompt_ids[k] + [None], ids + [None])) if a != b)
+            answer = ex["completion"][0]["content"]
+            at = text.rfind(answer)
+            masked = [(at + a, at + b) for a, b in spans[lo + k]]
+            mask = [0] * n_prompt + [1] * (len(ids) - n_prompt)
+            if masked:
+                for t, (s, e) in enumerate(offsets):
+                    if t >= n_prompt and any(s < b and a < e for a, b in masked):
+                        mask[t] = 0
+            row = {"id": ex["id"], "input_ids": ids, "completion_mask": mask}
+            if value_weight != 1.0:
+                values = [(at + a, at + b) for a, b in value_spans(answer, names).values()]
+                # prompt tokens weigh 0 either way; only the answer's tokens are looked at
+                row["value_weights"] = [0.0] * n_prompt + value_token_weights(offsets[n_prompt:], values,
+                                                                              mask[n_prompt:], value_weight)
+            out.append(row)
     return out
-
-
-def tokenized_examples(tokenizer, examples: list[dict], rows: list[dict], value_names: Iterable[str] = (),
-                       value_weight: float = 1.0) -> list[dict]:
-    """All examples pre-tokenized when any record masks part of its answer or value tokens are weighted (a dataset
-    is tokenized or not); else TRL tokenizes the prompt/completion examples itself."""
-    spans = {r["id"]: r.get("loss_mask") or [] for r in rows}
-    if not any(spans.values()) and value_weight == 1.0:
-        return examples
-    return [tokenized_example(tokenizer, ex, spans[ex["id"]], value_names, value_weight) for ex in examples]
 
 
 def _fingerprint(params: SFTParams, quantization: str, files: list[Path], base_dir: Path) -> str:
@@ -109,16 +125,10 @@ def training_rows(prepared_dir: Path, limit: int | None) -> list[dict]:
     return rows
 
 
-def select_examples(tokenizer, rows: list[dict], max_length: int, system: str) -> tuple[list[dict], int]:
-    """Examples that fit `max_length` whole; the rest are dropped and counted, never truncated."""
-    kept, dropped = [], 0
-    for row in rows:
-        ex = prompt_completion(row, system)
-        if example_lengths(tokenizer, ex)[1] <= max_length:
-            kept.append(ex)
-        else:
-            dropped += 1
-    return kept, dropped
+def fitting_examples(examples: list[dict], max_length: int) -> tuple[list[dict], int]:
+    """The tokenized examples that fit `max_length` whole; the rest are dropped and counted, never truncated."""
+    kept = [ex for ex in examples if len(ex["input_ids"]) <= max_length]
+    return kept, len(examples) - len(kept)
 
 
 def sft_config(params: SFTParams, out_dir: Path, device: str, with_eval: bool):
@@ -171,7 +181,7 @@ def _trainer_class(value_weighted: bool):
 def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: list[dict], out_dir: Path, device: str,
                   live=None):
     """SFTTrainer over `model` (wrapped with a fresh LoRA adapter); `trainer.throughput` has tokens/s per step.
-    Training examples with `value_weights` (tokenized_example) train on the weighted loss."""
+    Training examples with `value_weights` (tokenized_examples) train on the weighted loss."""
     from datasets import Dataset
 
     weighted = any("value_weights" in ex for ex in train)
@@ -262,11 +272,13 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     no_target = sum(not has_target(r) for r in train_rows)
     train_rows = [r for r in train_rows if has_target(r)]
     val_rows = [r for r in val_rows if has_target(r)]
-    train, dropped_train = select_examples(tokenizer, train_rows, max_length, system)
-    val, dropped_val = select_examples(tokenizer, val_rows, max_length, system)
     # value weights shape the training loss only: the eval loss stays the plain token mean, comparable across runs
-    train = tokenized_examples(tokenizer, train, train_rows, [f.name for f in schema], params.value_weight)
-    val = tokenized_examples(tokenizer, val, val_rows)
+    train, dropped_train = fitting_examples(tokenized_examples(
+        tokenizer, [prompt_completion(r, system) for r in train_rows], [r.get("loss_mask") or [] for r in train_rows],
+        [f.name for f in schema], params.value_weight), max_length)
+    val, dropped_val = fitting_examples(tokenized_examples(
+        tokenizer, [prompt_completion(r, system) for r in val_rows], [r.get("loss_mask") or [] for r in val_rows]),
+        max_length)
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
 
