@@ -84,10 +84,35 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
     assert logged["tokens_per_s"] > 0 and "loss" in logged["eval"]
     assert len((live / "plots" / "metrics" / "loss.tsv").read_text().splitlines()) >= 1 + 6
 
+    # The same run once more (a forced repro): it finished, so it trains anew, keeping a whole summary and curves.
+    again = sft.train_sft(sft_params(), prepared, tiny_llama_dir, out, live)
+    assert again["resumed_from"] is None and again["steps"] == 6 and again["train_seconds"] > 0
+    assert len((live / "plots" / "metrics" / "loss.tsv").read_text().splitlines()) >= 1 + 6
+
     # Different params (here the value-weighted loss too): the stale checkpoints are not resumed.
     summary2 = sft.train_sft(sft_params(max_steps=2, value_weight=3.0), prepared, tiny_llama_dir, out, live)
     assert summary2["resumed_from"] is None and summary2["checkpoints"] == ["checkpoint-2"]
     assert math.isfinite(summary2["train_loss"]) and summary2["train_examples"] == 3
+
+
+def test_checkpoints_of_other_code_are_not_resumed(prepared, tiny_llama_dir, tmp_path, monkeypatch):
+    from survlm.hashing import source_digest
+    from survlm.modeling import sft
+
+    package = tmp_path / "package"
+    (package / "__pycache__").mkdir(parents=True)
+    (package / "loss.py").write_text("WEIGHT = 1\n")
+    before = source_digest(package)
+    (package / "__pycache__" / "loss.cpython-311.pyc").write_bytes(b"compiled")
+    assert source_digest(package) == before                   # byte code is not source
+    (package / "loss.py").write_text("WEIGHT = 2\n")
+    assert source_digest(package) != before
+
+    files = [prepared / "train.jsonl"]
+    fingerprint = sft._fingerprint(sft_params(), "none", files, tiny_llama_dir)
+    assert sft._fingerprint(sft_params(), "none", files, tiny_llama_dir) == fingerprint
+    monkeypatch.setattr(sft, "source_digest", lambda: "other code")
+    assert sft._fingerprint(sft_params(), "none", files, tiny_llama_dir) != fingerprint
 
 
 def test_batched_tokenization_is_trls_per_example(tiny_llama_dir, monkeypatch):

@@ -21,6 +21,7 @@ from ..artifacts import (PROMPT_FILE, adapter_run, chat_messages, first_records,
                          write_adapter_run)
 from ..config import SFTParams, to_dict
 from ..confidence import value_spans
+from ..hashing import source_digest
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
 from .training import TokenWeightCollator, callbacks, peak_memory_gib, trainer_config, value_token_weights
@@ -105,9 +106,10 @@ def tokenized_examples(tokenizer, examples: list[dict], spans: list[list] | None
 
 
 def _fingerprint(params: SFTParams, quantization: str, files: list[Path], base_dir: Path) -> str:
-    """Params, data and the base model's files: checkpoints of another base (even one with the same
-    config.json) are never resumed."""
-    h = hashlib.sha256(json.dumps({"params": to_dict(params), "quantization": quantization}, sort_keys=True).encode())
+    """Params, data, the base model's files and survlm's code: checkpoints of another base (even one with the same
+    config.json) or of other code are never resumed."""
+    h = hashlib.sha256(json.dumps({"params": to_dict(params), "quantization": quantization,
+                                   "code": source_digest()}, sort_keys=True).encode())
     for f in files:
         h.update(hashlib.sha256(f.read_bytes()).digest())
     h.update(model_digest(base_dir).encode())
@@ -250,7 +252,9 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     run_file = out_dir / RUN_FILE
     previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
     resume = None
-    if previous.get("fingerprint") == fingerprint and out_dir.is_dir():
+    # a run that finished is trained anew (a forced repro): "resuming" at its end would train nothing and log
+    # a summary and curves of nothing
+    if previous.get("fingerprint") == fingerprint and not previous.get("complete") and out_dir.is_dir():
         resume = last_complete_checkpoint(out_dir)
     state = PartialState()  # joins the process group when launched on several GPUs (DDP); else one process
     # the launcher's RANK as well: a worker whose process group is not up must still not write rank 0's files
