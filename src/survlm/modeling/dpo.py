@@ -21,7 +21,8 @@ import torch
 from ..config import DPOParams
 from ..confidence import value_spans
 from .loading import load_base, load_tokenizer, pick_device
-from .training import TokenWeightCollator, callbacks, peak_memory_gib, trainer_config, value_token_weights
+from .training import (TokenWeightCollator, callbacks, common_prefix, peak_memory_gib, trainer_config,
+                       value_token_weights)
 
 
 def pair_lengths(tokenizer, pair: dict) -> tuple[int, int]:
@@ -51,15 +52,6 @@ def _trl_rows(pairs: list[dict]) -> list[dict]:
     return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _tokenized_row(tokenizer, pair: dict, spans: tuple | None = None) -> dict:
     """A pair as a tokenized DPO row. Without `spans`, as TRL tokenizes a conversational pair: each whole answer,
     end of turn included, is the completion. With (chosen, rejected) character spans of one field's value, the
@@ -76,7 +68,7 @@ def _tokenized_row(tokenizer, pair: dict, spans: tuple | None = None) -> dict:
         sides.append((ids, lo, hi))
     (chosen, c_lo, c_hi), (rejected, r_lo, r_hi) = sides
     # where a token joins the completion to the text before it, both sides keep it in their completion
-    n = min(c_lo, r_lo, _common_prefix(chosen, rejected))
+    n = min(c_lo, r_lo, common_prefix(chosen, rejected))
     return {"prompt_ids": chosen[:n], "chosen_ids": chosen[n:c_hi], "rejected_ids": rejected[n:r_hi]}
 
 

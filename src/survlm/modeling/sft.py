@@ -24,7 +24,8 @@ from ..confidence import value_spans
 from ..hashing import source_digest
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
-from .training import TokenWeightCollator, callbacks, peak_memory_gib, trainer_config, value_token_weights
+from .training import (TokenWeightCollator, callbacks, common_prefix, peak_memory_gib, trainer_config,
+                       value_token_weights)
 
 RUN_FILE = "run.json"
 
@@ -84,9 +85,7 @@ def tokenized_examples(tokenizer, examples: list[dict], spans: list[list] | None
                                  "cannot place the answer's masked spans")
         for k, ex in enumerate(batch):
             ids, offsets, text = list(full["input_ids"][k]), full["offset_mapping"][k], texts[k]
-            n_prompt = len(prompt_ids[k])
-            if ids[:n_prompt] != prompt_ids[k]:   # the prompt's tokens part from the full text's: their common prefix
-                n_prompt = next(t for t, (a, b) in enumerate(zip(prompt_ids[k] + [None], ids + [None])) if a != b)
+            n_prompt = common_prefix(prompt_ids[k], ids)
             answer = ex["completion"][0]["content"]
             at = text.rfind(answer)
             masked = [(at + a, at + b) for a, b in spans[lo + k]]

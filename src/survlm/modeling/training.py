@@ -20,6 +20,15 @@ NOT_TRAINER = {"quantization", "max_train_notes", "eval_notes", "attn_implementa
                "max_prompt_length", "completion", "val_notes", "report", "value_weight"}
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two token lists share (a tokenized prompt and the prompt with its answer, two
+    answers' rows)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+
+
 def value_token_weights(offsets: list[tuple[int, int]], values: list[tuple[int, int]], in_loss: list[int],
                         value_weight: float) -> list[float]:
     """Each token's loss weight: `value_weight` for a loss token overlapping a field's value (character spans in
