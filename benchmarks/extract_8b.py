@@ -31,7 +31,8 @@ def write_base(out: Path, tokenizer_dir: Path, shape: dict) -> None:
     """config.json of the shape plus the tokenizer: all vLLM's dummy loader needs."""
     from transformers import AutoTokenizer, LlamaConfig
 
-    LlamaConfig(**shape).save_pretrained(out)
+    # the architecture named, as a checkpoint names it: vLLM reads a config without one as `LlamaModel`
+    LlamaConfig(**{"architectures": ["LlamaForCausalLM"], **shape}).save_pretrained(out)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
 
 

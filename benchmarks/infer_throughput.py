@@ -13,8 +13,10 @@ in a fresh process, so each pays its own engine start, which is timed apart from
   vllm_prefill            the default with one new token: prompt processing alone
   hf                      transformers `generate`, NF4 base as trained, PEFT adapter, the same grammar
 
-Greedy answers of every variant are compared with the default's (`identical_to_vllm`), so a serving change
-cannot move quality silently. CPU-side work (chunk planning with tokenization, answer parsing) is timed in the
+Greedy answers of every variant are compared with the default's, so a serving change cannot move quality
+silently: whole answers (`identical_to_vllm`), parsed field values (`same_fields_as_vllm`), and each variant's
+field accuracy against the gold labels next to the default's on the same notes (bf16 kernels of two engines
+seldom agree on every token of a long answer, so whole-answer identity alone says little on a GPU). CPU-side work (chunk planning with tokenization, answer parsing) is timed in the
 parent process. ratio = vllm notes/s / hf notes/s; ceiling_gap = ceiling tokens/s / vllm tokens/s.
 
   python benchmarks/infer_throughput.py --notes 128 --adapter models/sft_best --out benchmarks/results/infer_throughput.json
@@ -52,7 +54,7 @@ def _records(args):
 
     schema, system = load_prompt(args.prepared)
     rows = first_records(Path(args.prepared) / "test.jsonl", args.notes)
-    return schema, system, [{"id": r["id"], "note": note_of(r)} for r in rows]
+    return schema, system, [{"id": r["id"], "note": note_of(r), "labels": r.get("labels")} for r in rows]
 
 
 def run_variant(name: str, args) -> dict:
@@ -154,15 +156,48 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
     return (errors or lines or [f"exit {proc.returncode}"])[-1][:500]
 
 
+class AnswerQuality:
+    """Answers read as the pipeline reads them: scored against the notes' gold labels, or field by field
+    against another variant's answers to the same notes."""
+
+    def __init__(self, args):
+        from survlm.artifacts import render_meta
+
+        self.schema, _, self.records = _records(args)
+        self.meta = render_meta(args.prepared, {r["id"] for r in self.records})
+
+    def _parsed(self, texts: list[str]) -> list[dict]:
+        from survlm.extraction import parse_answer
+
+        return [parse_answer(text, self.schema, r["note"]) for text, r in zip(texts, self.records)]
+
+    def accuracy(self, texts: list[str]) -> float | None:
+        from survlm.metrics import score
+
+        rows = [(r["labels"], parsed, self.meta.get(r["id"]))
+                for r, parsed in zip(self.records, self._parsed(texts)) if r["labels"] is not None]
+        return score(self.schema, rows)["field_accuracy"] if rows else None
+
+    def same_fields(self, texts: list[str], other: list[str]) -> str:
+        pairs = [(a[f.name], b[f.name]) for a, b in zip(self._parsed(texts), self._parsed(other)) for f in self.schema]
+        return f"{sum((a.status, a.value) == (b.status, b.value) for a, b in pairs)}/{len(pairs)}"
+
+
 def write_result(args, runs: list[dict], final: bool = False) -> None:
     import torch
 
     by = {r["variant"]: r for r in runs if "error" not in r}
     reference = by.get("vllm", {}).get("texts")
+    quality = AnswerQuality(args)
     for r in runs:
-        if reference and "texts" in r and r["variant"] not in ("vllm", "vllm_prefill"):
+        if "texts" not in r or r["variant"] == "vllm_prefill":
+            continue
+        r["field_accuracy"] = quality.accuracy(r["texts"])
+        if reference and r["variant"] != "vllm":
             n = min(len(reference), len(r["texts"]))
             r["identical_to_vllm"] = f"{sum(a == b for a, b in zip(reference, r['texts']))}/{n}"
+            r["same_fields_as_vllm"] = quality.same_fields(reference[:n], r["texts"][:n])
+            r["vllm_field_accuracy_same_notes"] = quality.accuracy(reference[:n])
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     result = {"device": device, "date": dt.date.today().isoformat(), "machine": platform.machine(),
               "adapter": args.adapter, "notes": args.notes, "hf_notes": args.hf_notes,
