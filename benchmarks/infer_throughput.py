@@ -16,8 +16,9 @@ in a fresh process, so each pays its own engine start, which is timed apart from
 Greedy answers of every variant are compared with the default's, so a serving change cannot move quality
 silently: whole answers (`identical_to_vllm`), parsed field values (`same_fields_as_vllm`), and each variant's
 field accuracy against the gold labels next to the default's on the same notes (bf16 kernels of two engines
-seldom agree on every token of a long answer, so whole-answer identity alone says little on a GPU). CPU-side work (chunk planning with tokenization, answer parsing) is timed in the
-parent process. ratio = vllm notes/s / hf notes/s; ceiling_gap = ceiling tokens/s / vllm tokens/s.
+seldom agree on every token of a long answer, so whole-answer identity alone says little on a GPU). CPU-side
+work (chunk planning with tokenization, answer parsing) is timed in the parent process.
+ratio = vllm notes/s / hf notes/s; ceiling_gap = ceiling tokens/s / vllm tokens/s.
 
   python benchmarks/infer_throughput.py --notes 128 --adapter models/sft_best --out benchmarks/results/infer_throughput.json
 """

@@ -281,6 +281,8 @@ def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeyp
     assert m["sft_field_accuracy"] == 1.0 and m["best_dpo_field_accuracy"] < 1.0
     assert m["selected"] == "sft" and m["selected_step"] == 0 and m["guarded"] is True
     assert m["margin_over_sft"] == 0.0 and m["best_dpo_margin_over_sft"] < 0
+    assert set(m["phase_s"]) == {"startup", "checks", "train_dpo", "engine_start", "generation", "engine_close",
+                                 "other"}
     for f in ("adapter_model.safetensors", "adapter_config.json", "adapter_run.json"):   # the SFT record too
         assert (tmp_path / "dpo" / f).read_bytes() == (sft / f).read_bytes()
     assert not list(tmp_path.glob(".dpo*"))

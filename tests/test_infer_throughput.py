@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 from conftest import record, write_prepared
 
-spec = importlib.util.spec_from_file_location("infer_throughput",
-                                              Path(__file__).resolve().parents[1] / "benchmarks" / "infer_throughput.py")
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "infer_throughput.py"
+spec = importlib.util.spec_from_file_location("infer_throughput", BENCHMARK)
 infer_throughput = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(infer_throughput)
 

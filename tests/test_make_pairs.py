@@ -43,6 +43,7 @@ def test_the_answers_are_one_backend_call_of_every_note_greedy_then_sampled(tiny
     from survlm.artifacts import first_records, load_prompt, note_of
     from survlm.config import load_config
     from survlm.modeling.backends import Decoding, make_backend
+    from survlm.phases import Phases
     from survlm.stages.make_pairs import sample_completions
 
     base, lora = tiny_lora_pair
@@ -50,8 +51,11 @@ def test_the_answers_are_one_backend_call_of_every_note_greedy_then_sampled(tiny
     params = load_config("make_pairs", work / "params.yaml")
     prompt_schema, system = load_prompt(work / "prepared")
     rows = first_records(work / "prepared" / "pairs.jsonl", None)
-    got, counts = sample_completions(base, lora, rows, prompt_schema, system, params, work / "answers")
+    phases = Phases(startup=False)
+    got, counts = sample_completions(base, lora, rows, prompt_schema, system, params, work / "answers", phases)
     assert [c["chunked_notes"] for c in counts.values()] == [0, 0]
+    assert list(phases.seconds) == ["engine_start", "generation", "engine_close"]
+    assert phases.as_dict()["generation"] > 0
 
     args = {**params.decoding_args(), "temperature": params.temperature, "top_p": params.top_p}
     n = len(rows)

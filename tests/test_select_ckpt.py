@@ -27,6 +27,8 @@ def test_select_ckpt_stage(tiny_llama_dir, tmp_path, monkeypatch):
     assert all(0.0 <= c["field_accuracy"] <= 1.0 for c in curve)
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["val_notes"] == 2 and metrics["zero_shot"]["step"] == 0
+    assert set(metrics["phase_s"]) == {"startup", "checks", "engine_start", "generation", "engine_close", "other"}
+    assert metrics["phase_s"]["generation"] > 0
     from survlm.artifacts import read_adapter_run
 
     best = read_adapter_run(tmp_path / "best")   # the chosen checkpoint's own record, copied with its adapter
@@ -73,6 +75,7 @@ def test_infer_stage_decoding_comparison_alone(tiny_llama_dir, tmp_path, monkeyp
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert sorted(metrics["tasks"]) == ["decoding/beam", "decoding/greedy", "decoding/sample"]
     assert 0 < metrics["beam_search_s"] < metrics["generation_s"]  # beam is timed apart from the batched tasks
+    assert metrics["startup_s"] > 0
     assert not (tmp_path / "pred" / "test.jsonl").exists()
     comparison = metrics["decoding_comparison"]
     assert sorted(comparison) == ["beam", "greedy", "sample"]

@@ -26,6 +26,7 @@ from ..config import ScoringParams
 from ..confidence import field_confidences
 from ..extraction import FieldResult, answer_is_valid_json, answer_text, parse_answer
 from ..metrics import tolerance
+from ..phases import Phases
 from ..predictions import result_to_json, row_results
 from ..schema import Schema
 from .backends import Backend, Decoding
@@ -279,9 +280,11 @@ def _merged_confidence(merged: dict[str, FieldResult], per_chunk: list[dict[str,
 
 
 def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[dict], schema: Schema,
-                   system_prompt: str, prepared: Path, params: ScoringParams, work_dir: Path) -> dict[str, dict]:
+                   system_prompt: str, prepared: Path, params: ScoringParams, work_dir: Path,
+                   phases: Phases | None = None) -> dict[str, dict]:
     """Greedy extraction on prepared `rows` with every adapter (None = base model) in one batch -> metrics
-    per name. Predictions are left in work_dir/<name>.jsonl. `params`: backend, engine and decoding limits."""
+    per name. Predictions are left in work_dir/<name>.jsonl. `params`: backend, engine and decoding limits;
+    `phases` gets the engine's start and the generation timed."""
     from ..artifacts import note_of, read_jsonl, render_meta
     from ..metrics import score
     from .backends import make_backend
@@ -290,13 +293,17 @@ def score_adapters(base_dir: Path, adapters: dict[str, Path | None], rows: list[
     records = [{"id": r["id"], "note": note_of(r)} for r in rows]
     loaded = {name: path for name, path in adapters.items() if path is not None}
     decoding = Decoding(strategy="greedy", **params.decoding_args())
-    backend = make_backend(params.backend, base_dir, loaded, schema, params.engine)
+    phases = phases or Phases(startup=False)
+    with phases.time("engine_start"):
+        backend = make_backend(params.backend, base_dir, loaded, schema, params.engine)
     try:
         tasks = [Task(name, name if path is not None else None, records, work_dir / f"{name}.jsonl")
                  for name, path in adapters.items()]
-        run_tasks(backend, tasks, schema, system_prompt, decoding)
+        with phases.time("generation"):
+            run_tasks(backend, tasks, schema, system_prompt, decoding)
     finally:
-        backend.close()
+        with phases.time("engine_close"):
+            backend.close()
     labels = {r["id"]: r["labels"] for r in rows}
     return {name: score(schema, [(labels[p["id"]], row_results(p), meta.get(p["id"]))
                                  for p in read_jsonl(work_dir / f"{name}.jsonl")]) for name in adapters}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 from typing import Iterable
 
@@ -22,6 +21,7 @@ from ..artifacts import (PROMPT_FILE, adapter_run, chat_messages, first_records,
 from ..config import SFTParams, to_dict
 from ..confidence import value_spans
 from ..hashing import source_digest
+from ..phases import Phases
 from .loading import (is_main_process, load_base, load_tokenizer, lora_config, model_digest, pick_device,
                       resolve_quantization)
 from .training import (TokenWeightCollator, callbacks, common_prefix, peak_memory_gib, trainer_config,
@@ -241,13 +241,15 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     """Train (or resume) and return a summary; `live_dir` None skips dvclive."""
     from accelerate import PartialState
 
+    phases = Phases()
     device = pick_device()
     quantization = resolve_quantization(params.quantization, device)
     schema, system = load_prompt(prepared_dir)
     train_path, val_path = prepared_dir / "train.jsonl", prepared_dir / "val.jsonl"
     renderings = prepared_dir / "train_renderings.jsonl"
-    fingerprint = _fingerprint(params, quantization, [train_path, val_path, prepared_dir / PROMPT_FILE]
-                               + ([renderings] if renderings.is_file() else []), base_dir)
+    with phases.time("fingerprint"):
+        fingerprint = _fingerprint(params, quantization, [train_path, val_path, prepared_dir / PROMPT_FILE]
+                                   + ([renderings] if renderings.is_file() else []), base_dir)
     run_file = out_dir / RUN_FILE
     previous = json.loads(run_file.read_text()) if run_file.is_file() else {}
     resume = None
@@ -267,40 +269,43 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
     state.wait_for_everyone()
 
     torch.manual_seed(params.seed)
-    tokenizer = load_tokenizer(base_dir)
     max_length = params.max_length
-    # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
-    train_rows = training_rows(prepared_dir, params.max_train_notes)
-    val_rows = first_records(val_path, params.eval_notes)
-    no_target = sum(not has_target(r) for r in train_rows)
-    train_rows = [r for r in train_rows if has_target(r)]
-    val_rows = [r for r in val_rows if has_target(r)]
-    # value weights shape the training loss only: the eval loss stays the plain token mean, comparable across runs
-    train, dropped_train = fitting_examples(tokenized_examples(
-        tokenizer, [prompt_completion(r, system) for r in train_rows], [r.get("loss_mask") or [] for r in train_rows],
-        [f.name for f in schema], params.value_weight), max_length)
-    val, dropped_val = fitting_examples(tokenized_examples(
-        tokenizer, [prompt_completion(r, system) for r in val_rows], [r.get("loss_mask") or [] for r in val_rows]),
-        max_length)
+    with phases.time("tokenize"):
+        tokenizer = load_tokenizer(base_dir)
+        # A user's record without a target (prepare.unlocated: drop_record) teaches nothing; it is counted.
+        train_rows = training_rows(prepared_dir, params.max_train_notes)
+        val_rows = first_records(val_path, params.eval_notes)
+        no_target = sum(not has_target(r) for r in train_rows)
+        train_rows = [r for r in train_rows if has_target(r)]
+        val_rows = [r for r in val_rows if has_target(r)]
+        # value weights shape the training loss only: the eval loss stays the plain token mean, comparable across runs
+        train, dropped_train = fitting_examples(tokenized_examples(
+            tokenizer, [prompt_completion(r, system) for r in train_rows],
+            [r.get("loss_mask") or [] for r in train_rows], [f.name for f in schema], params.value_weight), max_length)
+        val, dropped_val = fitting_examples(tokenized_examples(
+            tokenizer, [prompt_completion(r, system) for r in val_rows], [r.get("loss_mask") or [] for r in val_rows]),
+            max_length)
     if not train:
         raise ValueError(f"sft: no training example fits max_length={max_length} tokens")
 
-    model = load_base(base_dir, quantization, device, params.attn_implementation)
+    with phases.time("load_base"):
+        model = load_base(base_dir, quantization, device, params.attn_implementation)
     live = None
-    if live_dir is not None and main_process:
-        from dvclive import Live
+    with phases.time("build_trainer"):
+        if live_dir is not None and main_process:
+            from dvclive import Live
 
-        if resume is not None and live_dir.is_dir():
-            rewind_live(live_dir, resume)
-        live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False,
-                    dvcyaml=None)  # metrics and plots are declared in dvc.yaml; tests must not edit it
-    trainer = build_trainer(model, tokenizer, params, train, val, out_dir, device, live)
-    t0 = time.perf_counter()
+            if resume is not None and live_dir.is_dir():
+                rewind_live(live_dir, resume)
+            live = Live(dir=str(live_dir), resume=resume is not None, report=None, save_dvc_exp=False,
+                        dvcyaml=None)  # metrics and plots are declared in dvc.yaml; tests must not edit it
+        trainer = build_trainer(model, tokenizer, params, train, val, out_dir, device, live)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    result = trainer.train(resume_from_checkpoint=resume)
-    if live is not None:
-        live.end()
+    with phases.time("train"):   # evaluations and checkpoint saves included
+        result = trainer.train(resume_from_checkpoint=resume)
+        if live is not None:
+            live.end()
     summary = {
         "device": device, "quantization": quantization, "liger": trainer.args.use_liger_kernel,
         "resumed_from": resume and Path(resume).name,
@@ -311,16 +316,19 @@ def train_sft(params: SFTParams, prepared_dir: Path, base_dir: Path, out_dir: Pa
         "steps": trainer.state.global_step, "train_loss": _mean_logged_loss(trainer.state.log_history, result),
         "final_eval_loss": next((round(h["eval_loss"], 5) for h in reversed(trainer.state.log_history)
                                  if "eval_loss" in h), None),
-        "train_seconds": round(time.perf_counter() - t0, 1), "peak_mem_gib": round(peak_memory_gib(device), 3),
+        "train_seconds": round(phases.seconds["train"], 1), "peak_mem_gib": round(peak_memory_gib(device), 3),
         "checkpoints": sorted((p.name for p in out_dir.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1])),
     }
     if state.num_processes > 1:
         print(f"sft: DDP over {state.num_processes} processes")
     if main_process:
-        for name in summary["checkpoints"]:   # a resumed run's earlier checkpoints too: same base, prompt, schema
-            write_adapter_run(out_dir / name, adapter_run(
-                base_digest=model_digest(base_dir), quantization=quantization, system=system, schema=schema,
-                stage="sft", step=int(name.split("-")[1])))
+        with phases.time("write_records"):
+            for name in summary["checkpoints"]:   # a resumed run's earlier checkpoints too: same base, prompt, schema
+                write_adapter_run(out_dir / name, adapter_run(
+                    base_digest=model_digest(base_dir), quantization=quantization, system=system, schema=schema,
+                    stage="sft", step=int(name.split("-")[1])))
+    summary["phase_s"] = phases.as_dict()
+    if main_process:
         info = json.loads(run_file.read_text())
         info.update({"complete": True, "summary": summary})
         run_file.write_text(json.dumps(info, indent=2) + "\n")

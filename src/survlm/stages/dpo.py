@@ -14,6 +14,7 @@ from pathlib import Path
 from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, continued_run, copy_adapter, labelled_records,
                          load_prompt, read_jsonl, scratch_dir, write_adapter_run, write_json)
 from ..config import DPOParams
+from ..phases import Phases
 from ..selection import checkpoints, dpo_selection
 from .common import fail, failing_on, path_arg, run_stage
 
@@ -48,6 +49,7 @@ class Paths:
 
 
 def main(cfg: DPOParams, paths: Paths) -> None:
+    phases = Phases()
     sft, prepared = paths.sft, paths.prepared
     if (problem := cfg.value_weight_problem()) is not None:
         fail(f"params.yaml: dpo.value_weight: {problem}")
@@ -57,7 +59,8 @@ def main(cfg: DPOParams, paths: Paths) -> None:
     from ..modeling.extractor import score_adapters
     from ..modeling.loading import is_main_process, leave_process_group, model_digest
 
-    with failing_on(ArtifactError):   # the pairs' prompts are the prepared prompt's: the SFT adapter's must be it
+    # the pairs' prompts are the prepared prompt's: the SFT adapter's must be it
+    with failing_on(ArtifactError), phases.time("checks"):
         schema, system = load_prompt(prepared)
         sft_run = check_adapter_runs({"sft": sft}, paths.base, model_digest(paths.base), prepared, schema,
                                      system)["sft"]
@@ -73,8 +76,9 @@ def main(cfg: DPOParams, paths: Paths) -> None:
     out = paths.out
     out.parent.mkdir(parents=True, exist_ok=True)
     with scratch_dir(out.with_name(out.name + "-train")) as train_dir:   # a killed run's is removed next time
-        summary = train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, train_dir, paths.live,
-                            fields)
+        with phases.time("train_dpo"):   # pairs' tokenization, loading, training, the log-prob report
+            summary = train_dpo(cfg, train_pairs, eval_pairs, paths.base, sft, quantization, train_dir, paths.live,
+                                fields)
         print(f"dpo: {summary['steps']} steps on {summary['train_pairs']} pairs in {summary['train_seconds']} s; "
               f"ref adapter max |diff| from SFT {summary['ref_adapter_max_abs_diff_from_sft']}, "
               f"policy moved {summary['policy_max_abs_change']:.3g}; gold answers' log-prob changed by "
@@ -90,7 +94,7 @@ def main(cfg: DPOParams, paths: Paths) -> None:
             names = {0: "sft", **{step: f"checkpoint-{step}" for step, _ in steps}}
             with tempfile.TemporaryDirectory() as work:
                 m = score_adapters(paths.base, {"sft": sft, **{names[st]: p for st, p in steps}}, rows, schema,
-                                   system, prepared, cfg.report, Path(work))
+                                   system, prepared, cfg.report, Path(work), phases)
             curve = [{"step": st, "checkpoint": names[st], **{k: m[names[st]][k] for k in CURVE_KEYS}}
                      for st in sorted(names)]
             selection = {**dpo_selection(curve), "guarded": True}
@@ -107,6 +111,7 @@ def main(cfg: DPOParams, paths: Paths) -> None:
         with atomic_dir(out) as tmp:   # with its run record: the SFT adapter's own where that ships
             copy_adapter(ship, tmp)
     report.update(selection)
+    report["phase_s"] = phases.as_dict()
     write_json(paths.metrics, report)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from ..artifacts import (ArtifactError, check_adapter_runs, first_records, load_prompt, note_of, read_jsonl,
                          render_meta, write_json, write_jsonl)
 from ..config import InferParams
+from ..phases import process_age_s
 from ..predictions import ABSTAINING, HELDOUT_SPLIT, TEST_SPLIT, ZERO_SHOT, prediction_path, row_results
 from .common import failing_on, path_arg, run_stage
 
@@ -79,6 +80,8 @@ def main(cfg: InferParams, paths: Paths) -> None:
     from ..modeling.extractor import Task, run_tasks
     from ..modeling.loading import model_digest
 
+    startup_s = process_age_s()   # interpreter and imports, torch's included
+
     prepared, out = paths.prepared, paths.out
     models = adapter_dirs(cfg.baselines, paths.adapter, paths.sft)
     with failing_on(ArtifactError):
@@ -125,7 +128,7 @@ def main(cfg: InferParams, paths: Paths) -> None:
     finally:
         backend.close()
 
-    summary: dict = {"backend": backend.name, "engine_start_s": round(started, 1),
+    summary: dict = {"backend": backend.name, "startup_s": startup_s, "engine_start_s": round(started, 1),
                      # milliseconds: a short beam-search group would round to zero at a tenth of a second
                      "generation_s": round(sum(seconds.values()), 3), "beam_search_s": round(seconds["beam_search"], 3),
                      "tasks": {}}

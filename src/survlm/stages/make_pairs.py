@@ -15,11 +15,12 @@ from ..artifacts import (ArtifactError, atomic_dir, first_records, has_target, l
                          render_meta, write_json, write_jsonl)
 from ..config import MakePairsParams
 from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, summarize
+from ..phases import Phases
 from .common import fail, failing_on, path_arg, run_stage
 
 
 def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, system: str, params: MakePairsParams,
-                       answers: Path) -> tuple[list[list[str]], dict]:
+                       answers: Path, phases: Phases) -> tuple[list[list[str]], dict]:
     """Greedy plus `samples` sampled answers per note, in one extraction run (survlm.modeling.extractor): a note
     too long for the context is answered in chunks, merged; answers are kept in `answers` as each note finishes, so
     a killed run resumes there, and a note whose text changed is answered again. -> (answers per note, run_tasks'
@@ -34,11 +35,14 @@ def sample_completions(base: Path, adapter: Path, rows: list[dict], schema, syst
     if params.samples > 0:
         tasks.append(Task("make_pairs/sampled", "sft", records, answers / "sampled.jsonl",
                           Decoding(strategy="sample", n=params.samples, **args)))
-    backend = make_backend(params.backend, base, {"sft": adapter}, schema, params.engine)
+    with phases.time("engine_start"):
+        backend = make_backend(params.backend, base, {"sft": adapter}, schema, params.engine)
     try:
-        counts = run_tasks(backend, tasks, schema, system, greedy)
+        with phases.time("generation"):
+            counts = run_tasks(backend, tasks, schema, system, greedy)
     finally:
-        backend.close()
+        with phases.time("engine_close"):
+            backend.close()
     found = [{row["id"]: answer_texts(row) for row in read_jsonl(task.out_path)} for task in tasks]
     return [[text for by_id in found for text in by_id[r["id"]]] for r in rows], counts
 
@@ -62,6 +66,7 @@ class Paths:
 
 
 def main(cfg: MakePairsParams, paths: Paths) -> None:
+    phases = Phases()
     prepared, adapter = paths.prepared, paths.adapter
     if not (adapter / "adapter_config.json").is_file():
         fail(f"{adapter}: no adapter (select_ckpt chose the zero-shot base); preference pairs need an SFT adapter")
@@ -72,7 +77,8 @@ def main(cfg: MakePairsParams, paths: Paths) -> None:
     if not rows:
         fail(f"{prepared / 'pairs.jsonl'}: no record with a gold answer to build preference pairs from")
     meta = render_meta(prepared, {r["id"] for r in rows})
-    completions, generation = sample_completions(paths.base, adapter, rows, schema, system, cfg, paths.answers)
+    completions, generation = sample_completions(paths.base, adapter, rows, schema, system, cfg, paths.answers,
+                                                 phases)
     rates = dataclasses.asdict(cfg.synthetic)
     pairs, fully_correct, n_completions, unfilled = [], 0, 0, 0
     for r, texts in zip(rows, completions):
@@ -106,7 +112,8 @@ def main(cfg: MakePairsParams, paths: Paths) -> None:
                     "eval_pairs": sum(p["id"] in eval_ids for p in pairs), "balance": balance,
                     "single_field": cfg.single_field, "generation": generation,
                     "by_source_and_type": {src: summarize([p for p in pairs if p["source"] == src])["by_error_type"]
-                                           for src in ("model", "synthetic")}})
+                                           for src in ("model", "synthetic")},
+                    "phase_s": phases.as_dict()})
     write_json(paths.metrics, summary)
     print(f"make_pairs: {summary['pairs']} pairs from {len(rows)} notes ({summary['model_made']} model-made, "
           f"{summary['synthetic']} synthetic, {balance['dropped']} dropped to balance); by type "

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, copy_adapter, labelled_records, load_prompt,
                          write_json)
 from ..config import SelectCkptParams
+from ..phases import Phases
 from ..predictions import ZERO_SHOT
 from ..selection import checkpoints, choose_checkpoint
 from .common import failing_on, path_arg, run_stage
@@ -30,6 +31,7 @@ class Paths:
 
 
 def main(cfg: SelectCkptParams, paths: Paths) -> None:
+    phases = Phases()
     prepared, sft_dir = paths.prepared, paths.sft
     rows = labelled_records(prepared / "val.jsonl", cfg.val_notes)
     found = checkpoints(sft_dir)
@@ -38,13 +40,13 @@ def main(cfg: SelectCkptParams, paths: Paths) -> None:
     from ..modeling.extractor import score_adapters
     from ..modeling.loading import model_digest
 
-    with failing_on(ArtifactError):
+    with failing_on(ArtifactError), phases.time("checks"):   # the run records against the base's digest
         schema, system = load_prompt(prepared)
         check_adapter_runs({names[s]: p for s, p in steps}, paths.base, model_digest(paths.base), prepared,
                            schema, system)
     with tempfile.TemporaryDirectory() as work:
         metrics = score_adapters(paths.base, {names[s]: p for s, p in steps}, rows, schema, system, prepared,
-                                 cfg, Path(work))
+                                 cfg, Path(work), phases)
         curve = []
         for step, _ in steps:
             m = metrics[names[step]]
@@ -59,7 +61,8 @@ def main(cfg: SelectCkptParams, paths: Paths) -> None:
     write_json(paths.metrics, {"val_notes": len(rows), "best": best, "zero_shot": zero,
                                "best_detail": {k: metrics[best["checkpoint"]][k] for k in ("errors", "per_field")},
                                "gain_over_zero_shot": None if zero is None else
-                               round(best["field_accuracy"] - zero["field_accuracy"], 4)})
+                               round(best["field_accuracy"] - zero["field_accuracy"], 4),
+                               "phase_s": phases.as_dict()})
     write_json(paths.curve, curve)
 
 
