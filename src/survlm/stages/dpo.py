@@ -49,7 +49,6 @@ class Paths:
 
 
 def main(cfg: DPOParams, paths: Paths) -> None:
-    phases = Phases()
     sft, prepared = paths.sft, paths.prepared
     if (problem := cfg.value_weight_problem()) is not None:
         fail(f"params.yaml: dpo.value_weight: {problem}")
@@ -58,6 +57,8 @@ def main(cfg: DPOParams, paths: Paths) -> None:
     from ..modeling.dpo import train_dpo
     from ..modeling.extractor import score_adapters
     from ..modeling.loading import is_main_process, leave_process_group, model_digest
+
+    phases = Phases()   # its startup: the interpreter and the imports above
 
     # the pairs' prompts are the prepared prompt's: the SFT adapter's must be it
     with failing_on(ArtifactError), phases.time("checks"):

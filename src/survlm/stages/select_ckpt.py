@@ -31,7 +31,6 @@ class Paths:
 
 
 def main(cfg: SelectCkptParams, paths: Paths) -> None:
-    phases = Phases()
     prepared, sft_dir = paths.prepared, paths.sft
     rows = labelled_records(prepared / "val.jsonl", cfg.val_notes)
     found = checkpoints(sft_dir)
@@ -39,6 +38,8 @@ def main(cfg: SelectCkptParams, paths: Paths) -> None:
     names = {step: (path.name if path else ZERO_SHOT) for step, path in steps}
     from ..modeling.extractor import score_adapters
     from ..modeling.loading import model_digest
+
+    phases = Phases()   # its startup: the interpreter and the imports above
 
     with failing_on(ArtifactError), phases.time("checks"):   # the run records against the base's digest
         schema, system = load_prompt(prepared)
