@@ -89,7 +89,6 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
     assert again["resumed_from"] is None and again["steps"] == 6 and again["train_seconds"] > 0
     assert list(again["phase_s"]) == ["startup", "fingerprint", "tokenize", "load_base", "build_trainer", "train",
                                       "write_records", "other"]
-    assert again["train_seconds"] == round(again["phase_s"]["train"], 1)
     assert len((live / "plots" / "metrics" / "loss.tsv").read_text().splitlines()) >= 1 + 6
 
     # Different params (here the value-weighted loss too): the stale checkpoints are not resumed.

@@ -1,6 +1,6 @@
 """Where a stage's wall time goes: named phases timed in order and written with the stage's metrics
 (`phase_s`), so a slow run says which part was slow without a profiler. `startup` is the time from the process's
-start to the clock's making: interpreter, imports, launcher."""
+start to the clock's making: interpreter and imports."""
 from __future__ import annotations
 
 import contextlib
@@ -11,14 +11,16 @@ from typing import Iterator
 
 
 def process_age_s() -> float | None:
-    """Seconds since this process started (Linux's /proc), or None where that cannot be read."""
+    """Seconds since this process started (Linux's /proc), or None where that cannot be read (or reads as
+    negative: a container may show the host's uptime beside its own start times)."""
     try:
         # field 22 of /proc/self/stat, counted after the parenthesised command name (which may hold spaces)
         start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return round(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 2)
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    return round(age, 2) if age >= 0 else None
 
 
 class Phases:

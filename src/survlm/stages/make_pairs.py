@@ -66,6 +66,8 @@ class Paths:
 
 
 def main(cfg: MakePairsParams, paths: Paths) -> None:
+    from ..modeling import extractor  # noqa: F401  the generation stack's imports, here so that startup holds them
+
     phases = Phases()
     prepared, adapter = paths.prepared, paths.adapter
     if not (adapter / "adapter_config.json").is_file():
