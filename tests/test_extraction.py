@@ -76,14 +76,35 @@ def test_every_typed_failure(schema):
     assert status["heart_rate_bpm"] == "out_of_range" and out["heart_rate_bpm"].candidate == 880
     assert status["mean_bp_mmhg"] == "ok" and out["mean_bp_mmhg"].value == pytest.approx(80.0)
     assert status["pao2_fio2"] == "ok" and out["pao2_fio2"].value == pytest.approx(200.0)
-    assert status["creatinine_mg_dl"] == "ungrounded"  # 1.2 mg/dL is not what the note says
+    assert status["creatinine_mg_dl"] == "ungrounded"  # the note never writes 1.2
     assert status["sodium_meq_l"] == "bad_value"
     assert status["num_comorbidities"] == "ok" and out["num_comorbidities"].value == 2
     assert status["diabetes"] == "ok" and out["diabetes"].value is True
-    assert status["dementia"] == "ungrounded"
+    assert status["dementia"] == "ok"   # a yes/no is read as written, whatever its quote
     assert status["glucose_mg_dl"] == "null"
     assert status["ph"] == "missing_field"
     assert set(status.values()) - {"ok", "null"} <= set(FAILURES)
+
+
+def test_a_value_needs_its_numbers_in_the_note_not_a_verbatim_quote(schema):
+    """A paraphrased quote keeps a value the note writes; a number the note never writes is refused, quote or not;
+    a listed comorbidity must be in the note."""
+    out = parse_answer(_answer(
+        heart_rate_bpm={"value": "88", "unit": "bpm", "evidence": "heart rate 88 bpm"},   # the note: "HR 88"
+        resp_rate={"value": "18", "unit": None, "evidence": "HR 88"},                       # 18: not in the note
+        pao2_fio2={"value": "80/RA", "unit": None, "evidence": "PaO2 80"},                  # the note has FiO2 40%
+        sex={"value": "male", "evidence": "a man"},
+        num_comorbidities={"value": ["DM2", "COPD"]},
+    ), schema, NOTE)
+    status = {k: v.status for k, v in out.items()}
+    assert status["heart_rate_bpm"] == "ok" and out["heart_rate_bpm"].value == 88
+    assert status["resp_rate"] == "ungrounded" and out["resp_rate"].candidate == 18
+    assert status["pao2_fio2"] == "ungrounded"      # "RA" but the note never says room air
+    assert status["sex"] == "ok"
+    assert status["num_comorbidities"] == "ungrounded" and out["num_comorbidities"].candidate == 2
+    room_air = parse_answer(_answer(pao2_fio2={"value": "80/RA", "unit": None, "evidence": "PaO2 80 on RA"}),
+                            schema, NOTE.replace("on FiO2 40%", "on RA"))
+    assert room_air["pao2_fio2"].status == "ok"
 
 
 def test_units_are_converted_by_code(schema):

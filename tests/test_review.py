@@ -15,7 +15,7 @@ def _fields(schema, answer):
     return {k: result_to_json(r) for k, r in results.items()}
 
 
-def test_find_span_reads_evidence_like_the_grounding_check():
+def test_find_span_ignores_case_and_runs_of_whitespace():
     assert find_span(NOTE, "hd3: hr 112") == (NOTE.index("HD3:"), NOTE.index("112") + 3)
     assert find_span(NOTE, "HR 999") is None and find_span(NOTE, None) is None and find_span(NOTE, "  ") is None
 

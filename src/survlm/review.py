@@ -24,8 +24,8 @@ tr.bad td{color:#b00}tr.null td{color:#888}.legend{color:#555;font-size:13px}
 
 
 def find_span(note: str, evidence: str | None) -> tuple[int, int] | None:
-    """Where the quoted evidence sits in the note: the first match, ignoring case and runs of whitespace (the
-    same reading as the grounding check)."""
+    """Where the quoted evidence sits in the note: the first match, ignoring case and runs of whitespace. A
+    paraphrased quote is not found (and its value may still be ok: survlm.extraction checks numbers, not quotes)."""
     if not evidence or not evidence.strip():
         return None
     pattern = r"\s+".join(re.escape(tok) for tok in evidence.split())
