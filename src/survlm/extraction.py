@@ -57,7 +57,7 @@ def _value_in_note(value: str, note_squashed: str | None) -> bool:
 
     The model's evidence quote is not required to be verbatim: SFT adapters paraphrase it ("coma score 100" for
     "SCOMA 100") while reading the value right, and a verbatim rule refused far more right values than wrong
-    ones (BENCHMARKS.md). A number the note never writes is still refused."""
+    ones (BENCHMARKS.md, "Answer checks"). A number the note never writes is still refused."""
     if note_squashed is None:
         return True
     numbers = _NUMBER.findall(value)
@@ -94,8 +94,8 @@ def _parse_field(f: Field, item: Any, note_sq: str | None) -> FieldResult:
         return FieldResult("bad_value", written=item)
     if f.type == "number":
         return _parse_number_field(f, item, note_sq)
-    # a category or a yes/no is read as written: no word of the note can confirm it, and the quote beside it is
-    # paraphrased as often as a number's
+    # a category or a yes/no is read as written: it states no number the note could confirm, and requiring its
+    # quote verbatim refused right answers far more often than wrong ones (BENCHMARKS.md, "Answer checks")
     value = item.get("value")
     if f.type == "category":
         if not isinstance(value, str):
