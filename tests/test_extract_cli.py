@@ -199,7 +199,8 @@ def test_review_page_only_when_asked(tiny_lora_pair, workdir):
 
 def test_extract_with_a_calibration_abstains_below_its_threshold(tiny_lora_pair, workdir, capsys):
     """A calibration that trusts no value answer (every calibrated confidence 0.1, threshold 0.5): every value
-    is written empty with status abstained; one that trusts them all changes nothing but the confidences."""
+    with a confidence is written empty with status abstained; one that trusts them all changes nothing but the
+    confidences."""
     from survlm.confidence import Calibration, Curve
 
     (workdir / "notes.jsonl").write_text("".join(json.dumps(n) + "\n" for n in NOTES))
@@ -211,13 +212,18 @@ def test_extract_with_a_calibration_abstains_below_its_threshold(tiny_lora_pair,
         assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "raw.csv",
                           "--calibration", str(workdir / f"{name}.json"))) == 0
         rows = list(csv.DictReader(open(workdir / "raw.csv")))
+        judged = 0
         for before, after in zip(raw, rows):
             for f in FIELDS.split(","):
-                if before[f"{f}_status"] == "ok":
+                if before[f"{f}_status"] == "ok" and before[f"{f}_confidence"]:
                     expected = ("abstained", "", "0.1") if name == "distrust" else ("ok", before[f], "0.9")
                     assert (after[f"{f}_status"], after[f], after[f"{f}_confidence"]) == expected
+                    judged += 1
+                elif before[f"{f}_status"] == "ok":   # no raw confidence: nothing to judge it by, so it is kept
+                    assert (after[f"{f}_status"], after[f], after[f"{f}_confidence"]) == ("ok", before[f], "")
                 elif before[f"{f}_status"] == "null":
                     assert after[f"{f}_confidence"] == "0.7"
+        assert judged
     (workdir / "bad.json").write_text("{}")
     assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "x.csv", "--calibration",
                       str(workdir / "bad.json"))) == 1
