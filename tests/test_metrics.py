@@ -82,3 +82,33 @@ def test_score_rates(schema):
     assert m["per_field_errors"]["glucose_mg_dl"] == {"fabricated": 1, "last_value": 1, "invalid_json": 1}
     for tag, n in m["errors"].items():
         assert sum(e.get(tag, 0) for e in m["per_field_errors"].values()) == n
+
+
+def test_bootstrap_of_tallies_equals_scoring_each_resample(schema):
+    """extraction_metrics adds up per-note tallies for each bootstrap resample; its intervals and rates must be
+    exactly those of scoring the resampled notes again, on notes whose answers differ in every error kind."""
+    import random
+
+    from survlm.bootstrap import bootstrap_ci
+    from survlm.evaluation import CI_KEYS, extraction_metrics
+
+    rng = random.Random(0)
+    choices = [_ok(138.0), _ok(142.0), _ok(131.0), _ok(133.0), FieldResult("null"), FieldResult("invalid_json"),
+               FieldResult("ungrounded", candidate=97.0)]
+    records, results, meta = {}, {}, {}
+    for k in range(40):
+        gold = {"sodium_meq_l": rng.choice([138.0, None]), "glucose_mg_dl": rng.choice([None, 150.0]),
+                "temperature_c": 37.5, "sex": "male"}
+        answer = {f.name: FieldResult("missing_field") for f in schema}
+        answer.update(sodium_meq_l=rng.choice(choices), glucose_mg_dl=rng.choice([_ok(180.0), FieldResult("null")]),
+                      temperature_c=rng.choice([_ok(37.5), _ok(36.8)]), sex=rng.choice([_ok("male"), _ok("female")]))
+        records[f"n{k}"], results[f"n{k}"], meta[f"n{k}"] = {"labels": gold}, answer, META
+    ids = list(records)
+    boot = {"resamples": 50, "seed": 3}
+    fast = extraction_metrics(schema, records, meta, {"m": results}, ids, boot)["m"]
+    rows = [(records[i]["labels"], results[i], META) for i in ids]
+    slow = bootstrap_ci(lambda idx: {k: v for k, v in score(schema, [rows[j] for j in idx]).items() if k in CI_KEYS},
+                        len(rows), **boot)
+    assert fast.pop("ci95") == slow
+    assert fast == score(schema, rows)
+    assert 0 < fast["field_accuracy"] < 1 and 0 < fast["fabrication_rate"] < 1 and 0 < fast["last_value_rate"] < 1

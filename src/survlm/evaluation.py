@@ -25,17 +25,24 @@ def extraction_metrics(schema: Schema, records: dict, meta: dict, results: dict[
                        boot: dict | None = None) -> dict:
     """score() per model on the same notes, with `ci95`: a percentile bootstrap over notes (`boot` params)."""
     from .bootstrap import bootstrap_ci
-    from .metrics import score
+    from .metrics import note_tally, summed, tally_metrics
 
     out = {}
     for model, res in results.items():
         if not all(i in res for i in ids):
             continue
-        rows = [(records[i]["labels"], res[i], meta.get(i)) for i in ids]
-        out[model] = score(schema, rows)
+        tallies = [note_tally(schema, records[i]["labels"], res[i], meta.get(i)) for i in ids]
+        out[model] = tally_metrics(schema, summed(tallies))
         if boot is not None:
-            out[model]["ci95"] = bootstrap_ci(lambda idx: {k: v for k, v in score(schema, [rows[j] for j in idx]).items()
-                                                           if k in CI_KEYS}, len(rows), **boot)
+            # a resample's counts are its notes' tallies added up: exact integers, so its rates are score()'s
+            keys = sorted({k for t in tallies for k in t}, key=repr)
+            counts = np.array([[t.get(k, 0) for k in keys] for t in tallies], dtype=float)
+
+            def resample(idx, keys=keys, counts=counts):
+                drawn = tally_metrics(schema, dict(zip(keys, counts[idx].sum(0).tolist())))
+                return {k: v for k, v in drawn.items() if k in CI_KEYS}
+
+            out[model]["ci95"] = bootstrap_ci(resample, len(tallies), **boot)
     return out
 
 

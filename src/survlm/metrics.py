@@ -106,71 +106,79 @@ def rate(a: int, b: int) -> float | None:
     return round(a / b, 4) if b else None
 
 
-def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dict | None]]) -> dict:
-    """rows: (gold labels, parsed results, render metadata or None) per note -> metrics dict.
+def note_tally(schema: Schema, gold: dict, results: dict[str, FieldResult], meta: dict | None) -> Counter:
+    """One note's counts behind score(): score() of several notes is tally_metrics() of their tallies' sum, so a
+    bootstrap resample adds tallies instead of reading its notes again.
 
-    A field missing from a note's gold labels is unlabelled: unknown, not null, so it is not scored."""
-    n_notes = 0
-    json_valid = 0
-    correct = Counter()
-    total = Counter()
-    tags = Counter()
-    field_tags: dict[str, Counter] = defaultdict(Counter)
-    null_gold = answered_null_gold = 0
-    last_trap = last_taken = first_trap = first_taken = 0
-    statuses = Counter()
-    abs_err: dict[str, list[float]] = defaultdict(list)
-    gold_present = omitted = 0
-    for gold, results, meta in rows:
-        n_notes += 1
-        json_valid += answer_is_valid_json(results)
-        mentions = mentions_by_field(meta)
-        for f in schema:
-            if f.name not in gold:
-                continue
-            r = results[f.name]
-            statuses[r.status] += 1
-            total[f.name] += 1
-            errs = field_errors(f, gold.get(f.name), r, mentions.get(f.name, []))
-            correct[f.name] += not errs
-            tags.update(errs)
-            field_tags[f.name].update(errs)
-            g = gold.get(f.name)
-            if g is not None:
-                gold_present += 1
-                omitted += "omitted" in errs
-                if f.type in ("number", "count") and r.status == "ok":
-                    abs_err[f.name].append(abs(float(r.value) - float(g)))
-            if f.is_physiology:
-                if gold.get(f.name) is None:
-                    null_gold += 1
-                    answered_null_gold += "fabricated" in errs
-                day = [m for m in mentions.get(f.name, []) if m.kind == "day"]
-                g = gold.get(f.name)
-                if day and (g is None or not values_match(day[-1].canonical, g, tolerance(f))):
-                    last_trap += 1
-                    last_taken += "last_value" in errs
-                if day and (g is None or not values_match(day[0].canonical, g, tolerance(f))):
-                    first_trap += 1
-                    first_taken += "first_value" in errs
+    A field missing from the note's gold labels is unlabelled: unknown, not null, so it is not counted."""
+    tally = Counter(notes=1, json_valid=int(answer_is_valid_json(results)))
+    mentions = mentions_by_field(meta)
+    for f in schema:
+        if f.name not in gold:
+            continue
+        r, g = results[f.name], gold[f.name]
+        errs = field_errors(f, g, r, mentions.get(f.name, []))
+        tally[("status", r.status)] += 1
+        tally[("total", f.name)] += 1
+        tally[("correct", f.name)] += not errs
+        for tag in errs:
+            tally[("tag", tag)] += 1
+            tally[("field_tag", f.name, tag)] += 1
+        if g is not None:
+            tally["gold_present"] += 1
+            tally["omitted"] += "omitted" in errs
+            if f.type in ("number", "count") and r.status == "ok":
+                tally[("abs_err", f.name)] += abs(float(r.value) - float(g))
+                tally[("abs_err_n", f.name)] += 1
+        if f.is_physiology:
+            if g is None:
+                tally["null_gold"] += 1
+                tally["fabricated_null_gold"] += "fabricated" in errs
+            day = [m for m in mentions.get(f.name, []) if m.kind == "day"]
+            if day and (g is None or not values_match(day[-1].canonical, g, tolerance(f))):
+                tally["last_trap"] += 1
+                tally["last_taken"] += "last_value" in errs
+            if day and (g is None or not values_match(day[0].canonical, g, tolerance(f))):
+                tally["first_trap"] += 1
+                tally["first_taken"] += "first_value" in errs
+    return tally
 
+
+def tally_metrics(schema: Schema, tally: dict) -> dict:
+    """The metrics dict of summed note tallies (note_tally)."""
+    def n(*key):
+        return tally.get(key if len(key) > 1 else key[0], 0)
+
+    statuses = {key[1]: v for key, v in tally.items() if isinstance(key, tuple) and key[0] == "status" and v}
     return {
-        "notes": n_notes,
-        "field_accuracy": rate(sum(correct.values()), sum(total.values())),
-        "per_field": {f.name: rate(correct[f.name], total[f.name]) for f in schema},
-        "fabrication_rate": rate(answered_null_gold, null_gold),
-        "last_value_rate": rate(last_taken, last_trap),
-        "first_value_rate": rate(first_taken, first_trap),
-        "json_valid_rate": rate(json_valid, n_notes),
-        "omission_rate": rate(omitted, gold_present),
+        "notes": n("notes"),
+        "field_accuracy": rate(sum(n("correct", f.name) for f in schema), sum(n("total", f.name) for f in schema)),
+        "per_field": {f.name: rate(n("correct", f.name), n("total", f.name)) for f in schema},
+        "fabrication_rate": rate(n("fabricated_null_gold"), n("null_gold")),
+        "last_value_rate": rate(n("last_taken"), n("last_trap")),
+        "first_value_rate": rate(n("first_taken"), n("first_trap")),
+        "json_valid_rate": rate(n("json_valid"), n("notes")),
+        "omission_rate": rate(n("omitted"), n("gold_present")),
         # mean absolute error in canonical units, over fields where gold and answer both have a value
-        "mae": {f.name: round(sum(abs_err[f.name]) / len(abs_err[f.name]), 4) if abs_err[f.name] else None
+        "mae": {f.name: round(n("abs_err", f.name) / n("abs_err_n", f.name), 4) if n("abs_err_n", f.name) else None
                 for f in schema if f.type in ("number", "count")},
-        "unit_errors": tags.get("unit_wrong", 0) + statuses.get("unknown_unit", 0),
+        "unit_errors": n("tag", "unit_wrong") + statuses.get("unknown_unit", 0),
         "grounding_failures": statuses.get("ungrounded", 0),
-        "errors": {t: tags.get(t, 0) for t in ERROR_TAGS},
+        "errors": {t: n("tag", t) for t in ERROR_TAGS},
         # which error a field makes (omission vs a wrong day vs a wrong value) decides the fix
-        "per_field_errors": {f.name: {t: field_tags[f.name][t] for t in ERROR_TAGS if field_tags[f.name][t]}
+        "per_field_errors": {f.name: {t: n("field_tag", f.name, t) for t in ERROR_TAGS if n("field_tag", f.name, t)}
                              for f in schema},
         "statuses": dict(sorted(statuses.items())),
     }
+
+
+def summed(tallies: Iterable[Counter]) -> Counter:
+    total = Counter()
+    for tally in tallies:   # in note order: float sums (absolute errors) add up as a running sum over notes
+        total.update(tally)
+    return total
+
+
+def score(schema: Schema, rows: Iterable[tuple[dict, dict[str, FieldResult], dict | None]]) -> dict:
+    """rows: (gold labels, parsed results, render metadata or None) per note -> metrics dict."""
+    return tally_metrics(schema, summed(note_tally(schema, *row) for row in rows))
