@@ -50,7 +50,8 @@ def main() -> None:
     from survlm.stages.infer import abstain
 
     schema, _ = load_prompt(args.prepared)
-    notes = {r["id"]: note_of(r) for split in ("val", *TEST_SPLITS) for r in read_jsonl(args.prepared / f"{split}.jsonl")}
+    notes = {r["id"]: note_of(r) for split in ("val", *TEST_SPLITS)
+             for r in read_jsonl(args.prepared / f"{split}.jsonl")}
     abstain_dir = prediction_path(args.out, ABSTAINING, TEST_SPLITS[0]).parent
     shutil.rmtree(args.out, ignore_errors=True)
     summary = {}
@@ -72,8 +73,10 @@ def main() -> None:
         write_jsonl(target, rows)
         summary[str(rel)] = {"rows": len(rows), "copied_unchanged": kept,
                              "status_changes": {f"{a}->{b}": n for (a, b), n in sorted(changes.items())}}
-    if (args.out / "decoding" / "greedy.jsonl").is_file() and (args.predictions / abstain_dir.relative_to(args.out)).is_dir():
-        summary["abstention"] = abstain(args.out, schema, list(read_jsonl(args.prepared / "val.jsonl")), list(TEST_SPLITS))
+    had_abstention = (args.predictions / abstain_dir.relative_to(args.out)).is_dir()
+    if had_abstention and (args.out / "decoding" / "greedy.jsonl").is_file():
+        val = list(read_jsonl(args.prepared / "val.jsonl"))
+        summary["abstention"] = abstain(args.out, schema, val, list(TEST_SPLITS))
     print(json.dumps(summary, indent=1))
 
 
