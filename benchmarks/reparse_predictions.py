@@ -1,4 +1,4 @@
-"""A run's answers read again by today's parser: what a change to the answer checks does to the same generations.
+"""A run's answers read again by survlm's parser as it stands: what a change to the answer checks does to them.
 
 `infer` stores each note's raw answer beside the fields it parsed from it. This reads every prediction file of an
 `infer` output directory, parses each raw answer again against its note (survlm.extraction.parse_answer), writes
