@@ -11,8 +11,8 @@ the rows to a new predictions directory, and redoes the abstention rows from the
       --metrics metrics/evaluate_reparsed.json --plots /tmp/plots --report /tmp/report.md
 
 Rows answered in more than one chunk or by several samples (a vote) hold more than one answer; they are copied
-unchanged and counted. Field confidences come from the answer's tokens and stay as they were. Prints, per file,
-how many fields changed status; no note text.
+unchanged and counted (`infer`'s own resume asks those again). Field confidences come from the answer's tokens
+and stay as they were. Prints, per file, how many fields changed status; no note text.
 """
 from __future__ import annotations
 
@@ -26,18 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 
-def reparsed_row(row: dict, note: str, schema) -> tuple[dict, Counter]:
-    """-> (the row with fields and values read again from its one raw answer, (old, new) status changes)."""
-    from survlm.extraction import parse_answer
-    from survlm.predictions import result_to_json
-
-    results = parse_answer(row["raw"][0], schema, note)
-    changes = Counter((row["fields"][name]["status"], r.status) for name, r in results.items()
-                      if row["fields"][name]["status"] != r.status)
-    return {**row, "fields": {name: result_to_json(r) for name, r in results.items()},
-            "values": {name: (r.value if r.status == "ok" else None) for name, r in results.items()}}, changes
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prepared", type=Path, required=True, help="prepare's output (the notes answered)")
@@ -46,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from survlm.artifacts import load_prompt, note_of, read_jsonl, write_jsonl
-    from survlm.predictions import ABSTAINING, TEST_SPLITS, prediction_path
+    from survlm.predictions import ABSTAINING, TEST_SPLITS, prediction_path, reparsed_row
     from survlm.stages.infer import abstain
 
     schema, _ = load_prompt(args.prepared)
@@ -67,9 +55,10 @@ def main() -> None:
                 rows.append(row)
                 kept += 1
                 continue
-            new, changed = reparsed_row(row, notes[row["id"]], schema)
+            new = reparsed_row(row, notes[row["id"]], schema)
             rows.append(new)
-            changes.update(changed)
+            changes.update((old["status"], new["fields"][name]["status"]) for name, old in row["fields"].items()
+                           if old["status"] != new["fields"][name]["status"])
         write_jsonl(target, rows)
         summary[str(rel)] = {"rows": len(rows), "copied_unchanged": kept,
                              "status_changes": {f"{a}->{b}": n for (a, b), n in sorted(changes.items())}}

@@ -95,16 +95,15 @@ def test_preset_states_only_what_it_changes(preset):
     assert not [p for section, data in stated.items() for p in _same_as_default(data, defaults[section], section)]
 
 
-def test_h200_engine_anchor_serves_every_stage_and_infer_alone_compiles():
+def test_h200_engines_are_one_setting_so_compiled_graphs_are_shared():
     params = resolve_params(REPO / "params" / "gpu-smollm2-h200.yaml")
     engines = {"select_ckpt": params["select_ckpt"]["engine"], "make_pairs": params["make_pairs"]["engine"],
                "dpo.report": params["dpo"]["report"]["engine"], "infer": params["infer"]["engine"]}
-    assert {name: e["enforce_eager"] for name, e in engines.items()} == {
-        "select_ckpt": True, "make_pairs": True, "dpo.report": True, "infer": False}
-    for e in engines.values():                                    # the anchor's keys reach every block
-        assert (e["max_model_len"], e["batch_size"], e["gpu_memory_utilization"]) == (8192, 512, 0.85)
-        assert set(e) == set(ENGINE_DEFAULTS)
-    assert parse_section("infer", params["infer"]).engine.enforce_eager is False
+    first = engines["select_ckpt"]
+    assert all(e == first for e in engines.values())               # the anchor's keys reach every block
+    assert (first["max_model_len"], first["batch_size"], first["gpu_memory_utilization"]) == (8192, 512, 0.85)
+    assert first["enforce_eager"] is False and first["max_loras"] == 5 and set(first) == set(ENGINE_DEFAULTS)
+    assert parse_section("infer", params["infer"]).engine.max_loras == 5
 
 
 def test_apply_writes_params_yaml_and_rejects_unknown_keys(tmp_path):

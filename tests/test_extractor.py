@@ -58,6 +58,31 @@ def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, 
     assert summary["t"]["resumed"] == 2 and [r["id"] for r in read_jsonl(cut)] == ["r0", "r1", "r6"]
 
 
+def test_resumed_rows_read_by_other_parsing_code_are_read_again(tiny_llama_dir, schema, tmp_path):
+    """A row whose fields other code read is read again from its raw answer; a row that does not hold its whole
+    answer (two chunks' raw answers) is asked again. Either way the rows are those of a clean run."""
+    from survlm.predictions import parser_digest
+
+    sub = schema.subset(["sex", "diabetes"])
+    backend = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
+    dec = Decoding(max_new_tokens=10, constrained=False)
+    records = _records(4)
+    clean = tmp_path / "clean.jsonl"
+    run_tasks(backend, [Task("t", None, records, clean)], sub, SYSTEM, dec, progress=False)
+    rows = list(read_jsonl(clean))
+    assert all(r["parser"] == parser_digest() for r in rows)
+    stale = [dict(r, parser="older code", fields={n: {"status": "ok", "value": 1} for n in r["fields"]})
+             for r in rows]
+    stale[1]["raw"] = stale[1]["raw"] * 2
+    old = tmp_path / "old.jsonl"
+    old.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    (tmp_path / "old.jsonl.run.json").write_text((tmp_path / "clean.jsonl.run.json").read_text())
+    summary = run_tasks(backend, [Task("t", None, records, old)], sub, SYSTEM, dec, progress=False)
+    assert summary["t"]["resumed"] == 3 and summary["t"]["resumed_reread"] == 3
+    strip = lambda rows: {r["id"]: {k: v for k, v in r.items() if k != "latency_s"} for r in rows}  # noqa: E731
+    assert strip(read_jsonl(old)) == strip(rows)
+
+
 def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema, tmp_path):
     """An edited note, or another base model with the same config, is asked again; unchanged notes are not."""
     import shutil

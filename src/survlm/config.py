@@ -41,6 +41,7 @@ class BackendSettings:
     quantization: str = "auto"                # the base the adapters were trained on: nf4 | none | auto (their run records)
     nf4_serving: str = "dequantized"          # vllm, NF4 base: dequantized (exact NF4 weights, bf16 kernels) | bitsandbytes
     max_lora_rank: int | None = None          # default: the largest adapter's r
+    max_loras: int | None = None              # adapters in one batch; default: all of this engine's (at least 2)
     seed: int = 0
     openai_base_url: str = "http://localhost:8000/v1"
     openai_model: str | None = None           # served base model name; adapters use their --lora-modules names
@@ -83,7 +84,8 @@ class BackendSettings:
 
 # params.yaml's engine block (the `&engine` anchor). The keys it does not state keep BackendSettings' defaults.
 ENGINE_DEFAULTS = {"max_model_len": 4096, "gpu_memory_utilization": 0.4, "enforce_eager": True,
-                   "tensor_parallel_size": 1, "batch_size": 40, "quantization": "auto", "nf4_serving": "dequantized"}
+                   "tensor_parallel_size": 1, "batch_size": 40, "quantization": "auto", "nf4_serving": "dequantized",
+                   "max_loras": None}
 
 
 def _engine() -> BackendSettings:

