@@ -32,13 +32,19 @@ def test_long_note_is_chunked_not_truncated(tiny_llama_dir, schema, tmp_path):
     assert "note" not in json.dumps(rows[0]).replace('"n_chunks"', "").replace('"note_sha256"', "")  # no note text
 
 
-def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, tmp_path):
+def _clean_run(model_dir, schema, out, n):
+    """n notes answered start to end: (schema subset, backend, decoding, records)."""
     sub = schema.subset(["sex", "diabetes"])
-    backend = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
+    backend = HFBackend(model_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
     dec = Decoding(max_new_tokens=10, constrained=False)
-    records = _records(5)
+    records = _records(n)
+    run_tasks(backend, [Task("t", None, records, out)], sub, SYSTEM, dec, progress=False)
+    return sub, backend, dec, records
+
+
+def test_resume_after_interruption_gives_identical_rows(tiny_llama_dir, schema, tmp_path):
     clean = tmp_path / "clean.jsonl"
-    run_tasks(backend, [Task("t", None, records, clean)], sub, SYSTEM, dec, progress=False)
+    sub, backend, dec, records = _clean_run(tiny_llama_dir, schema, clean, 5)
     # an interrupted run: two rows written, then a torn third line
     cut = tmp_path / "cut.jsonl"
     lines = clean.read_text().splitlines(keepends=True)
@@ -63,12 +69,8 @@ def test_resumed_rows_read_by_other_parsing_code_are_read_again(tiny_llama_dir, 
     answer (two chunks' raw answers) is asked again. Either way the rows are those of a clean run."""
     from survlm.predictions import parser_digest
 
-    sub = schema.subset(["sex", "diabetes"])
-    backend = HFBackend(tiny_llama_dir, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
-    dec = Decoding(max_new_tokens=10, constrained=False)
-    records = _records(4)
     clean = tmp_path / "clean.jsonl"
-    run_tasks(backend, [Task("t", None, records, clean)], sub, SYSTEM, dec, progress=False)
+    sub, backend, dec, records = _clean_run(tiny_llama_dir, schema, clean, 4)
     rows = list(read_jsonl(clean))
     assert all(r["parser"] == parser_digest() for r in rows)
     stale = [dict(r, parser="older code", fields={n: {"status": "ok", "value": 1} for n in r["fields"]})
