@@ -85,8 +85,9 @@ def test_resumed_rows_read_by_other_parsing_code_are_read_again(tiny_llama_dir, 
     assert strip(read_jsonl(old)) == strip(rows)
 
 
-def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema, tmp_path):
-    """An edited note, or another base model with the same config, is asked again; unchanged notes are not."""
+def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema, tmp_path, monkeypatch):
+    """An edited note, another base model with the same config, or other code scoring confidences: asked again;
+    unchanged notes are not."""
     import shutil
 
     import torch
@@ -114,6 +115,13 @@ def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema,
     save_file({k: v + 0.01 * torch.ones_like(v) for k, v in weights.items()}, other / "model.safetensors",
               metadata={"format": "pt"})
     backend2 = HFBackend(other, {}, sub, BackendSettings(max_model_len=1024, batch_size=2))
+    summary = run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)
+    assert summary["t"]["resumed"] == 0 and len(list(read_jsonl(out))) == 4
+    assert run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)["t"]["resumed"] == 4
+
+    from survlm.modeling import extractor
+
+    monkeypatch.setattr(extractor, "_confidence_code", lambda: "other code")
     summary = run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)
     assert summary["t"]["resumed"] == 0 and len(list(read_jsonl(out))) == 4
 

@@ -7,7 +7,6 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
-from . import chunking, extraction, schema as schema_module, units
 from .extraction import FieldResult, answer_is_valid_json, parse_answer
 from .hashing import sha256_file
 
@@ -26,12 +25,16 @@ def row_results(row: dict) -> dict[str, FieldResult]:
     return {name: result_from_json(d) for name, d in row["fields"].items()}
 
 
+# the code that turns a raw answer into fields: parsing, units, schema rules, merging chunks' answers
+PARSER_SOURCES = ("extraction.py", "units.py", "schema.py", "chunking.py")
+
+
 @lru_cache(maxsize=1)
 def parser_digest() -> str:
-    """The code that turns a raw answer into fields (parsing, units, schema rules, chunk merging); rows record it."""
+    """Digest of PARSER_SOURCES, which each prediction row records."""
     h = hashlib.sha256()
-    for module in (extraction, units, schema_module, chunking):
-        h.update(sha256_file(module.__file__).encode())
+    for name in PARSER_SOURCES:
+        h.update(sha256_file(Path(__file__).with_name(name)).encode())
     return h.hexdigest()[:16]
 
 

@@ -7,8 +7,8 @@
 - Rows are appended as soon as a note's last chunk is answered; a rerun skips a note only when a row with
   its id *and* the SHA-256 of its text is in the output, and the run's fingerprint (the base model's
   weights, tokenizer and config and how they are quantized, the adapter's files, decoding, prompt, schema,
-  context, chunk overlap) is unchanged. A different fingerprint starts the file over; an edited note is
-  asked again.
+  context, chunk overlap, the code that scores field confidences) is unchanged. A different fingerprint starts
+  the file over; an edited note is asked again.
 - Each row records the digest of the code that read its answer (`parser`). A resumed row read by other code is
   read again from its stored raw answer where it holds the whole of it (one chunk, one completion); a chunked or
   voted row is asked again, since its merge would need answers the row does not keep.
@@ -24,10 +24,12 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import confidence
 from ..chunking import merge_chunks, split_note, vote_field
 from ..config import ScoringParams
 from ..confidence import field_confidences
 from ..extraction import FieldResult, answer_is_valid_json, answer_text, parse_answer
+from ..hashing import sha256_file
 from ..metrics import tolerance
 from ..phases import Phases
 from ..predictions import parser_digest, reparsed_row, result_to_json, row_results
@@ -69,6 +71,12 @@ def base_digest(base_dir: str) -> str:
     return model_digest(path) if path.exists() else base_dir
 
 
+def _confidence_code() -> str:
+    """The code that scores field confidences: they come from the generated tokens, which a kept row no longer
+    has, so other code means answering again."""
+    return sha256_file(confidence.__file__)[:16]
+
+
 def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema,
                 chunk_overlap: int = 128, vote: bool = False) -> str:
     parts = {"base": base_digest(backend.base_dir),
@@ -77,7 +85,8 @@ def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, syste
              "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
              # the base as served: `auto` resolved from the adapters' run records where the backend did so
              "quantization": getattr(backend, "quantization", backend.settings.quantization),
-             "chunk_overlap": chunk_overlap, "row_format": ROW_FORMAT, "vote": vote}
+             "chunk_overlap": chunk_overlap, "row_format": ROW_FORMAT, "vote": vote,
+             "confidence_code": _confidence_code()}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
