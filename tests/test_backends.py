@@ -44,7 +44,7 @@ def engines(tiny_lora_pair, schema):
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     base, lora = tiny_lora_pair
     sub = schema.subset(SUBSET)
-    v = make_backend("vllm", base, {"a": lora}, sub, BackendSettings(max_model_len=1024))
+    v = make_backend("vllm", base, {"a": lora}, sub, BackendSettings(max_model_len=1024, max_loras=3))
     h = HFBackend(base, {"a": lora}, sub, BackendSettings(batch_size=3))
     yield v, h, sub
     v.close()
@@ -60,6 +60,13 @@ def test_vllm_lora_equals_hf_peft_token_for_token(engines):
     assert [o[0].text for o in out_v] == [o[0].text for o in out_h]
     assert out_v[0][0].text != out_v[1][0].text.replace("Note 1", "Note 0")  # the adapter changes the answer
     assert v.generate(_prompts(1), free, None)[0][0].text != v.generate(_prompts(1), free, "a")[0][0].text
+
+
+@requires_vllm
+def test_the_stated_max_loras_reaches_the_engine(engines):
+    """One adapter, `max_loras: 3` stated: the engine takes the setting (it keys vLLM's compiled-graph cache),
+    not the adapter count."""
+    assert engines[0].llm.llm_engine.vllm_config.lora_config.max_loras == 3
 
 
 @requires_vllm
