@@ -34,7 +34,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from survlm.artifacts import load_prompt, note_of, read_jsonl, write_jsonl
-    from survlm.predictions import ABSTAINING, TEST_SPLITS, prediction_path, reparsed_row
+    from survlm.predictions import ABSTAINING, TEST_SPLITS, holds_whole_answer, prediction_path, reparsed_row
     from survlm.stages.infer import abstain
 
     schema, _ = load_prompt(args.prepared)
@@ -51,7 +51,7 @@ def main() -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         rows, changes, kept = [], Counter(), 0
         for row in read_jsonl(path):
-            if len(row["raw"]) != 1 or "answers" in row:
+            if not holds_whole_answer(row):
                 rows.append(row)
                 kept += 1
                 continue

@@ -38,7 +38,7 @@ def extraction_metrics(schema: Schema, records: dict, meta: dict, results: dict[
             keys = sorted({k for t in tallies for k in t}, key=repr)
             counts = np.array([[t.get(k, 0) for k in keys] for t in tallies], dtype=float)
 
-            def resample(idx, keys=keys, counts=counts):
+            def resample(idx):
                 drawn = tally_metrics(schema, dict(zip(keys, counts[idx].sum(0).tolist())))
                 return {k: v for k, v in drawn.items() if k in CI_KEYS}
 

@@ -38,6 +38,11 @@ def parser_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def holds_whole_answer(row: dict) -> bool:
+    """One chunk and one completion: the row's raw answer is all that its fields were read from."""
+    return len(row.get("raw", ())) == 1 and "answers" not in row
+
+
 def reparsed_row(row: dict, note: str, schema) -> dict:
     """A row answered in one chunk with one completion, its fields read again from its raw answer by this code.
     Field confidences come from the answer's tokens, not from how it is read, and stay."""

@@ -32,7 +32,7 @@ from ..extraction import FieldResult, answer_is_valid_json, answer_text, parse_a
 from ..hashing import sha256_file
 from ..metrics import tolerance
 from ..phases import Phases
-from ..predictions import parser_digest, reparsed_row, result_to_json, row_results
+from ..predictions import holds_whole_answer, parser_digest, reparsed_row, result_to_json, row_results
 from ..schema import Schema
 from .backends import Backend, Decoding
 from .loading import model_digest
@@ -129,7 +129,7 @@ def _answered(out: Path, fp: str, wanted: dict[str, tuple[str, str]], schema: Sc
             if rid not in wanted or rid in seen or row.get("note_sha256") != wanted[rid][0]:
                 continue
             if row.get("parser") != parser_digest():
-                if len(row.get("raw", ())) != 1 or "answers" in row:
+                if not holds_whole_answer(row):
                     continue
                 row = reparsed_row(row, wanted[rid][1], schema)
                 line = json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n"
