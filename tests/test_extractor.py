@@ -86,8 +86,8 @@ def test_resumed_rows_read_by_other_parsing_code_are_read_again(tiny_llama_dir, 
 
 
 def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema, tmp_path, monkeypatch):
-    """An edited note, another base model with the same config, or other code scoring confidences: asked again;
-    unchanged notes are not."""
+    """An edited note, another base model with the same config, other code scoring confidences, or another
+    grammar constraining the answer: asked again; unchanged notes are not."""
     import shutil
 
     import torch
@@ -123,6 +123,12 @@ def test_resume_never_reuses_an_answer_for_changed_input(tiny_llama_dir, schema,
 
     monkeypatch.setattr(extractor, "_confidence_code", lambda: "other code")
     summary = run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, dec, progress=False)
+    assert summary["t"]["resumed"] == 0 and len(list(read_jsonl(out))) == 4
+
+    constrained = Decoding(max_new_tokens=6, constrained=True)      # and another grammar for the same schema
+    run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, constrained, progress=False)
+    backend2.__dict__["grammar_text"] = backend2.grammar_text.replace("root ::= ", "root ::= \"\" ", 1)
+    summary = run_tasks(backend2, [Task("t", None, edited, out)], sub, SYSTEM, constrained, progress=False)
     assert summary["t"]["resumed"] == 0 and len(list(read_jsonl(out))) == 4
 
 

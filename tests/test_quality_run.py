@@ -20,6 +20,28 @@ with open("ran.txt", "a") as fh:
     fh.write(" ".join(sys.argv[1:]) + "\\n")
 """
 
+# `survlm export` records that it ran; `survlm serve` answers /v1/models where params.yaml says the server is
+STAND_IN_CLI = """import http.server, os, pathlib, runpy, sys, urllib.parse
+import yaml
+if sys.argv[1] == "serve":
+    pathlib.Path("serve.txt").write_text(" ".join(sys.argv[2:]))
+    if os.environ.get("STAND_IN_SERVER_FAILS"):
+        sys.exit("no GPU here")
+    url = urllib.parse.urlsplit(yaml.safe_load(open("params.yaml"))["infer"]["engine"]["openai_base_url"])
+
+    class Models(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    http.server.HTTPServer((url.hostname, url.port), Models).serve_forever()
+sys.argv = ["stand_in.py", "export", *sys.argv[1:]]
+runpy.run_path("stand_in.py")
+"""
+
 
 @pytest.fixture
 def checkout(tmp_path):
@@ -33,8 +55,7 @@ def checkout(tmp_path):
     (tmp_path / "src" / "survlm" / "__init__.py").write_text("")
     for module in ("config.py", "artifacts.py", "hashing.py"):   # the real params writer: preset and overrides go through it
         shutil.copy(ROOT / "src" / "survlm" / module, tmp_path / "src" / "survlm")
-    (tmp_path / "src" / "survlm" / "cli.py").write_text(
-        "import runpy, sys; sys.argv = ['stand_in.py', 'export', *sys.argv[1:]]; runpy.run_path('stand_in.py')")
+    (tmp_path / "src" / "survlm" / "cli.py").write_text(STAND_IN_CLI)
     stages = {name: {"cmd": f"python stand_in.py {name}"} for name in ("prepare", "sft", "select_ckpt", "dpo")}
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     (tmp_path / "preset.yaml").write_text(yaml.safe_dump({"sft": {"learning_rate": 0.001, "lora": {"r": 8}}}))
@@ -95,3 +116,40 @@ def test_unknown_override_key_stops_before_any_stage(checkout):
     assert done.stderr.startswith("override 'sft.lr=1e-4': sft.lr: unknown key (known: ")
     assert "Traceback" not in done.stderr and not (checkout / "params.yaml").exists()
     assert not (checkout / "ran.txt").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_starts_one_server_that_the_generating_stages_share_and_stops_it(checkout):
+    import urllib.request
+
+    url = f"http://127.0.0.1:{_free_port()}/v1"
+    done = run(checkout, SERVE="1", SERVE_URL=url, EXPORT="0")
+    assert done.returncode == 0, done.stderr
+    params = yaml.safe_load((checkout / "params.yaml").read_text())
+    for block in (params["select_ckpt"], params["make_pairs"], params["dpo"]["report"], params["infer"]):
+        assert block["backend"] == "openai"
+        assert {k: block["engine"][k] for k in ("openai_load_adapters", "openai_constraint", "openai_base_url",
+                                                "gpu_memory_utilization")} == {
+            "openai_load_adapters": True, "openai_constraint": "vllm_grammar", "openai_base_url": url,
+            "gpu_memory_utilization": 0.3}
+    assert (checkout / "serve.txt").read_text() == "--base models/base --stage infer"
+    # the server starts with the first stage and is waited for before the first generating one
+    assert list(json.loads((checkout / "results" / "run" / "timings.json").read_text())) == [
+        "prepare", "sft", "serve_wait", "select_ckpt", "dpo"]
+    with pytest.raises(OSError):   # and it is gone when the stages are done
+        urllib.request.urlopen(f"{url}/models", timeout=2)
+
+
+def test_a_server_that_ends_before_it_answers_stops_the_run_before_generating(checkout):
+    done = run(checkout, SERVE="1", SERVE_URL=f"http://127.0.0.1:{_free_port()}/v1", STAND_IN_SERVER_FAILS="1")
+    assert done.returncode == 1
+    assert "quality_run.sh: the vLLM server ended before it answered" in done.stderr
+    assert "no GPU here" in done.stderr and "Traceback" not in done.stderr
+    assert [line.split()[0] for line in ran(checkout)] == ["prepare", "sft"]

@@ -9,12 +9,24 @@
 # STOP_AFTER=<stage> ends the stages there; THROUGHPUT=1 then runs benchmarks/infer_throughput.py (128 test
 # notes through each serving variant, 64 through HF; the selected SFT adapter) into $RESULTS/infer_throughput.json;
 # GPUS=N trains sft and dpo with DDP over N GPUs (torchrun; batch sizes are per GPU).
+# SERVE=1 starts one vLLM server (`survlm serve`, infer's engine block at SERVE_GPU_FRACTION of the GPU, at
+# SERVE_URL) once models/base is there, and every generating stage loads its adapters into it (backend openai,
+# openai_load_adapters) instead of starting an engine of its own; the server compiles while prepare and sft
+# run, and timings.json's serve_wait is how long the first generating stage then still waited for it.
 # Where DVC is installed, `python -m survlm.config apply PRESET && dvc repro` does the same and records
 # dvc.lock.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PRESET=${1:?params preset}
 shift
+SERVE_URL=${SERVE_URL:-http://127.0.0.1:8000/v1}
+if [ "${SERVE:-0}" = 1 ]; then
+    for stage in select_ckpt make_pairs dpo.report infer; do
+        set -- "$@" "$stage.backend=openai" "$stage.engine.openai_load_adapters=true" \
+            "$stage.engine.openai_constraint=vllm_grammar" "$stage.engine.openai_base_url=$SERVE_URL" \
+            "$stage.engine.gpu_memory_utilization=${SERVE_GPU_FRACTION:-0.3}"
+    done
+fi
 python -m survlm.config apply "$PRESET" "$@"
 GPU=$(python -c "import torch; print(torch.cuda.get_device_name(0).split()[-1].lower() if torch.cuda.is_available() else 'cpu')")
 RESULTS=${RESULTS:-results/$(date -u +%F)-$GPU}
@@ -42,10 +54,35 @@ path.write_text(json.dumps(timings, indent=2) + "\n")
 PY
     collect
 }
+GENERATING="select_ckpt make_pairs dpo infer"   # the stages that generate (through the server, with SERVE=1)
+SERVER_PID=
+start_server() {  # in the background: its engine starts while the stages before the first generating one run
+    python -m survlm.cli serve --base models/base --stage infer > "$RESULTS/server.log" 2>&1 &
+    SERVER_PID=$!
+    trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
+}
+wait_server() {  # until the server answers, or fail with its log's end
+    until python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/models', timeout=2)" \
+            "$SERVE_URL" 2>/dev/null; do
+        if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+            tail -n 20 "$RESULTS/server.log" >&2
+            echo "quality_run.sh: the vLLM server ended before it answered (log: $RESULTS/server.log)" >&2
+            exit 1
+        fi
+        sleep 2
+    done
+}
 [ -z "${START_AT:-}" ] && rm -f "$RESULTS/timings.json" && touch "$RESULTS/.started"
 for stage in $STAGES; do
     if [ -n "${START_AT:-}" ]; then
         [ "$stage" = "$START_AT" ] && START_AT= || continue
+    fi
+    if [ "${SERVE:-0}" = 1 ] && [ "$stage" != base_model ] && [ -z "$SERVER_PID" ]; then
+        start_server
+    fi
+    if [ -n "$SERVER_PID" ] && [ -z "${SERVER_READY:-}" ] && [[ " $GENERATING " == *" $stage "* ]]; then
+        timed serve_wait wait_server
+        SERVER_READY=1
     fi
     cmd=$(python -c "import sys, yaml; print(yaml.safe_load(open('dvc.yaml'))['stages'][sys.argv[1]]['cmd'])" "$stage")
     if [ "${GPUS:-1}" -gt 1 ] && { [ "$stage" = sft ] || [ "$stage" = dpo ]; }; then
@@ -54,6 +91,10 @@ for stage in $STAGES; do
     timed "$stage" $cmd
     [ "$stage" = "${STOP_AFTER:-}" ] && break
 done
+if [ -n "$SERVER_PID" ]; then  # its GPU memory back before the benchmark's and the export's own engines
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+fi
 if [ "${THROUGHPUT:-0}" = 1 ]; then
     timed infer_throughput python benchmarks/infer_throughput.py --notes 128 --hf-notes 64 --adapter models/sft_best \
         --max-new-tokens 768 --out "$RESULTS/infer_throughput.json"

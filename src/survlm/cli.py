@@ -264,6 +264,32 @@ def _extract_checked(args, out, raw, created: list) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    """Start (or with --dry-run print) a vLLM server for the generating stages to share: the engine block of
+    --stage's params, the base as the adapters will have been trained on (sft.quantization on this machine)."""
+    import shlex
+
+    from .config import ConfigError, load_config
+    from .modeling.backends.vllm import server_command
+    from .modeling.loading import pick_device, resolve_quantization
+
+    try:
+        stage = load_config(args.stage, args.params)
+        sft = load_config("sft", args.params)
+    except (ConfigError, OSError) as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    engine = stage.report.engine if args.stage == "dpo" else stage.engine
+    quantization = args.quantization or resolve_quantization(sft.quantization, pick_device())
+    cmd, env = server_command(engine, args.base, quantization, engine.max_lora_rank or sft.lora.r,
+                              make=not args.dry_run)
+    cmd += args.vllm_args
+    print(shlex.join(cmd), flush=True)
+    if args.dry_run:
+        return 0
+    os.execvpe(cmd[0], cmd, env)
+
+
 def _export(args) -> int:
     """Faithful merge of a QLoRA adapter (dequantized NF4 base + LoRA), with the logit comparison as proof."""
     from .modeling.export import ROUTES, compare_routes, export_merged
@@ -355,6 +381,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="how the adapter's base was loaded in training (default: read from the adapter's run record)")
     x.add_argument("--report", default="metrics/export.json")
     x.set_defaults(func=_export)
+    sv = sub.add_parser("serve", help="start a vLLM server that generating stages share (engine.backend openai, "
+                                      "openai_load_adapters true): one engine start for the whole pipeline")
+    sv.add_argument("--base", default="models/base")
+    sv.add_argument("--params", default="params.yaml")
+    sv.add_argument("--stage", default="infer", choices=["select_ckpt", "make_pairs", "dpo", "infer"],
+                    help="whose engine block sets the server's engine (dpo: dpo.report.engine)")
+    sv.add_argument("--quantization", choices=["nf4", "none"], default=None,
+                    help="the base the adapters are trained on (default: params sft.quantization on this machine)")
+    sv.add_argument("--dry-run", action="store_true", help="print the server's command and exit")
+    sv.add_argument("vllm_args", nargs="*", metavar="-- VLLM_FLAG", help="more flags for vLLM's server, after `--`")
+    sv.set_defaults(func=_serve)
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -45,10 +45,12 @@ class BackendSettings:
     seed: int = 0
     openai_base_url: str = "http://localhost:8000/v1"
     openai_model: str | None = None           # served base model name; adapters use their --lora-modules names
+                                              # (default: the base dir, or with openai_load_adapters the server's)
     openai_constraint: str = "json_schema"    # or vllm_grammar: our compact grammar itself (vLLM servers only)
     openai_retries: int = 4
     openai_timeout_s: float = 600.0
     openai_logprobs: bool = True              # ask for token log-probabilities (field confidence); off for servers without
+    openai_load_adapters: bool = False        # load the adapters into the server (`survlm serve`), checking its base
     extra: dict = field(default_factory=dict)  # passed to vllm.LLM as is
 
     @classmethod

@@ -29,13 +29,13 @@ from ..chunking import merge_chunks, split_note, vote_field
 from ..config import ScoringParams
 from ..confidence import field_confidences
 from ..extraction import FieldResult, answer_is_valid_json, answer_text, parse_answer
-from ..hashing import sha256_file
+from ..hashing import sha256_file, text_digest
 from ..metrics import tolerance
 from ..phases import Phases
 from ..predictions import holds_whole_answer, parser_digest, reparsed_row, result_to_json, row_results
 from ..schema import Schema
 from .backends import Backend, Decoding
-from .loading import model_digest
+from .loading import adapter_digest, model_digest
 
 CHUNK_MARGIN_TOKENS = 16   # chat-template tokens that the note-less prompt count can miss at the join
 ROW_FORMAT = 2             # what a row holds; rows written in another format are answered again
@@ -53,10 +53,6 @@ class Task:
     out_path: Path
     decoding: Decoding | None = None   # None: the run's default decoding
     vote: bool = False          # self-consistency: each field is the majority of the decoding's n samples
-
-
-def _adapter_file(f: Path) -> bool:
-    return f.name.startswith("adapter_") or f.name == "config.json"
 
 
 def note_digest(text: str) -> str:
@@ -80,8 +76,10 @@ def _confidence_code() -> str:
 def fingerprint(backend: Backend, adapter: str | None, decoding: Decoding, system_prompt: str, schema: Schema,
                 chunk_overlap: int = 128, vote: bool = False) -> str:
     parts = {"base": base_digest(backend.base_dir),
-             "adapter": model_digest(Path(backend.adapters[adapter]), _adapter_file) if adapter else None,
+             "adapter": adapter_digest(backend.adapters[adapter]) if adapter else None,
              "decoding": asdict(decoding), "prompt": system_prompt, "schema": schema.names,
+             # the tokens a constrained answer may use: the schema's grammar, as the code writing it made it
+             "grammar": text_digest(backend.grammar_text) if decoding.uses_constraint else None,
              "schema_digest": schema.digest, "max_context": backend.max_context, "backend": backend.name,
              # the base as served: `auto` resolved from the adapters' run records where the backend did so
              "quantization": getattr(backend, "quantization", backend.settings.quantization),

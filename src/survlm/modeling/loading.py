@@ -154,28 +154,52 @@ def dequantized_nf4(base_dir: str | Path, device: str, dtype: torch.dtype):
 SERVED_DIR = ".served"   # beside the base dir: dequantized copies an inference engine loads
 
 
-def dequantized_base(base_dir: str | Path, device: str) -> Path:
-    """The NF4 base exactly as a QLoRA adapter was trained against, dequantized to the compute dtype and saved
-    as a plain checkpoint, so that an inference engine serves the adapter unmerged on those very weights with
-    its fast full-precision kernels instead of 4-bit ones. Made once per base weights (a digest names it)."""
+def dequantized_base_dir(base_dir: str | Path, device: str) -> Path:
+    """Where `dequantized_base` keeps the dequantized copy of this base for this device's compute dtype."""
     base_dir = Path(base_dir)
     dtype = compute_dtype(device)
     weights = model_digest(base_dir, keep=lambda f: f.suffix == ".safetensors" or f.name == "config.json")
     digest = hashlib.sha256((weights + repr(nf4_config(dtype).to_dict())).encode()).hexdigest()[:12]
-    out = base_dir.parent / SERVED_DIR / f"{base_dir.name}-nf4-{str(dtype).split('.')[-1]}-{digest}"
+    return base_dir.parent / SERVED_DIR / f"{base_dir.name}-nf4-{str(dtype).split('.')[-1]}-{digest}"
+
+
+def dequantized_base(base_dir: str | Path, device: str) -> Path:
+    """The NF4 base exactly as a QLoRA adapter was trained against, dequantized to the compute dtype and saved
+    as a plain checkpoint, so that an inference engine serves the adapter unmerged on those very weights with
+    its fast full-precision kernels instead of 4-bit ones. Made once per base weights (a digest names it)."""
+    out = dequantized_base_dir(base_dir, device)
     if (out / "config.json").is_file():
         return out
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model = dequantized_nf4(base_dir, device, dtype)
+        model = dequantized_nf4(base_dir, device, compute_dtype(device))
         save_plain(model, tmp, base_dir)
         del model
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def served_base(base_dir: str | Path, quantization: str, nf4_serving: str, make: bool = True) -> str:
+    """The weights an inference engine loads for adapters trained on `quantization`: the base itself, or for
+    an NF4 base served `dequantized` its dequantized copy (made here unless `make` is false). A vLLM engine
+    and a `survlm serve` server both load this, and a client of a server checks it against the server's."""
+    if quantization == "nf4" and nf4_serving == "dequantized":
+        device = pick_device()
+        return str(dequantized_base(base_dir, device) if make else dequantized_base_dir(base_dir, device))
+    return str(base_dir)
+
+
+def _adapter_file(f: Path) -> bool:
+    return f.name.startswith("adapter_") or f.name == "config.json"
+
+
+def adapter_digest(path: str | Path) -> str:
+    """An adapter's weights and config: what its answers depend on, wherever it is stored."""
+    return model_digest(Path(path), _adapter_file)
 
 
 def load_tokenizer(base_dir: str | Path):

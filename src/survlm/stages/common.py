@@ -53,8 +53,12 @@ def parse_paths(paths_cls: type, description: str | None, argv: list[str] | None
     return paths_cls(**vars(ap.parse_args(argv)))
 
 
-def run_stage(main: Callable, section: str, paths_cls: type, argv: list[str] | None = None) -> None:
+def run_stage(main: Callable, section: str, paths_cls: type, argv: list[str] | None = None,
+              errors: tuple[type[Exception], ...] = ()) -> None:
     """The stage's entry point: its paths from the command line, then `main(cfg, paths)` with params.yaml's
-    `section` (paths first, so that `--help` needs no params.yaml)."""
+    `section` (paths first, so that `--help` needs no params.yaml). An error of the kinds in `errors` (one-line
+    messages, such as a server that cannot be reached) stops the stage with its message alone."""
     paths = parse_paths(paths_cls, sys.modules[main.__module__].__doc__, argv)
-    main(stage_params(section), paths)
+    cfg = stage_params(section)
+    with failing_on(*errors):
+        main(cfg, paths)

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, continued_run, copy_adapter, labelled_records,
                          load_prompt, read_jsonl, scratch_dir, write_adapter_run, write_json)
 from ..config import DPOParams
+from ..modeling.backends.openai import OpenAIBackendError
 from ..phases import Phases
 from ..selection import checkpoints, dpo_selection
 from .common import fail, failing_on, path_arg, run_stage
@@ -117,4 +118,4 @@ def main(cfg: DPOParams, paths: Paths) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "dpo", Paths)
+    run_stage(main, "dpo", Paths, errors=(OpenAIBackendError,))

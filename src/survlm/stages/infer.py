@@ -22,6 +22,7 @@ from pathlib import Path
 from ..artifacts import (ArtifactError, check_adapter_runs, first_records, load_prompt, note_of, read_jsonl,
                          render_meta, write_json, write_jsonl)
 from ..config import InferParams
+from ..modeling.backends.openai import OpenAIBackendError
 from ..phases import process_age_s
 from ..predictions import ABSTAINING, HELDOUT_SPLIT, TEST_SPLIT, ZERO_SHOT, prediction_path, row_results
 from .common import failing_on, path_arg, run_stage
@@ -165,4 +166,4 @@ def main(cfg: InferParams, paths: Paths) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "infer", Paths)
+    run_stage(main, "infer", Paths, errors=(OpenAIBackendError,))

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..artifacts import (ArtifactError, atomic_dir, first_records, has_target, load_prompt, note_of, read_jsonl,
                          render_meta, write_json, write_jsonl)
 from ..config import MakePairsParams
+from ..modeling.backends.openai import OpenAIBackendError
 from ..pairs import balance_pairs, build_pairs, fill_untrained, pair_is_valid, summarize
 from ..phases import Phases
 from .common import fail, failing_on, path_arg, run_stage
@@ -123,4 +124,4 @@ def main(cfg: MakePairsParams, paths: Paths) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "make_pairs", Paths)
+    run_stage(main, "make_pairs", Paths, errors=(OpenAIBackendError,))

