@@ -103,6 +103,7 @@ def test_h200_engines_are_one_setting_so_compiled_graphs_are_shared():
     assert all(e == first for e in engines.values())               # the anchor's keys reach every block
     assert (first["max_model_len"], first["batch_size"], first["gpu_memory_utilization"]) == (8192, 512, 0.85)
     assert first["enforce_eager"] is False and first["max_loras"] == 5 and set(first) == set(ENGINE_DEFAULTS)
+    assert first["max_num_batched_tokens"] == 16384   # a stage's engine and `survlm serve`'s prefill alike
     assert parse_section("infer", params["infer"]).engine.max_loras == 5
 
 

