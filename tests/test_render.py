@@ -92,6 +92,31 @@ def test_decoding_grammar_accepts_every_target_and_only_compact_json(schema, sup
         assert not xgr.GrammarMatcher(compiled).accept_string(spaced), row["id"]
 
 
+
+def test_the_grammar_takes_exactly_the_values_the_number_pattern_matches(schema):
+    """A value's digits are bounded (9 before the point, 6 after), so a model that runs on in digits must close
+    it; the decoding grammar accepts a value exactly when Python's `re` matches the pattern."""
+    import random
+    import re
+
+    xgr = pytest.importorskip("xgrammar")
+    from survlm.modeling.backends import compact_json_grammar
+    from survlm.schema import NUMBER_PATTERN
+
+    sub = schema.subset(["age"])
+    compiled = xgr.GrammarCompiler(xgr.TokenizerInfo(["{", "}"])).compile_grammar(
+        compact_json_grammar(target_json_schema(sub)))
+    rng = random.Random(0)
+    values = {"".join(rng.choice("0123456789") for _ in range(n)) for n in range(1, 13) for _ in range(30)}
+    parts = ["7", "123456789", "1234567890", "0.5", "1.123456", "1.1234567", "-3.5"]
+    values |= {f"{a}/{b}" for a in parts for b in parts + ["RA", "21%", "30.5%"] if not b.startswith("-")}
+    values |= set(parts) | {"1,200", "12a5", "1.", ".5", "5/"}
+    for value in sorted(values):
+        answer = compact_json({"age": {"value": value, "unit": None, "evidence": "x"}})
+        assert xgr.GrammarMatcher(compiled).accept_string(answer) is bool(re.match(NUMBER_PATTERN, value)), value
+    assert re.match(NUMBER_PATTERN, "123456789.123456") and not re.match(NUMBER_PATTERN, "1234567890")
+
+
 def test_another_days_p_f_ratio_as_written_never_scores_as_the_day3_one(schema):
     """PaO2 is written in whole mmHg: at FiO2 0.3 rounding moves the ratio by up to 1.7, enough to bring two days
     planned the minimum gap apart within the 1 % scoring tolerance when both are written as PaO2 on FiO2."""

@@ -273,7 +273,11 @@ def _day_label(raw: dict, fields: dict[str, Field], where: str) -> str:
 #   bool:     {"value": true|false, "evidence": "<verbatim span or null>"}   (null: nothing to quote)
 #   count:    {"value": ["<item as written>", ...]}   (code counts; the model never does arithmetic)
 # ---------------------------------------------------------------------------------------------
-NUMBER_PATTERN = r"^-?[0-9]+(\.[0-9]+)?(/([0-9]+(\.[0-9]+)?%?|RA))?$"
+# At most 9 digits before the point and 6 after: more than any chart value needs, and a bound on what a model
+# that runs on in digits (the zero-shot base does, to max_new_tokens) can write before it must close the value.
+# Optional parts as `(...|)`, not `(...)?`: xgrammar's JSON-schema patterns let one more digit through after a
+# bounded repeat followed by an optional group (tests/test_render.py holds it to Python's `re`).
+NUMBER_PATTERN = r"^-?[0-9]{1,9}(\.[0-9]{1,6}|)(/([0-9]{1,9}(\.[0-9]{1,6}|)%?|RA)|)$"
 
 
 def field_json_schema(f: Field) -> dict:
@@ -282,7 +286,8 @@ def field_json_schema(f: Field) -> dict:
         item = {
             "type": "object",
             "properties": {
-                # no maxLength next to the pattern: xgrammar (vLLM's and our HF constraint) rejects the pair
+                # no maxLength next to the pattern: xgrammar (vLLM's and our HF constraint) rejects the pair;
+                # the pattern bounds its digits instead
                 "value": {"type": "string", "pattern": NUMBER_PATTERN},
                 "unit": {"type": ["string", "null"], "maxLength": 16},
                 "evidence": evidence,
