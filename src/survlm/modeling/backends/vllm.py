@@ -54,6 +54,7 @@ def server_command(s, base_dir: str, quantization: str, max_lora_rank: int,
 
     _engine_environment()
     url = urlsplit(s.openai_base_url)
+    base_dir = str(Path(base_dir).resolve())   # the served paths a client compares do not depend on either's cwd
     args = engine_args(s, served_base(base_dir, quantization, s.nf4_serving, make), base_dir, quantization,
                        (max_lora_rank, SERVER_MAX_LORAS))
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", url.hostname or "127.0.0.1",
