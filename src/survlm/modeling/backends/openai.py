@@ -19,6 +19,7 @@ from typing import Any, Iterator
 from .base import Backend, Generation, Request
 
 OPENAI_CONSTRAINTS = ("json_schema", "vllm_grammar")
+TOKEN_ID = "token_id:"   # how a vLLM server writes a token asked for as its id (`return_tokens_as_token_ids`)
 
 
 class OpenAIBackendError(RuntimeError):
@@ -46,6 +47,8 @@ class OpenAIBackend(Backend):
         if settings.openai_constraint not in OPENAI_CONSTRAINTS:
             raise ValueError(f"openai_constraint must be one of {', '.join(OPENAI_CONSTRAINTS)} "
                              f"(got {settings.openai_constraint!r})")
+        # what only a vLLM server takes: our grammar in the request, adapters loaded at run time
+        self.vllm_server = settings.openai_constraint == "vllm_grammar" or settings.openai_load_adapters
         self.served_names = {name: name for name in self.adapters}   # adapter -> the model name requests carry
         if settings.openai_load_adapters:
             self._load_adapters()
@@ -126,17 +129,22 @@ class OpenAIBackend(Backend):
         model = self.served_names[request.adapter] if request.adapter else self.model_name
         kw: dict[str, Any] = dict(model=model, messages=request.messages, max_tokens=decoding.max_new_tokens,
                                   seed=decoding.seed)
+        extra: dict[str, Any] = {}
         if self.settings.openai_logprobs:
             kw["logprobs"] = True
+            if self.vllm_server:   # token ids, not texts: a token holding part of a character has no text
+                extra["return_tokens_as_token_ids"] = True
         if decoding.strategy == "greedy":
             kw["temperature"] = 0.0
         else:
             kw.update(temperature=decoding.temperature, top_p=decoding.top_p, n=decoding.n)
         if decoding.constrained and self.settings.openai_constraint == "vllm_grammar":
-            kw["extra_body"] = {"structured_outputs": {"grammar": self.grammar_text}}
+            extra["structured_outputs"] = {"grammar": self.grammar_text}
         elif decoding.constrained:
             kw["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": "extraction", "schema": self.json_schema}}
+        if extra:
+            kw["extra_body"] = extra
         t0 = time.perf_counter()
         try:
             resp = self.client.chat.completions.create(**kw)
@@ -150,14 +158,23 @@ class OpenAIBackend(Backend):
         usage = resp.usage
         return [Generation(c.message.content or "", usage.prompt_tokens if usage else 0,
                            (usage.completion_tokens // max(len(resp.choices), 1)) if usage else 0,
-                           round(latency, 4), c.finish_reason, *_choice_logprobs(c)) for c in resp.choices]
+                           round(latency, 4), c.finish_reason, *self._logprobs(c)) for c in resp.choices]
 
-
-def _choice_logprobs(choice) -> tuple[list[str] | None, list[float] | None]:
-    content = getattr(getattr(choice, "logprobs", None), "content", None)
-    if not content:
-        return None, None
-    return [t.token for t in content], [float(t.logprob) for t in content]
+    def _logprobs(self, choice) -> tuple[list[str] | None, list[float] | None]:
+        """Each generated token's text and log-probability; the texts spell the answer, which is what field
+        confidences are read against."""
+        content = getattr(getattr(choice, "logprobs", None), "content", None)
+        if not content:
+            return None, None
+        text, logprobs = choice.message.content or "", [float(t.logprob) for t in content]
+        if all(t.token.startswith(TOKEN_ID) for t in content):   # token ids: decoded as the other backends do
+            return self.token_texts([int(t.token[len(TOKEN_ID):]) for t in content], text), logprobs
+        tokens = [t.token for t in content]
+        # a server may list the stop token (`<|im_end|>`) that the text leaves out; a token that holds part of
+        # a character comes as `\ufffd`, and then the tokens no longer spell the text (no confidences)
+        if len(tokens) > 1 and "".join(tokens[:-1]) == text:
+            tokens, logprobs = tokens[:-1], logprobs[:-1]
+        return tokens, logprobs
 
 
 def _first_line(text: str) -> str:
