@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Callable, Iterable
 
 from .extraction import FieldResult, answer_members
 from .predictions import result_from_json, result_to_json
@@ -32,6 +32,27 @@ def value_spans(text: str, names: Iterable[str]) -> dict[str, tuple[int, int]]:
             cut = text.find('"evidence"', start, end) if isinstance(value, dict) else -1
             spans[key] = (start, cut if cut > start else end)
     return spans
+
+
+def token_pieces(ids: list[int], text: str, decode_each: Callable[[list[int]], list[str]],
+                 decode: Callable[[list[int]], str]) -> list[str]:
+    """Each generated token as the text it adds to `text` (the decoded answer), from the tokenizer's `decode_each`
+    (one text per token) and `decode` (a prefix's text). Decoding token by token is exact unless a token holds
+    part of a multi-byte character; then each piece is the growth of the decoded prefix, and a character whose
+    bytes run on into the next token (decoded as U+FFFD until complete) belongs to the token that completes it.
+    A kept answer's confidences came from this, so it is part of what a resumed run must not have changed."""
+    pieces = decode_each(ids)
+    if text.endswith("".join(pieces)):
+        return pieces
+    pieces, before = [], ""
+    for k in range(len(ids)):
+        now = decode(ids[:k + 1])
+        if k < len(ids) - 1:
+            now = now.rstrip("\ufffd")
+        grew = now.startswith(before)
+        pieces.append(now[len(before):] if grew else "")
+        before = now if grew else before
+    return pieces
 
 
 def field_confidences(text: str, token_texts: list[str], token_logprobs: list[float],

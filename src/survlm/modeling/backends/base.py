@@ -134,22 +134,12 @@ class Backend:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def token_texts(self, ids: list[int], text: str) -> list[str]:
-        """Each generated token as the text it adds to `text` (the decoded answer). Decoding token by token is
-        exact unless a token holds part of a multi-byte character; then each piece is the growth of the decoded
-        prefix, and a character whose bytes run on into the next token (decoded as U+FFFD until complete)
-        belongs to the token that completes it."""
-        pieces = self.tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=True)
-        if text.endswith("".join(pieces)):
-            return pieces
-        pieces, before = [], ""
-        for k in range(len(ids)):
-            now = self.tokenizer.decode(ids[:k + 1], skip_special_tokens=True)
-            if k < len(ids) - 1:
-                now = now.rstrip("\ufffd")
-            grew = now.startswith(before)
-            pieces.append(now[len(before):] if grew else "")
-            before = now if grew else before
-        return pieces
+        """Each generated token as the text it adds to `text` (the decoded answer): confidence.token_pieces."""
+        from ...confidence import token_pieces
+
+        return token_pieces(ids, text, lambda each: self.tokenizer.batch_decode([[i] for i in each],
+                                                                                 skip_special_tokens=True),
+                            lambda prefix: self.tokenizer.decode(prefix, skip_special_tokens=True))
 
     def generate(self, prompts: list[list[dict]], decoding: Decoding | list[Decoding],
                  adapter: str | None | list[str | None] = None) -> list[list[Generation]]:
