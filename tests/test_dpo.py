@@ -75,6 +75,9 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
         rows = (work / "live" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()[1:]
         curves[name] = [float(r.split("\t")[-1]) for r in rows]
         assert (work / "dpo" / "adapter_model.safetensors").is_file() and not list(work.glob(".dpo.tmp-*"))
+        # the logged trainer params leave out the work directory, which is named by the process id
+        logged = yaml.safe_load((work / "live" / "params.yaml").read_text())
+        assert logged["max_steps"] == 4 and "output_dir" not in logged
         # unguarded (val_notes 0): the final policy ships, its record continuing the SFT adapter's
         run, source = read_adapter_run(work / "dpo"), read_adapter_run(work / "sft_best")
         assert run == {**source, "trained": {"stage": "dpo", "step": 4, "source": source["trained"]}}

@@ -150,6 +150,61 @@ def test_batched_tokenization_is_trls_per_example(tiny_llama_dir, monkeypatch):
     assert [len(r["input_ids"]) for r in kept] == lengths[:4]
 
 
+def test_the_trainer_gets_the_batches_trls_own_preparation_makes(tiny_llama_dir, tmp_path):
+    """label_rows replaces TRL's dataset preparation: the same examples (one with masked answer characters, one
+    with no loss token at all) give the trainer the same batches, in the same order, with TRL's labels."""
+    import dataclasses
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from survlm.modeling import sft
+    from survlm.modeling.loading import load_base, load_tokenizer
+
+    tok = load_tokenizer(tiny_llama_dir)
+    rows = [record(i, note="HD1 Na 131. " * (1 + 3 * i) + "HD3 Na 138.") for i in range(5)]
+    examples = [sft.prompt_completion(r, SODIUM_PROMPT) for r in rows]
+    answer = examples[0]["completion"][0]["content"]
+    spans = [[], [(answer.index("Na 138"), answer.index("Na 138") + 6)], [], [(0, len(answer) + 20)], []]
+    tokenized = sft.tokenized_examples(tok, examples, spans)
+    assert 1 not in tokenized[3]["completion_mask"]     # its whole answer (and end token) is left out of the loss
+    params = sft_params(per_device_train_batch_size=2)
+    ours = sft.build_trainer(load_base(tiny_llama_dir, "none", "cpu"), tok, params, tokenized, tokenized[:2],
+                             tmp_path / "ours", "cpu")
+    config = sft.sft_config(params, tmp_path / "trl", "cpu", True)
+    theirs = SFTTrainer(model=load_base(tiny_llama_dir, "none", "cpu"),
+                        args=dataclasses.replace(config, dataset_kwargs=None),
+                        train_dataset=Dataset.from_list(tokenized), eval_dataset=Dataset.from_list(tokenized[:2]),
+                        processing_class=tok, peft_config=sft.lora_config(params.lora))
+    assert len(ours.train_dataset) == len(theirs.train_dataset) == 4
+    for a, b in [(ours.get_train_dataloader(), theirs.get_train_dataloader()),
+                 (ours.get_eval_dataloader(), theirs.get_eval_dataloader())]:
+        batches = list(zip(a, b, strict=True))
+        assert batches
+        for x, y in batches:
+            assert x.keys() == y.keys() and all(x[k].tolist() == y[k].tolist() for k in x)
+            assert (x["labels"] == -100).any() and (x["labels"] != -100).any()
+
+
+def test_value_token_weights_match_the_overlap_rule():
+    """The one-sweep weights are exactly 'a loss token that overlaps any value span', for overlapping, touching
+    and unsorted spans and for tokens of zero width."""
+    import random
+
+    from survlm.modeling.training import value_token_weights
+
+    rng = random.Random(7)
+    for _ in range(300):
+        cuts = sorted(rng.sample(range(1, 200), rng.randint(2, 40)))
+        offsets = [(a, b if rng.random() > 0.1 else a) for a, b in zip(cuts, cuts[1:])]
+        values = [(a, a + rng.randint(1, 12)) for a in rng.sample(range(0, 200), rng.randint(0, 6))]
+        in_loss = [rng.choice([0, 1, 1]) for _ in offsets]
+        raw = [0.0 if not m else 5.0 if any(s < b and a < e for a, b in values) else 1.0
+               for m, (s, e) in zip(in_loss, offsets)]
+        scale = sum(in_loss) / sum(raw) if sum(raw) else 1.0
+        assert value_token_weights(offsets, values, in_loss, 5.0) == [w * scale for w in raw]
+
+
 def test_value_weights_move_the_loss_onto_field_values(tiny_llama_dir):
     from survlm.modeling.loading import load_tokenizer
     from survlm.modeling.sft import tokenized_example, prompt_completion
@@ -180,7 +235,7 @@ def test_sft_trains_on_the_value_weighted_loss(tiny_llama_dir, prepared):
     tok = load_tokenizer(tiny_llama_dir)
     rows = [record(i) for i in range(2)]
     train = [tokenized_example(tok, prompt_completion(r, SODIUM_PROMPT), [], ["sodium_meq_l"], 5.0) for r in rows]
-    val = [prompt_completion(r, SODIUM_PROMPT) for r in rows]
+    val = [tokenized_example(tok, prompt_completion(r, SODIUM_PROMPT), []) for r in rows]
     params = sft_params(value_weight=5.0, per_device_train_batch_size=2)
     trainer = build_trainer(load_base(tiny_llama_dir, "none", "cpu"), tok, params, train, val, prepared / "w", "cpu")
     batch = next(iter(trainer.get_train_dataloader()))

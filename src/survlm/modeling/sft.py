@@ -136,8 +136,9 @@ def sft_config(params: SFTParams, out_dir: Path, device: str, with_eval: bool):
     """TRL SFTConfig from the `sft` params (device settings and memory discipline: modeling.training)."""
     from trl import SFTConfig
 
+    # the rows come with their labels (label_rows): TRL's dataset preparation has nothing left to do
     return trainer_config(SFTConfig, params, out_dir, device, with_eval, completion_only_loss=True, packing=False,
-                          save_total_limit=None)
+                          save_total_limit=None, dataset_kwargs={"skip_prepare_dataset": True})
 
 
 class _WeightedLogProbs:
@@ -179,17 +180,35 @@ def _trainer_class(value_weighted: bool):
     return ValueWeightedSFTTrainer
 
 
-def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: list[dict], out_dir: Path, device: str,
-                  live=None):
-    """SFTTrainer over `model` (wrapped with a fresh LoRA adapter); `trainer.throughput` has tokens/s per step.
-    Training examples with `value_weights` (tokenized_examples) train on the weighted loss."""
+def label_rows(examples: list[dict]):
+    """Tokenized examples as the Dataset SFTTrainer trains on: `input_ids`, `labels` (-100 outside the loss, as
+    TRL's own preparation sets them from `completion_mask`) and `value_weights` where the examples have them.
+    Examples without a loss token are left out, as TRL leaves them out. The columns are built as Arrow arrays at
+    once: TRL's preparation maps over every token of every note three times, and Dataset.from_list infers each
+    row's types, which took longer than tokenizing on a few thousand 3k-token notes (BENCHMARKS.md)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     from datasets import Dataset
 
+    examples = [ex for ex in examples if 1 in ex["completion_mask"]]
+    ids = pa.array([ex["input_ids"] for ex in examples], pa.list_(pa.int32()))
+    in_loss = pa.array([ex["completion_mask"] for ex in examples], pa.list_(pa.int8())).values.cast(pa.bool_())
+    labels = pc.if_else(in_loss, ids.values, pa.scalar(-100, pa.int32()))
+    columns = {"input_ids": ids, "labels": pa.ListArray.from_arrays(ids.offsets, labels)}
+    if examples and "value_weights" in examples[0]:
+        columns["value_weights"] = pa.array([ex["value_weights"] for ex in examples], pa.list_(pa.float32()))
+    return Dataset(pa.table(columns))
+
+
+def build_trainer(model, tokenizer, params: SFTParams, train: list[dict], val: list[dict], out_dir: Path, device: str,
+                  live=None):
+    """SFTTrainer over `model` (wrapped with a fresh LoRA adapter) and tokenized examples (tokenized_examples);
+    `trainer.throughput` has tokens/s per step. Training examples with `value_weights` train on the weighted loss."""
     weighted = any("value_weights" in ex for ex in train)
     hooks = callbacks(live, device)
     trainer = _trainer_class(weighted)(
-        model=model, args=sft_config(params, out_dir, device, bool(val)), train_dataset=Dataset.from_list(train),
-        eval_dataset=Dataset.from_list(val) if val else None, processing_class=tokenizer,
+        model=model, args=sft_config(params, out_dir, device, bool(val)), train_dataset=label_rows(train),
+        eval_dataset=label_rows(val) if val else None, processing_class=tokenizer,
         peft_config=lora_config(params.lora), callbacks=hooks)
     if weighted:
         trainer.data_collator = TokenWeightCollator(trainer.data_collator, "value_weights", "input_ids", "input_ids")

@@ -4,7 +4,6 @@ and peak memory next to TRL's metrics."""
 from __future__ import annotations
 
 import importlib.util
-import os
 import resource
 import time
 from dataclasses import fields
@@ -34,8 +33,19 @@ def value_token_weights(offsets: list[tuple[int, int]], values: list[tuple[int, 
     """Each token's loss weight: `value_weight` for a loss token overlapping a field's value (character spans in
     the offsets' coordinates), 1 for the other loss tokens, 0 outside the loss; scaled so that the loss tokens
     average 1, so the loss keeps its scale and only its spread over the answer changes."""
-    weights = [0.0 if not m else value_weight if any(s < b and a < e for a, b in values) else 1.0
-               for m, (s, e) in zip(in_loss, offsets)]
+    spans: list[list[int]] = []   # overlapping value spans merged, in text order (touching ones are kept apart:
+    for a, b in sorted(values):   # a zero-width token where they meet overlaps neither)
+        if spans and a < spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], b)
+        else:
+            spans.append([a, b])
+    # one sweep, since the tokens come in text order: a span that ends before a token cannot touch later ones
+    k, weights = 0, []
+    for m, (s, e) in zip(in_loss, offsets):
+        while k < len(spans) and spans[k][1] <= s:
+            k += 1
+        overlaps = k < len(spans) and spans[k][0] < e
+        weights.append(0.0 if not m else value_weight if overlaps else 1.0)
     scale = sum(in_loss) / sum(weights) if sum(weights) else 1.0
     return [w * scale for w in weights]
 
@@ -64,8 +74,8 @@ class TokenWeightCollator:
 
 def device_args(params: TrainerParams, device: str) -> dict:
     """The TRL settings that depend on the device. On CUDA: bf16, paged 8-bit AdamW (optim `auto`), Liger kernels
-    where asked for and installed, optional activation offloading, parallel dataset tokenizing. On CPU: fp32,
-    plain AdamW, none of the CUDA-only options."""
+    where asked for and installed, optional activation offloading. On CPU: fp32, plain AdamW, none of the CUDA-only
+    options."""
     on_cuda = device == "cuda"
     out = {
         "bf16": compute_dtype(device) == torch.bfloat16,
@@ -77,9 +87,6 @@ def device_args(params: TrainerParams, device: str) -> dict:
     }
     if isinstance(params, SFTParams):
         out["use_liger_kernel"] = params.use_liger_kernel and on_cuda and importlib.util.find_spec("liger_kernel") is not None
-        # Tokenizing thousands of 3k-16k-token notes is CPU work a GPU machine's cores can share; on a small CPU
-        # machine the training itself needs them.
-        out["dataset_num_proc"] = min(8, os.cpu_count() or 1) if on_cuda else None
     return out
 
 
@@ -138,5 +145,18 @@ def callbacks(live, device: str) -> list:
             logs["peak_mem_gib"] = round(peak_memory_gib(device), 3)
             self.t0, self.tokens0 = now, tokens
 
+    class DVCLive(DVCLiveCallback):
+        """dvclive's callback, logging the training arguments without `output_dir`: where a trainer keeps its
+        checkpoints is no parameter, and dpo's is a work directory named by its process id, which made the
+        logged params differ on every run."""
+
+        def setup(self, args, state, model):
+            log_params = self.live.log_params
+            self.live.log_params = lambda params: log_params({k: v for k, v in params.items() if k != "output_dir"})
+            try:
+                super().setup(args, state, model)
+            finally:
+                del self.live.log_params
+
     # Throughput must run before DVCLive so the values it adds to `logs` are logged too.
-    return [Throughput()] + ([DVCLiveCallback(live=live)] if live is not None else [])
+    return [Throughput()] + ([DVCLive(live=live)] if live is not None else [])
