@@ -64,15 +64,21 @@ def test_threshold_turns_unsure_fabrications_into_nulls_and_never_loses_on_valid
 
 
 def test_abstained_row_keeps_the_value_as_candidate():
+    """Below the threshold a value becomes null; so does a value a check refused, however sure the model was; an
+    answer that could not be read keeps its status."""
     cal = Calibration(Curve((0.5, 1.0), (0.1, 0.9)), Curve((1.0,), (0.8,)), threshold=0.5, fitted_on=3)
     row = {"id": "n1", "fields": {"a": result_to_json(FieldResult("ok", value=2.0)),
                                   "b": result_to_json(FieldResult("ok", value=3.0)),
-                                  "c": result_to_json(FieldResult("null"))},
-           "values": {"a": 2.0, "b": 3.0, "c": None}, "confidence": {"a": 0.2, "b": 0.7, "c": 0.4}}
+                                  "c": result_to_json(FieldResult("null")),
+                                  "d": result_to_json(FieldResult("other_day", candidate=5.0)),
+                                  "e": result_to_json(FieldResult("bad_value"))},
+           "values": {"a": 2.0, "b": 3.0, "c": None, "d": None, "e": None},
+           "confidence": {"a": 0.2, "b": 0.7, "c": 0.4, "d": 0.99}}
     out = abstained_row(row, cal)
-    assert out["values"] == {"a": None, "b": 3.0, "c": None}
+    assert out["values"] == {"a": None, "b": 3.0, "c": None, "d": None, "e": None}
     assert out["fields"]["a"] == {"status": "null", "candidate": 2.0}
-    assert out["abstained"] == ["a"]
+    assert out["fields"]["d"] == {"status": "null", "candidate": 5.0} and out["fields"]["e"]["status"] == "bad_value"
+    assert out["abstained"] == ["a"] and out["refused"] == ["d"]
     assert out["confidence"] == {"a": 0.1, "b": 0.9, "c": 0.8} and out["raw_confidence"] == row["confidence"]
 
 

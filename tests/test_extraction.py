@@ -107,6 +107,44 @@ def test_a_value_needs_its_numbers_in_the_note_not_a_verbatim_quote(schema):
     assert room_air["pao2_fio2"].status == "ok"
 
 
+DAYS = ("Admitted Mar 3. Outside labs: Cr 1.9.\n"
+        "HD 1: HR 90, UOP 1200 mL. Cr 1.4.\n"
+        "HD 2: HR 88, UOP 1500 mL. Cr 1.4.\n"
+        "HD 3: HR 86. Cr 1.2.\n"
+        "Mar 6: HR 84, UOP 1500 mL, T 37.2 C.")
+
+
+def test_a_value_the_note_gives_only_for_other_days_is_refused(schema):
+    """Day 2's urine output (also day 4's) copied into a day 3 that has none is `other_day`, the value kept as the
+    candidate; a value the note also gives on day 3, or before the first day marker, or under no name the check
+    knows, is read; a note without day markers is not judged."""
+    def status(note, **fields):
+        out = parse_answer(_answer(**fields), schema, note)
+        return {name: (out[name].status, out[name].candidate) for name in fields}
+
+    copied = status(DAYS, urine_ml_day={"value": "1500", "unit": "mL", "evidence": "UOP 1500 mL"},
+                    heart_rate_bpm={"value": "84", "unit": None, "evidence": "HR 84"},   # dated Mar 6: day 4
+                    temperature_c={"value": "37.2", "unit": "C", "evidence": "T 37.2 C"})
+    assert copied == {"urine_ml_day": ("other_day", 1500.0), "heart_rate_bpm": ("other_day", 84.0),
+                      "temperature_c": ("other_day", 37.2)}
+    read = status(DAYS, heart_rate_bpm={"value": "86", "unit": None, "evidence": "HR 86"},
+                  creatinine_mg_dl={"value": "1.2", "unit": None, "evidence": "Cr 1.2"},
+                  resp_rate=None)
+    assert read == {"heart_rate_bpm": ("ok", None), "creatinine_mg_dl": ("ok", None), "resp_rate": ("null", None)}
+    # Cr 1.9 is written before the first day marker: undated, so not another day's
+    assert status(DAYS, creatinine_mg_dl={"value": "1.9", "unit": None, "evidence": "Cr 1.9"}) == {
+        "creatinine_mg_dl": ("ok", None)}
+    # Cr 1.4 on days 1 and 2 only: refused, whichever day the model copied
+    assert status(DAYS, creatinine_mg_dl={"value": "1.4", "unit": None, "evidence": "Cr 1.4"}) == {
+        "creatinine_mg_dl": ("other_day", 1.4)}
+    undated = DAYS.replace("HD ", "shift ").replace("Mar 6", "later")
+    assert status(undated, urine_ml_day={"value": "1500", "unit": "mL", "evidence": "UOP 1500 mL"}) == {
+        "urine_ml_day": ("ok", None)}
+    assert status(DAYS.replace("UOP", "urine vol"),    # a name the schema does not list: not judged
+                  urine_ml_day={"value": "1500", "unit": "mL", "evidence": "urine vol 1500 mL"}) == {
+        "urine_ml_day": ("ok", None)}
+
+
 def test_units_are_converted_by_code(schema):
     out = parse_answer(_answer(temperature_c={"value": "99.5", "unit": "F", "evidence": "T 99.5 F"},
                                creatinine_mg_dl={"value": "106", "unit": "umol/L", "evidence": "Cr 106 umol/L"}),

@@ -235,7 +235,7 @@ def _extract_checked(args, out, raw, created: list) -> int:
         writer = csv.DictWriter(fh, fieldnames=cols)
         writer.writeheader()
         for r in records:
-            row = rows[r["id"]]
+            row = answered = rows[r["id"]]
             abstained = set()
             if calibration is not None:
                 row = abstained_row(row, calibration)
@@ -244,7 +244,8 @@ def _extract_checked(args, out, raw, created: list) -> int:
             line = {"id": r["id"], **{c: r.get("metadata", {}).get(c) for c in meta_cols}}
             for name in schema.names:
                 f = fields[name]
-                status = "abstained" if name in abstained else f["status"]
+                # a refused value is empty either way; its status says which check refused it
+                status = "abstained" if name in abstained else answered["fields"][name]["status"]
                 statuses[status] += 1
                 line[name] = f.get("value") if f["status"] == "ok" else None
                 line[f"{name}_status"] = status

@@ -9,7 +9,9 @@ Raw confidences are not probabilities of being right. `Calibration` maps them, s
 and null answers, onto the share that was correct on validation notes (isotonic regression, pool adjacent
 violators), and picks an abstention threshold there: a value answer whose calibrated confidence is below it
 becomes `null`. The threshold maximises validation field accuracy; 0 (never abstain) is always a candidate, so
-abstention never scores below the raw answers on the notes it was chosen on. Pure Python.
+abstention never scores below the raw answers on the notes it was chosen on. A value that a check against the note
+refused becomes `null` as well: it scores as wrong either way when the note has a value, and as right when the note
+has none, which is what the pipeline then hands on. Pure Python.
 """
 from __future__ import annotations
 
@@ -200,20 +202,30 @@ def validation_answers(schema, rows: Iterable[dict], labels: dict[str, dict]) ->
     return out
 
 
+# a value the model wrote that a check against the note refused (survlm.extraction); it is kept as `candidate`
+REFUSED = ("out_of_range", "ungrounded", "other_day")
+
+
 def abstained_row(row: dict, calibration: Calibration) -> dict:
-    """A prediction row with calibrated confidences (`confidence`; the raw ones in `raw_confidence`) and every
-    value answer below the threshold turned into null (`abstained` names those fields)."""
+    """A prediction row with calibrated confidences (`confidence`; the raw ones in `raw_confidence`), every value
+    answer below the threshold turned into null (`abstained` names those fields), and every value a check refused
+    turned into null too (`refused`): abstaining, the pipeline answers null wherever it gives no value, which is
+    what the survival model and `survlm extract`'s CSV already receive for a refused one."""
     raw = row.get("confidence") or {}
-    fields, values, calibrated, abstained = {}, {}, {}, []
+    fields, values, calibrated, abstained, refused = {}, {}, {}, [], []
     for name, d in row["fields"].items():
         r = result_from_json(d)
         c = calibration.calibrated(r, raw.get(name))
-        kept = calibration.abstain(r, c)
-        if kept is not r:
-            abstained.append(name)
+        if r.status in REFUSED:
+            kept = replace(r, status="null", value=None)
+            refused.append(name)
+        else:
+            kept = calibration.abstain(r, c)
+            if kept is not r:
+                abstained.append(name)
         if c is not None:
             calibrated[name] = c
         fields[name] = result_to_json(kept)
         values[name] = kept.value if kept.status == "ok" else None
     return {**row, "fields": fields, "values": values, "confidence": calibrated, "raw_confidence": raw,
-            "abstained": abstained}
+            "abstained": abstained, "refused": refused}

@@ -2,10 +2,10 @@
 model and split with bootstrap intervals, then the survival models on covariates from gold labels and from each
 extractor (survlm.survival).
 
-Models compared on the same notes: dpo (the pipeline's model), dpo_abstain (the same answers, unsure values made
-null; where infer calibrated them), sft, zero_shot, regex (rules). Survival models are fit on the train split's
-gold covariates; the headline is C-index(dpo) - C-index(gold) on the test notes that were extracted. The regex
-baseline and gold are also scored on the whole test split.
+Models compared on the same notes: dpo (the pipeline's model), dpo_abstain (the same answers, unsure and refused
+values made null; where infer calibrated them), sft, zero_shot, regex (rules). Survival models are fit on the train
+split's gold covariates; the headline is C-index(dpo) - C-index(gold) on the test notes that were extracted. The
+regex baseline and gold are also scored on the whole test split.
 """
 from __future__ import annotations
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from .extraction import compact_json
@@ -262,6 +263,28 @@ def _negated(text: str, start: int) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Locating one label
 # ------------------------------------------------------------------------------------------------
+@lru_cache(maxsize=512)
+def _note_mentions(text: str) -> tuple[list[tuple[int, int]], dict[int, tuple[Field, list[Mention]]]]:
+    """A note's day markers, and a place for its mentions per field: every field of an answer, and every
+    adapter's answer to the same note (a batch holds several hundred notes), is checked against them."""
+    return day_markers(text), {}
+
+
+def written_on_other_days_only(f: Field, value: float, text: str) -> bool:
+    """Whether the note writes `value` for `f` only under hospital days other than the field's own: some mention
+    of the field under another day's marker converts to it, and none on the field's day or before the first
+    marker does. A value the note never writes under the field's names, a field without a day rule and a note
+    without day markers are not judged (False)."""
+    if f.day is None:
+        return False
+    markers, by_field = _note_mentions(text)
+    cached = by_field.get(id(f))
+    if cached is None or cached[0] is not f:   # the Field kept beside its mentions, so its id is never reused
+        cached = by_field[id(f)] = (f, number_mentions(f, text, markers))
+    hits = [m for m in cached[1] if m.canonical is not None and values_match(m.canonical, value, _tolerance(f, m))]
+    return bool(hits) and all(m.kind == "day" and m.day != f.day for m in hits)
+
+
 def _number_item(text: str, m: Mention) -> dict:
     return {"value": m.value, "unit": m.unit, "evidence": text[m.start:m.end]}
 

@@ -15,7 +15,7 @@ from .schema import Field, Schema
 from .units import UnitError, ValueFormatError, to_canonical
 
 STATUSES = ("ok", "null", "invalid_json", "missing_field", "bad_value", "invalid_category",
-            "unknown_unit", "out_of_range", "ungrounded")
+            "unknown_unit", "out_of_range", "ungrounded", "other_day")
 FAILURES = tuple(s for s in STATUSES if s not in ("ok", "null"))
 
 
@@ -67,7 +67,7 @@ def _value_in_note(value: str, note_squashed: str | None) -> bool:
             and ("ra" not in value.lower() or bool(_ROOM_AIR.search(note_squashed))))
 
 
-def _parse_number_field(f: Field, item: dict, note_sq: str | None) -> FieldResult:
+def _parse_number_field(f: Field, item: dict, note_sq: str | None, note: str | None) -> FieldResult:
     value, unit = item.get("value"), item.get("unit")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = repr(value) if isinstance(value, float) else str(value)
@@ -83,17 +83,24 @@ def _parse_number_field(f: Field, item: dict, note_sq: str | None) -> FieldResul
         return FieldResult("out_of_range", candidate=canonical, written=item)
     if not _value_in_note(value, note_sq):
         return FieldResult("ungrounded", candidate=canonical, written=item)
+    if note is not None and f.day is not None:
+        from .evidence import written_on_other_days_only   # evidence builds its targets with this module
+
+        # the value another day's line gives (day 2 carried forward to a day 3 the note leaves empty, or the last
+        # day's): the note's own day markers say it is not this day's
+        if written_on_other_days_only(f, canonical, note):
+            return FieldResult("other_day", candidate=canonical, written=item)
     return FieldResult("ok", value=canonical, written=item)
 
 
-def _parse_field(f: Field, item: Any, note_sq: str | None) -> FieldResult:
-    """One field of an answer; `note_sq` (the squashed source text) enables the grounding check."""
+def _parse_field(f: Field, item: Any, note_sq: str | None, note: str | None) -> FieldResult:
+    """One field of an answer; the note (`note`, and `note_sq` its squashed text) enables the checks against it."""
     if item is None:
         return FieldResult("null")
     if not isinstance(item, dict) or "value" not in item:
         return FieldResult("bad_value", written=item)
     if f.type == "number":
-        return _parse_number_field(f, item, note_sq)
+        return _parse_number_field(f, item, note_sq, note)
     # a category or a yes/no is read as written: it states no number the note could confirm, and requiring its
     # quote verbatim refused right answers far more often than wrong ones (BENCHMARKS.md, "Answer checks")
     value = item.get("value")
@@ -196,7 +203,7 @@ def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str
             out[f.name] = FieldResult("invalid_json" if recovered else "missing_field")
             continue
         try:
-            out[f.name] = _parse_field(f, obj[f.name], note_sq)
+            out[f.name] = _parse_field(f, obj[f.name], note_sq, note)
         except Exception:  # totality: a parser bug must not lose the other fields  # noqa: BLE001
             out[f.name] = FieldResult("bad_value", written=obj[f.name])
         out[f.name].recovered = recovered

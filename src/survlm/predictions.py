@@ -25,8 +25,9 @@ def row_results(row: dict) -> dict[str, FieldResult]:
     return {name: result_from_json(d) for name, d in row["fields"].items()}
 
 
-# the code that turns a raw answer into fields: parsing, units, schema rules, merging chunks' answers
-PARSER_SOURCES = ("extraction.py", "units.py", "schema.py", "chunking.py")
+# the code that turns a raw answer into fields: parsing, the checks against the note (evidence: the day check), units,
+# schema rules, merging chunks' answers
+PARSER_SOURCES = ("extraction.py", "evidence.py", "units.py", "schema.py", "chunking.py")
 
 
 @lru_cache(maxsize=1)
@@ -57,7 +58,7 @@ TEST_SPLIT = "test"
 HELDOUT_SPLIT = "test_heldout"   # test patients in the styles training never saw (prepare.heldout_styles)
 TEST_SPLITS = (TEST_SPLIT, HELDOUT_SPLIT)
 
-ABSTAINING = "dpo_abstain"   # the DPO adapter's answers with calibrated confidence, unsure values made null
+ABSTAINING = "dpo_abstain"   # the DPO adapter's answers with calibrated confidence, unsure and refused values null
 ZERO_SHOT = "zero_shot"      # the base model without an adapter
 # the extractors compared on the same notes: the pipeline's model, it abstaining where unsure, its baselines
 MODELS = ("dpo", ABSTAINING, "sft", ZERO_SHOT, "regex")

@@ -10,7 +10,8 @@ Outputs (data/predictions, kept between runs so an interrupted run resumes):
                                                   confidence the share of samples that agree)
   calibration.json, abstain/<split>.jsonl         with `abstention.enabled`: the DPO adapter's field confidences
                                                   calibrated on its greedy validation answers, and its test
-                                                  answers with calibrated confidences, unsure values made null
+                                                  answers with calibrated confidences, unsure and refused
+                                                  values made null
 """
 from __future__ import annotations
 
