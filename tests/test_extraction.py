@@ -145,6 +145,33 @@ def test_a_value_the_note_gives_only_for_other_days_is_refused(schema):
         "urine_ml_day": ("ok", None)}
 
 
+def test_a_condition_the_answers_own_list_names_is_true(schema):
+    """diabetes and dementia are `listed_in` the comorbidities: an answer that lists "DM2" but says diabetes false
+    (or null) reads as true, its own flag kept as the candidate; a negated or pre- mention, a list the note does not
+    confirm, or a schema without listed_in leave the flag as written."""
+    from dataclasses import replace
+
+    note = "PMH: DM2, CAD, vascular dementia. No DM1. 62 yo M."
+
+    def read(items, diabetes=False, dementia=None, s=schema):
+        out = parse_answer(_answer(num_comorbidities={"value": items},
+                                   diabetes={"value": diabetes, "evidence": None} if diabetes is not None else None,
+                                   dementia={"value": dementia, "evidence": None} if dementia is not None else None),
+                           s, note)
+        return {k: (out[k].status, out[k].value, out[k].candidate) for k in ("diabetes", "dementia")}
+
+    assert read(["DM2", "CAD", "vascular dementia"]) == {"diabetes": ("ok", True, False),
+                                                         "dementia": ("ok", True, None)}
+    assert read(["DM2"], diabetes=True) == {"diabetes": ("ok", True, None), "dementia": ("null", None, None)}
+    assert read(["CAD"])["diabetes"] == ("ok", False, None)
+    assert read(["No DM1"])["diabetes"] == ("ok", False, None)             # negated
+    assert read(["DM2", "COPD"])["diabetes"] == ("ok", False, None)        # COPD: not in the note, the list refused
+    unlinked = replace(schema, fields={**schema.fields, "diabetes": replace(schema["diabetes"], listed_in=None)})
+    assert read(["DM2"], s=unlinked)["diabetes"] == ("ok", False, None)
+    from survlm.evidence import names_condition
+    assert not names_condition(schema["diabetes"], "pre-diabetes") and names_condition(schema["diabetes"], "T2DM")
+
+
 def test_units_are_converted_by_code(schema):
     out = parse_answer(_answer(temperature_c={"value": "99.5", "unit": "F", "evidence": "T 99.5 F"},
                                creatinine_mg_dl={"value": "106", "unit": "umol/L", "evidence": "Cr 106 umol/L"}),

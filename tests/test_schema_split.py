@@ -70,6 +70,12 @@ def test_day_label_defaults_to_the_day_the_fields_share(tmp_path):
     ("name: x\nversion: 1\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n    day: true\n",
      "field a: day must be a positive integer"),
     ("name: x\nversion: 1\nfields: " + "[" * 5000 + "]" * 5000 + "\n", "not valid YAML"),
+    # a flag read from a list: the flag is a yes/no with names, the list a count field of the schema
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n    listed_in: b\n",
+     "field a: listed_in is for a bool field with aliases"),
+    ("name: x\nversion: 1\nfields:\n  a:\n    type: bool\n    description: d\n    rule: r\n    aliases: [A]\n"
+     "    listed_in: b\n  b:\n    type: bool\n    description: d\n    rule: r\n",
+     "field a: listed_in 'b' is not a count field of this schema"),
 ])
 def test_bad_schema_files_name_file_and_field(tmp_path, body, message):
     p = tmp_path / "bad.yaml"

@@ -285,6 +285,15 @@ def written_on_other_days_only(f: Field, value: float, text: str) -> bool:
     return bool(hits) and all(m.kind == "day" and m.day != f.day for m in hits)
 
 
+_PRE = re.compile(r"(?i)pre-?$")
+
+
+def names_condition(f: Field, item: str) -> bool:
+    """Whether a list item (a comorbidity as the answer lists it) names the yes/no condition `f` by one of its
+    aliases, neither negated ("no DM") nor as its forerunner ("pre-diabetes")."""
+    return any(not _negated(item, s) and not _PRE.search(item[:s]) for s, _ in _name_hits(f.aliases, item))
+
+
 def _number_item(text: str, m: Mention) -> dict:
     return {"value": m.value, "unit": m.unit, "evidence": text[m.start:m.end]}
 

@@ -23,7 +23,8 @@ FAILURES = tuple(s for s in STATUSES if s not in ("ok", "null"))
 class FieldResult:
     status: str
     value: Any = None          # canonical value when status == "ok" (float, str, bool or int)
-    candidate: Any = None      # the value code computed before a later check rejected it
+    candidate: Any = None      # the value code computed before a later check rejected it (the model's own flag,
+                               # where the answer's list named the condition: Field.listed_in)
     written: Any = None        # the field's JSON as the model wrote it
     recovered: bool = False    # read from a malformed answer, field by field
 
@@ -207,7 +208,25 @@ def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str
         except Exception:  # totality: a parser bug must not lose the other fields  # noqa: BLE001
             out[f.name] = FieldResult("bad_value", written=obj[f.name])
         out[f.name].recovered = recovered
+    for f in schema:
+        if f.listed_in is not None and f.name in obj:
+            out[f.name] = _listed_condition(f, out[f.name], out[f.listed_in])
     return out
+
+
+def _listed_condition(f: Field, flag: FieldResult, listed: FieldResult) -> FieldResult:
+    """A yes/no condition that the answer's own list names is true: the list is a transcription whose items the
+    note confirms (a count answer is `ok` only then), while a model can learn to answer the flag from its
+    commonest value or its commonest wording (never `dementia: true`, "DM2" not read as diabetes). The model's
+    own flag stays as `candidate`."""
+    from .evidence import names_condition   # evidence builds its targets with this module
+
+    if flag.status not in ("ok", "null") or flag.value is True or listed.status != "ok":
+        return flag
+    items = listed.written.get("value") if isinstance(listed.written, dict) else None
+    if not any(isinstance(item, str) and names_condition(f, item) for item in items or ()):
+        return flag
+    return FieldResult("ok", value=True, candidate=flag.value, written=flag.written, recovered=flag.recovered)
 
 
 def answer_text(results: dict[str, FieldResult]) -> str:

@@ -56,6 +56,9 @@ class Field:
     # the evidence locator reads a user's labelled notes with them (survlm.evidence).
     aliases: tuple[str, ...] = ()
     category_aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # A yes/no condition that a count field's list may name (diabetes in the comorbidities): an answer whose own
+    # list names it (the aliases) reads as true, whatever the model wrote for the flag (survlm.extraction).
+    listed_in: str | None = None
 
     @property
     def is_physiology(self) -> bool:
@@ -140,7 +143,7 @@ def _field(name: str, spec: dict, where: str) -> Field:
     if not isinstance(spec, dict):
         raise SchemaError(f"{where}: must be a mapping")
     allowed = {"type", "description", "rule", "source", "unit", "day", "decimals", "range",
-               "categories", "units", "implicit_unit", "derived", "aliases"}
+               "categories", "units", "implicit_unit", "derived", "aliases", "listed_in"}
     extra = set(spec) - allowed
     if extra:
         raise SchemaError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
@@ -184,16 +187,19 @@ def _field(name: str, spec: dict, where: str) -> Field:
     decimals = spec.get("decimals", 0)
     if not isinstance(decimals, int) or isinstance(decimals, bool) or not 0 <= decimals <= 12:
         raise SchemaError(f"{where}: decimals must be a whole number from 0 to 12")
-    for key in ("source", "unit", "implicit_unit"):
+    for key in ("source", "unit", "implicit_unit", "listed_in"):
         if spec.get(key) is not None and not isinstance(spec[key], (str, int, float)):
             raise SchemaError(f"{where}: '{key}' must be text")
     aliases, category_aliases = _aliases(spec.get("aliases"), ftype, cats, where)
+    if spec.get("listed_in") is not None and (ftype != "bool" or not aliases):
+        raise SchemaError(f"{where}: listed_in is for a bool field with aliases (the names a list item gives it)")
     return Field(
         name=name, type=ftype, description=spec["description"].strip(), rule=spec["rule"].strip(),
         source=spec.get("source"), unit=None if spec.get("unit") is None else str(spec["unit"]),
         day=day, decimals=decimals, range=rng, categories=cats, units=units,
         implicit_unit=None if implicit is None else str(implicit), derived=derived,
         aliases=aliases, category_aliases=category_aliases,
+        listed_in=None if spec.get("listed_in") is None else str(spec["listed_in"]),
     )
 
 
@@ -250,6 +256,9 @@ def load_schema(path: str | Path = DEFAULT_SCHEMA) -> Schema:
     if not isinstance(raw["name"], (str, int)) or isinstance(raw["name"], bool):
         raise SchemaError(f"{where}: name must be text")
     fields = {str(n): _field(str(n), s, where) for n, s in raw["fields"].items()}
+    for f in fields.values():
+        if f.listed_in is not None and (f.listed_in not in fields or fields[f.listed_in].type != "count"):
+            raise SchemaError(f"{where}: field {f.name}: listed_in {f.listed_in!r} is not a count field of this schema")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
     return Schema(str(raw["name"]), int(raw["version"]), fields, _day_label(raw, fields, where), digest)
 
