@@ -168,8 +168,26 @@ def test_a_condition_the_answers_own_list_names_is_true(schema):
     assert read(["DM2", "COPD"])["diabetes"] == ("ok", False, None)        # COPD: not in the note, the list refused
     unlinked = replace(schema, fields={**schema.fields, "diabetes": replace(schema["diabetes"], listed_in=None)})
     assert read(["DM2"], s=unlinked)["diabetes"] == ("ok", False, None)
+    flags_only = parse_answer(_answer(diabetes={"value": False, "evidence": None}), schema.subset(["diabetes"]), note)
+    assert flags_only["diabetes"].value is False                    # a schema cut without the list: as written
     from survlm.evidence import names_condition
     assert not names_condition(schema["diabetes"], "pre-diabetes") and names_condition(schema["diabetes"], "T2DM")
+
+
+def test_a_list_of_nothing_counts_nothing(schema):
+    """The model lists, code counts: a copied phrase of absence ("none", "no chronic conditions") is no item, nor
+    is an entry the note negates where it opens its list entry; an entry written un-negated anywhere counts."""
+    def count(items, note):
+        r = parse_answer(_answer(num_comorbidities={"value": items}), schema, note)["num_comorbidities"]
+        return r.status, r.value
+
+    assert count(["none"], "PMH: none.") == ("ok", 0)
+    assert count(["No chronic conditions."], "PMH: no chronic conditions.") == ("ok", 0)
+    assert count(["chronic conditions"], "PMH: no chronic conditions.") == ("ok", 0)       # the "no" dropped
+    assert count(["COPD", "CHF"], "PMH: no COPD; CHF.") == ("ok", 1)
+    assert count(["COPD", "CHF"], "PMH: CHF, COPD. No COPD flare this year.") == ("ok", 2)   # listed un-negated
+    assert count(["depression"], "PMH: no known drug allergies, depression.") == ("ok", 1)  # another entry's "no"
+    assert count(["CHF", "COPD"], "PMH: CHF.") == ("ungrounded", None)          # COPD: not in the note
 
 
 def test_units_are_converted_by_code(schema):

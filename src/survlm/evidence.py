@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from .extraction import compact_json
+from .extraction import ABSENCE_PHRASES, compact_json
 from .schema import Field, Schema
 from .units import _ALIASES, UnitError, ValueFormatError, _norm_unit, resolve_unit, rounding_tolerance, to_canonical, \
     values_match
@@ -58,7 +58,6 @@ _PAO2_RE = re.compile(r"\bPaO2" + _GAP + r"(?P<p>\d+(?:\.\d+)?)(?:\s*mmHg)?\s*(?
 _UNIT_TOKEN = re.compile(r" ?([^\s,;|()]+)")
 _NEGATION = re.compile(r"(?i)\b(?:no|not|denies|denied|without|negative for|no history of|no known|free of)\b[^.;\n]{0,25}$")
 _LIST_SPLIT = re.compile(r"\s*[;,]\s*")
-_NONE_WORDS = {"none", "no chronic conditions", "unremarkable", "negative", "no significant history", "n/a"}
 _KNOWN_UNITS = {k for k in _ALIASES if k}
 
 
@@ -379,7 +378,7 @@ def count_lists(f: Field, text: str) -> list[tuple[list[tuple[int, int]], tuple[
             continue
         body_start = e + m.start(1)
         body = m.group(1)
-        if body.strip().lower() in _NONE_WORDS:
+        if body.strip().lower() in ABSENCE_PHRASES:
             out.append(([], (s, body_start + len(body))))
             continue
         items, pos = [], 0

@@ -44,6 +44,12 @@ def _grounded(span: Any, note_squashed: str | None) -> bool:
     return isinstance(span, str) and bool(span.strip()) and _squash(span) in note_squashed
 
 
+# What a list says when it lists nothing ("PMH: none"): an answer that copies it lists no item.
+ABSENCE_PHRASES = frozenset({"none", "no chronic conditions", "unremarkable", "negative", "no significant history",
+                             "n/a"})
+# A negation that opens a list entry ("no chronic conditions"): what follows it in that entry is not listed.
+_NEGATED_ENTRY = re.compile(r"(?i)\b(?:no|not|denies|denied|without|negative for|no history of|no known|free of)\s+$")
+_ENTRY_START = re.compile(r"[,;:\n]")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _ROOM_AIR = re.compile(r"\bra\b|room air")
 
@@ -94,6 +100,26 @@ def _parse_number_field(f: Field, item: dict, note_sq: str | None, note: str | N
     return FieldResult("ok", value=canonical, written=item)
 
 
+def _listed_items(entries: list[str], note: str | None) -> list[str]:
+    """The items a list answer names: its entries without the phrases of absence ("none") and, given the note,
+    without an entry the note writes only negated."""
+    return [e for e in entries if _squash(e).strip(" .") not in ABSENCE_PHRASES and not _negated_in(e, note)]
+
+
+def _negated_in(entry: str, note: str | None) -> bool:
+    """Whether the note writes `entry` only after a negation that opens its own list entry ("PMH: no chronic
+    conditions" for the entry "chronic conditions"); an entry the note does not write as it is is not judged."""
+    if note is None:
+        return False
+    spots = [m.start() for m in re.finditer(r"\s+".join(map(re.escape, entry.split())), note, re.IGNORECASE)]
+    for at in spots:
+        before = note[max(0, at - 80):at]
+        opened = [m.end() for m in _ENTRY_START.finditer(before)]
+        if not _NEGATED_ENTRY.search(before[opened[-1] if opened else 0:]):
+            return False
+    return bool(spots)
+
+
 def _parse_field(f: Field, item: Any, note_sq: str | None, note: str | None) -> FieldResult:
     """One field of an answer; the note (`note`, and `note_sq` its squashed text) enables the checks against it."""
     if item is None:
@@ -119,6 +145,7 @@ def _parse_field(f: Field, item: Any, note_sq: str | None, note: str | None) -> 
     # count: the model lists, code counts
     if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
         return FieldResult("bad_value", written=item)
+    value = _listed_items(value, note)
     count = len(value)
     if not f.in_range(count):
         return FieldResult("out_of_range", candidate=count, written=item)
@@ -208,13 +235,13 @@ def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str
         except Exception:  # totality: a parser bug must not lose the other fields  # noqa: BLE001
             out[f.name] = FieldResult("bad_value", written=obj[f.name])
         out[f.name].recovered = recovered
-    for f in schema:
-        if f.listed_in is not None and f.name in obj:
-            out[f.name] = _listed_condition(f, out[f.name], out[f.listed_in])
+    for f in schema:   # a schema cut to some fields (extract --fields) may lack the list: the flag is as written
+        if f.listed_in in out and f.name in obj:
+            out[f.name] = _listed_condition(f, out[f.name], out[f.listed_in], note)
     return out
 
 
-def _listed_condition(f: Field, flag: FieldResult, listed: FieldResult) -> FieldResult:
+def _listed_condition(f: Field, flag: FieldResult, listed: FieldResult, note: str | None) -> FieldResult:
     """A yes/no condition that the answer's own list names is true: the list is a transcription whose items the
     note confirms (a count answer is `ok` only then), while a model can learn to answer the flag from its
     commonest value or its commonest wording (never `dementia: true`, "DM2" not read as diabetes). The model's
@@ -223,8 +250,8 @@ def _listed_condition(f: Field, flag: FieldResult, listed: FieldResult) -> Field
 
     if flag.status not in ("ok", "null") or flag.value is True or listed.status != "ok":
         return flag
-    items = listed.written.get("value") if isinstance(listed.written, dict) else None
-    if not any(isinstance(item, str) and names_condition(f, item) for item in items or ()):
+    entries = listed.written.get("value") if isinstance(listed.written, dict) else None
+    if not any(names_condition(f, item) for item in _listed_items(entries or [], note)):
         return flag
     return FieldResult("ok", value=True, candidate=flag.value, written=flag.written, recovered=flag.recovered)
 
