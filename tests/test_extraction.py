@@ -170,6 +170,13 @@ def test_a_condition_the_answers_own_list_names_is_true(schema):
     assert read(["DM2"], s=unlinked)["diabetes"] == ("ok", False, None)
     flags_only = parse_answer(_answer(diabetes={"value": False, "evidence": None}), schema.subset(["diabetes"]), note)
     assert flags_only["diabetes"].value is False                    # a schema cut without the list: as written
+    # the model's confidence was in its `false`: a flag read from the list keeps none, the other fields theirs
+    from survlm.predictions import reparsed_row
+    raw = _answer(num_comorbidities={"value": ["DM2"]}, diabetes={"value": False, "evidence": None},
+                  dementia={"value": False, "evidence": None})
+    row = reparsed_row({"id": "n", "raw": [raw], "confidence": {"diabetes": 0.99, "dementia": 0.98,
+                                                                  "num_comorbidities": 0.9}}, note, schema)
+    assert row["values"]["diabetes"] is True and row["confidence"] == {"dementia": 0.98, "num_comorbidities": 0.9}
     from survlm.evidence import names_condition
     assert not names_condition(schema["diabetes"], "pre-diabetes") and names_condition(schema["diabetes"], "T2DM")
 

@@ -260,7 +260,7 @@ def _negated(text: str, start: int) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# Locating one label
+# Checking a model's answer against the note (survlm.extraction)
 # ------------------------------------------------------------------------------------------------
 @lru_cache(maxsize=512)
 def _note_mentions(text: str) -> tuple[list[tuple[int, int]], dict[int, tuple[Field, list[Mention]]]]:
@@ -293,6 +293,9 @@ def names_condition(f: Field, item: str) -> bool:
     return any(not _negated(item, s) and not _PRE.search(item[:s]) for s, _ in _name_hits(f.aliases, item))
 
 
+# ------------------------------------------------------------------------------------------------
+# Locating one label
+# ------------------------------------------------------------------------------------------------
 def _number_item(text: str, m: Mention) -> dict:
     return {"value": m.value, "unit": m.unit, "evidence": text[m.start:m.end]}
 

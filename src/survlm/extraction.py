@@ -256,6 +256,12 @@ def _listed_condition(f: Field, flag: FieldResult, listed: FieldResult, note: st
     return FieldResult("ok", value=True, candidate=flag.value, written=flag.written, recovered=flag.recovered)
 
 
+def as_written(r: FieldResult) -> bool:
+    """Whether a field's result is the answer the model wrote, not a value code put in its place (a flag read from
+    the list): only then is the model's confidence in its tokens a confidence in the result."""
+    return not (r.status == "ok" and r.candidate is not None)
+
+
 def answer_text(results: dict[str, FieldResult]) -> str:
     """An answer that reads back as `results`: each field as the model wrote it. A field it did not write, or that
     could not be read, is left out."""

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
 
-from .extraction import FieldResult, answer_is_valid_json, parse_answer
+from .extraction import FieldResult, answer_is_valid_json, as_written, parse_answer
 from .hashing import sha256_file
 
 
@@ -46,12 +46,16 @@ def holds_whole_answer(row: dict) -> bool:
 
 def reparsed_row(row: dict, note: str, schema) -> dict:
     """A row answered in one chunk with one completion, its fields read again from its raw answer by this code.
-    Field confidences come from the answer's tokens, not from how it is read, and stay."""
+    Field confidences come from the answer's tokens, not from how it is read, and stay, except where the reading
+    puts a value of its own in place of the model's (extraction.as_written)."""
     results = parse_answer(row["raw"][0], schema, note)
-    return {**row, "json_valid": answer_is_valid_json(results),
-            "fields": {name: result_to_json(r) for name, r in results.items()},
-            "values": {name: (r.value if r.status == "ok" else None) for name, r in results.items()},
-            "parser": parser_digest()}
+    out = {**row, "json_valid": answer_is_valid_json(results),
+           "fields": {name: result_to_json(r) for name, r in results.items()},
+           "values": {name: (r.value if r.status == "ok" else None) for name, r in results.items()},
+           "parser": parser_digest()}
+    if row.get("confidence") is not None:
+        out["confidence"] = {name: c for name, c in row["confidence"].items() if as_written(results[name])}
+    return out
 
 
 TEST_SPLIT = "test"

@@ -28,7 +28,7 @@ from .. import confidence
 from ..chunking import merge_chunks, split_note, vote_field
 from ..config import ScoringParams
 from ..confidence import field_confidences
-from ..extraction import FieldResult, answer_is_valid_json, answer_text, parse_answer
+from ..extraction import FieldResult, answer_is_valid_json, answer_text, as_written, parse_answer
 from ..hashing import sha256_file, text_digest
 from ..metrics import tolerance
 from ..phases import Phases
@@ -290,9 +290,11 @@ def _merged(schema: Schema, per_chunk: list[dict[str, FieldResult]]) -> tuple[di
 def _merged_confidence(merged: dict[str, FieldResult], per_chunk: list[dict[str, FieldResult]],
                        chunk_confidence: list[dict[str, float]]) -> dict[str, float]:
     """Raw confidence per field of the chunk whose answer the merge kept; a merged count list (no single chunk's)
-    takes its chunks' lowest."""
+    takes its chunks' lowest. A value that code put in place of the model's answer has none."""
     out = {}
     for name, r in merged.items():
+        if not as_written(r):
+            continue
         kept = [conf[name] for answer, conf in zip(per_chunk, chunk_confidence) if answer[name] is r and name in conf]
         if not kept:
             kept = [conf[name] for answer, conf in zip(per_chunk, chunk_confidence)
