@@ -223,6 +223,8 @@ def test_extract_with_a_calibration_abstains_below_its_threshold(tiny_lora_pair,
                     assert (after[f"{f}_status"], after[f], after[f"{f}_confidence"]) == ("ok", before[f], "")
                 elif before[f"{f}_status"] == "null":
                     assert after[f"{f}_confidence"] == "0.7"
+                else:   # refused or unreadable: empty either way, under the status that says why
+                    assert (after[f"{f}_status"], after[f]) == (before[f"{f}_status"], "")
         assert judged
     (workdir / "bad.json").write_text("{}")
     assert main(_args(tiny_lora_pair, workdir / "notes.jsonl", workdir / "x.csv", "--calibration",
