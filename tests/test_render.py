@@ -63,6 +63,29 @@ def test_render_is_deterministic_and_budget_monotone(schema, support2_rows):
     assert other_seed.text != render_patient(row, schema, "discharge", 3, row["id"]).text
 
 
+def test_the_richest_level_search_finds_what_trying_every_level_finds():
+    """For counts that grow with the level (with plateaus, jumps, budgets below the first and above the last),
+    richest_level returns the largest level within the budget, as a scan of every level does, and on smooth
+    growth it needs fewer probes than a galloping search (10 here)."""
+    import random
+
+    from survlm.notes.render.patient import richest_level
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        levels = rng.randint(1, 80)
+        counts, c = [], rng.randint(0, 500)
+        for _ in range(levels):
+            c += rng.choice([0, 1, 2, 5, 20, 100, rng.randint(0, 300)])
+            counts.append(c)
+        budget = rng.randint(0, counts[-1] + 200)
+        assert richest_level(counts.__getitem__, levels, budget) == max(
+            [k for k in range(levels) if counts[k] <= budget], default=0)
+    probes = []
+    smooth = [1000 + 40 * k + k * k for k in range(57)]
+    assert richest_level(lambda k: probes.append(k) or smooth[k], 57, 3072) == 29 and len(probes) <= 8
+
+
 def test_targets_validate_against_the_json_schema(schema, support2_rows):
     validator = jsonschema.Draft202012Validator(target_json_schema(schema))
     for i, row in enumerate(support2_rows[:200]):
