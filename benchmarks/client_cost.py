@@ -88,7 +88,7 @@ def serve(responses_file: str, port: int) -> None:
 
         def do_POST(self):
             request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-            body = responses.get(_key(request["messages"][-1]["content"]))
+            body = responses.get(_key(request["messages"][-1]["content"]))   # a chat request: its last turn, the note
             if body is None:
                 self._send(b'{"error": "no recorded answer for this note"}', 400)
             else:
