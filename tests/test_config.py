@@ -154,6 +154,9 @@ def test_unknown_key_is_one_line_naming_section_and_key(tmp_path):
         parse_section("evaluate", {"survival": {"rsf_tree": 10}})
     with pytest.raises(ConfigError, match=r"^params\.yaml: infer\.engine: unknown engine setting\(s\): max_len$"):
         parse_section("infer", {"engine": {"max_len": 10}})
+    with pytest.raises(ConfigError, match=r"^params\.yaml: infer\.engine: engine kv_cache_gib must be a positive"):
+        parse_section("infer", {"engine": {"kv_cache_gib": 0}})
+    assert parse_section("infer", {"engine": {"kv_cache_gib": 32}}).engine.kv_cache_gib == 32
     with pytest.raises(ConfigError, match=r"^params\.yaml: sft\.learning_rate: expected a number, got 'fast'$"):
         parse_section("sft", {"learning_rate": "fast"})
     with pytest.raises(ConfigError, match=r"^params\.yaml: sft\.max_steps: expected an integer, got 2\.5$"):

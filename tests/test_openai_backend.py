@@ -283,7 +283,7 @@ def test_survlm_serve_gives_the_server_the_engine_arguments_of_the_offline_engin
     from survlm.modeling.loading import served_base
 
     engine = {"max_model_len": 2048, "gpu_memory_utilization": 0.85, "enforce_eager": False, "max_loras": 5,
-              "max_num_batched_tokens": 4096, "openai_base_url": "http://127.0.0.1:8123/v1"}
+              "max_num_batched_tokens": 4096, "kv_cache_gib": 1.5, "openai_base_url": "http://127.0.0.1:8123/v1"}
     params = tmp_path / "params.yaml"
     params.write_text(json.dumps({"sft": {"quantization": "nf4", "lora": {"r": 32}},
                                   "select_ckpt": {"engine": engine}}))
@@ -296,7 +296,7 @@ def test_survlm_serve_gives_the_server_the_engine_arguments_of_the_offline_engin
     want = engine_args(settings, served_base(tiny_llama_dir, "nf4", "dequantized", make=False), str(tiny_llama_dir),
                        "nf4", (32, SERVER_MAX_LORAS))
     assert ".served" in want["model"] and want["max_loras"] == 5 and want["enforce_eager"] is False
-    assert want["max_num_batched_tokens"] == 4096
+    assert want["max_num_batched_tokens"] == 4096 and want["kv_cache_memory_bytes"] == 3 * 2**29
     for key, value in want.items():
         got = getattr(parsed, key)
         assert ({k: getattr(got, k) for k in value} if isinstance(value, dict) else got) == value, key

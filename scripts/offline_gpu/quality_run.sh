@@ -12,7 +12,9 @@
 # SERVE=1 starts one vLLM server (`survlm serve`, infer's engine block at SERVE_GPU_FRACTION of the GPU, at
 # SERVE_URL) once models/base is there, and every generating stage loads its adapters into it (backend openai,
 # openai_load_adapters) instead of starting an engine of its own; the server compiles while prepare and sft
-# run, and timings.json's serve_wait is how long the first generating stage then still waited for it.
+# run, and timings.json's serve_wait is how long the first generating stage then still waited for it. Its KV
+# cache has a stated size (SERVE_KV_CACHE_GIB): sized from free memory, it came out negative when sft's
+# training allocated while the server profiled, and the server stopped.
 # Where DVC is installed, `python -m survlm.config apply PRESET && dvc repro` does the same and records
 # dvc.lock.
 set -euo pipefail
@@ -24,7 +26,8 @@ if [ "${SERVE:-0}" = 1 ]; then
     for stage in select_ckpt make_pairs dpo.report infer; do
         set -- "$@" "$stage.backend=openai" "$stage.engine.openai_load_adapters=true" \
             "$stage.engine.openai_constraint=vllm_grammar" "$stage.engine.openai_base_url=$SERVE_URL" \
-            "$stage.engine.gpu_memory_utilization=${SERVE_GPU_FRACTION:-0.3}"
+            "$stage.engine.gpu_memory_utilization=${SERVE_GPU_FRACTION:-0.3}" \
+            "$stage.engine.kv_cache_gib=${SERVE_KV_CACHE_GIB:-32}"
     done
 fi
 python -m survlm.config apply "$PRESET" "$@"

@@ -36,6 +36,10 @@ class BackendSettings:
     dtype: str = "auto"                       # auto: bfloat16 on CUDA, float32 on CPU (bf16 answers wrongly there)
     batch_size: int = 8                       # hf: prompts per generate call; openai: concurrent requests
     gpu_memory_utilization: float = 0.4
+    # vllm: the KV cache's size. Unset, vLLM sizes it from gpu_memory_utilization by measuring the GPU's free
+    # memory while it profiles; another process allocating meanwhile (training beside a server) shrinks the
+    # measure, even below zero. Stated, the cache has this size and other processes do not change it.
+    kv_cache_gib: float | None = None
     enforce_eager: bool = True                # CPU start 31 s instead of ~100 s; on GPU set false for CUDA graphs
     tensor_parallel_size: int = 1
     quantization: str = "auto"                # the base the adapters were trained on: nf4 | none | auto (their run records)
@@ -66,6 +70,8 @@ class BackendSettings:
         if settings.quantization not in QUANTIZATIONS:
             raise ValueError(f"engine quantization must be one of {', '.join(QUANTIZATIONS)}: the base the adapters "
                              f"were trained on (got {settings.quantization!r})")
+        if settings.kv_cache_gib is not None and not settings.kv_cache_gib > 0:
+            raise ValueError(f"engine kv_cache_gib must be a positive size in GiB, or null (got {settings.kv_cache_gib!r})")
         if settings.nf4_serving not in NF4_SERVING:
             raise ValueError(f"engine nf4_serving must be one of {', '.join(NF4_SERVING)} (got {settings.nf4_serving!r})")
         return settings
@@ -88,7 +94,7 @@ class BackendSettings:
 # params.yaml's engine block (the `&engine` anchor). The keys it does not state keep BackendSettings' defaults.
 ENGINE_DEFAULTS = {"max_model_len": 4096, "gpu_memory_utilization": 0.4, "enforce_eager": True,
                    "tensor_parallel_size": 1, "batch_size": 40, "quantization": "auto", "nf4_serving": "dequantized",
-                   "max_loras": None, "max_num_batched_tokens": None}
+                   "max_loras": None, "max_num_batched_tokens": None, "kv_cache_gib": None}
 
 
 def _engine() -> BackendSettings:

