@@ -162,3 +162,33 @@ def test_a_huge_one_line_note_is_planned_from_one_tokenizer_pass(tiny_llama_dir,
     prompts = [backend.prompt_text([{"role": "system", "content": SYSTEM}, {"role": "user", "content": c}],
                                    Decoding(max_new_tokens=64)) for c in chunks]
     assert max(real(p) for p in prompts) + 64 <= 1024        # every chunk's prompt leaves room for the answer
+
+
+def test_one_adapter_under_two_names_is_asked_once_per_note(tiny_lora_pair, schema, tmp_path):
+    """Where dpo ships the SFT adapter itself, infer's `dpo` and `sft` rows come from one request per note:
+    asked twice, a batching engine may answer them apart and one model would score as two."""
+    import shutil
+
+    base, lora = tiny_lora_pair
+    same = tmp_path / "same"
+    shutil.copytree(lora, same)
+    sub = schema.subset(["sex", "diabetes"])
+    backend = HFBackend(base, {"dpo": str(lora), "sft": str(same)}, sub,
+                        BackendSettings(max_model_len=1024, batch_size=4, quantization="none"))
+    asked = []
+    stream = backend.stream
+    backend.stream = lambda prompts, decodings, adapters: (asked.extend(adapters), stream(prompts, decodings, adapters))[1]
+    records = _records(3)
+    greedy, sample = Decoding(max_new_tokens=6, constrained=False), Decoding(strategy="sample", max_new_tokens=6,
+                                                                             constrained=False)
+    tasks = [Task("dpo/t", "dpo", records, tmp_path / "dpo.jsonl"), Task("sft/t", "sft", records, tmp_path / "sft.jsonl"),
+             Task("zero_shot/t", None, records, tmp_path / "zs.jsonl"),
+             Task("dpo/s", "dpo", records, tmp_path / "dpo_s.jsonl", sample),
+             Task("sft/s", "sft", records, tmp_path / "sft_s.jsonl", sample)]
+    summary = run_tasks(backend, tasks, sub, SYSTEM, greedy, progress=False)
+    assert asked == ["dpo"] * 3 + [None] * 3 + ["dpo"] * 3 + ["sft"] * 3   # samples are never shared
+    assert summary["sft/t"]["shared_answers"] == 3
+    assert all("shared_answers" not in summary[t.name] for t in tasks if t.name != "sft/t")
+    keep = lambda rows: [{k: v for k, v in r.items() if k not in ("task", "adapter", "latency_s")} for r in rows]  # noqa: E731
+    assert keep(read_jsonl(tmp_path / "sft.jsonl")) == keep(read_jsonl(tmp_path / "dpo.jsonl"))
+    assert [r["adapter"] for r in read_jsonl(tmp_path / "sft.jsonl")] == ["sft"] * 3

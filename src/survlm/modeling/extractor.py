@@ -215,28 +215,53 @@ def run_tasks(backend: Backend, tasks: list[Task], schema: Schema, system_prompt
 
         bar = tqdm(total=sum(len(task.records) for task in tasks), initial=sum(s["resumed"] for s in summary.values()),
                    desc="extract", unit="note")
-    prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": text}]
-               for _, _, _, text in jobs]
+    asked, sharers = _shared_requests(jobs, fps, decodings)
+    for k in (k for group in sharers for k in group[1:]):
+        counter = summary[tasks[jobs[k][0]].name]
+        counter["shared_answers"] = counter.get("shared_answers", 0) + 1
+    prompts = [[{"role": "system", "content": system_prompt}, {"role": "user", "content": jobs[k][3]}]
+               for k in asked]
     # The backend answers in its own order (vLLM: as each request finishes); a note's row is written and
     # synced as soon as its last chunk is answered, so an interrupted run loses at most the notes in flight.
-    answered = backend.stream(prompts, [decodings[t] for t, _, _, _ in jobs], [tasks[t].adapter for t, _, _, _ in jobs])
-    for k, gens in answered:
-        t, i, c, text = jobs[k]
-        answers.setdefault((t, i), {})[c] = (gens, text)
-        if len(answers[(t, i)]) < n_chunks[(t, i)]:
-            continue
-        row = {**_row(tasks[t], i, answers.pop((t, i)), schema), "note_sha256": digests[t][i]}
-        with _open_rows(tasks[t].out_path, fps[t], tasks[t].name) as fh:
-            fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if bar is not None:
-            bar.update(1)
+    answered = backend.stream(prompts, [decodings[jobs[k][0]] for k in asked], [tasks[jobs[k][0]].adapter for k in asked])
+    for a, gens in answered:
+        for k in sharers[a]:
+            t, i, c, text = jobs[k]
+            answers.setdefault((t, i), {})[c] = (gens, text)
+            if len(answers[(t, i)]) < n_chunks[(t, i)]:
+                continue
+            row = {**_row(tasks[t], i, answers.pop((t, i)), schema), "note_sha256": digests[t][i]}
+            with _open_rows(tasks[t].out_path, fps[t], tasks[t].name) as fh:
+                fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            if bar is not None:
+                bar.update(1)
     if bar is not None:
         bar.close()
     for t, task in enumerate(tasks):   # a task with nothing to answer still leaves its (empty) file
         _open_rows(task.out_path, fps[t], task.name).close()
     return summary
+
+
+def _shared_requests(jobs: list[tuple[int, int, int, str]], fps: list[str],
+                     decodings: list[Decoding]) -> tuple[list[int], list[list[int]]]:
+    """The jobs to ask, and for each the jobs its answer serves. Deterministic decodings of one chunk under one
+    fingerprint (the same adapter weights, as where dpo ships the SFT adapter itself) are asked once: asked
+    twice, a batched engine can answer them differently, as its batches differ, and two models that are one
+    would score apart."""
+    asked: list[int] = []
+    sharers: list[list[int]] = []
+    first: dict[tuple[str, str], int] = {}
+    for k, (t, _, _, text) in enumerate(jobs):
+        key = (fps[t], text)
+        if decodings[t].strategy != "sample" and key in first:
+            sharers[first[key]].append(k)
+            continue
+        first.setdefault(key, len(asked))
+        asked.append(k)
+        sharers.append([k])
+    return asked, sharers
 
 
 def _row(task: Task, index: int, chunk_answers: dict, schema: Schema) -> dict:
