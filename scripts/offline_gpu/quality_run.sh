@@ -14,7 +14,8 @@
 # openai_load_adapters) instead of starting an engine of its own; the server compiles while prepare and sft
 # run, and timings.json's serve_wait is how long the first generating stage then still waited for it. Its KV
 # cache has a stated size (SERVE_KV_CACHE_GIB): sized from free memory, it came out negative when sft's
-# training allocated while the server profiled, and the server stopped.
+# training allocated while the server profiled, and the server stopped. A server that ends before it answers
+# is reported with its log's end, and the generating stages then start engines of their own.
 # Where DVC is installed, `python -m survlm.config apply PRESET && dvc repro` does the same and records
 # dvc.lock.
 set -euo pipefail
@@ -22,6 +23,7 @@ cd "$(dirname "$0")/../.."
 PRESET=${1:?params preset}
 shift
 SERVE_URL=${SERVE_URL:-http://127.0.0.1:8000/v1}
+OVERRIDES=("$@")   # without the server's: what the stages run with if the server ends before it answers
 if [ "${SERVE:-0}" = 1 ]; then
     for stage in select_ckpt make_pairs dpo.report infer; do
         set -- "$@" "$stage.backend=openai" "$stage.engine.openai_load_adapters=true" \
@@ -64,13 +66,16 @@ start_server() {  # in the background: its engine starts while the stages before
     SERVER_PID=$!
     trap 'kill $SERVER_PID 2>/dev/null || true' EXIT
 }
-wait_server() {  # until the server answers, or fail with its log's end
+wait_server() {  # until the server answers; if it ended first, the stages go on with their own engines
     until python -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/models', timeout=2)" \
             "$SERVE_URL" 2>/dev/null; do
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
             tail -n 20 "$RESULTS/server.log" >&2
-            echo "quality_run.sh: the vLLM server ended before it answered (log: $RESULTS/server.log)" >&2
-            exit 1
+            echo "quality_run.sh: the vLLM server ended before it answered (log: $RESULTS/server.log);" \
+                "the generating stages start their own engines" >&2
+            python -m survlm.config apply "$PRESET" "${OVERRIDES[@]}"
+            SERVER_PID=
+            return
         fi
         sleep 2
     done
@@ -80,7 +85,7 @@ for stage in $STAGES; do
     if [ -n "${START_AT:-}" ]; then
         [ "$stage" = "$START_AT" ] && START_AT= || continue
     fi
-    if [ "${SERVE:-0}" = 1 ] && [ "$stage" != base_model ] && [ -z "$SERVER_PID" ]; then
+    if [ "${SERVE:-0}" = 1 ] && [ "$stage" != base_model ] && [ -z "$SERVER_PID" ] && [ -z "${SERVER_READY:-}" ]; then
         start_server
     fi
     if [ -n "$SERVER_PID" ] && [ -z "${SERVER_READY:-}" ] && [[ " $GENERATING " == *" $stage "* ]]; then
