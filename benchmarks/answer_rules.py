@@ -1,6 +1,7 @@
 """What each rule that reads an answer against its note changes, on a run's stored answers and on gold answers.
 
 The rules (survlm.extraction): the day check (a day-3 value the note writes only under other days is refused),
+the other-field check (a number the note writes only after other fields' names is refused),
 flags read from the answer's list (`listed_in`), and counts that leave out phrases of absence and negated
 entries. For every stored answer whose note a prepared split holds (answered in one chunk), the answer is read
 with all rules and with each rule switched off in turn; each rule's changed fields are counted by whether they
@@ -37,6 +38,13 @@ def rule_off(name: str, schema):
             yield schema
         finally:
             evidence.written_on_other_days_only = saved
+    elif name == "other_field":
+        saved = evidence.written_for_other_fields_only
+        evidence.written_for_other_fields_only = lambda f, value, text, fields: False
+        try:
+            yield schema
+        finally:
+            evidence.written_for_other_fields_only = saved
     elif name == "flags_from_list":
         yield replace(schema, fields={n: replace(f, listed_in=None) for n, f in schema.fields.items()})
     elif name == "counts_without_absence":
@@ -50,7 +58,7 @@ def rule_off(name: str, schema):
         raise ValueError(name)
 
 
-RULES = ("day_check", "flags_from_list", "counts_without_absence")
+RULES = ("day_check", "other_field", "flags_from_list", "counts_without_absence")
 
 
 def _reading(results: dict) -> dict:

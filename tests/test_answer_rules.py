@@ -13,7 +13,7 @@ spec.loader.exec_module(answer_rules)
 
 def test_each_rule_is_switched_off_alone_and_gold_answers_are_read(tmp_path, capsys):
     """Day 1's sodium copied into day 3 is what the day check changes (wrong either way: refused, or a wrong
-    value); the list rules change nothing here; the gold answers read as their labels say. The rules are back
+    value); the other-field check and the list rules change nothing here; the gold answers read as their labels say. The rules are back
     on afterwards."""
     from survlm.artifacts import write_jsonl
     from survlm.extraction import parse_answer
@@ -32,8 +32,10 @@ def test_each_rule_is_switched_off_alone_and_gold_answers_are_read(tmp_path, cap
     assert result["rules"]["day_check"]["test.jsonl"] == {
         "rows": 2, "changed_fields": {"where the note has no value": 0, "wrong->wrong": 1},
         "by_field": {"sodium_meq_l": 1}}
-    for rule in ("flags_from_list", "counts_without_absence"):
+    for rule in ("other_field", "flags_from_list", "counts_without_absence"):
         assert result["rules"][rule]["test.jsonl"]["changed_fields"] == {}
     assert result["gold"] == {"mine": {"notes": 3}} and json.loads(capsys.readouterr().out) == result
     note = "HD1 Na 131. HD3 Na 138. HD4 Na 140."
     assert parse_answer(answer % ("131", "131"), load_schema(), note)["sodium_meq_l"].status == "other_day"
+    pulse = '{"heart_rate_bpm":{"value":"138","unit":null,"evidence":"Na 138"}}'
+    assert parse_answer(pulse, load_schema(), "HD3 Na 138, HR 88.")["heart_rate_bpm"].status == "other_field"

@@ -107,6 +107,38 @@ def test_a_value_needs_its_numbers_in_the_note_not_a_verbatim_quote(schema):
     assert room_air["pao2_fio2"].status == "ok"
 
 
+OTHER_FIELDS = ("HD 3: HR 94, MAP 71 mmHg, Alb 3.6 g/dL. PF 305.\n"
+                "Ultrasound-guided paracentesis removed 3.5 L.")
+
+
+def test_a_number_the_note_writes_only_as_other_fields_values_is_refused(schema):
+    """Urine output answered with the pulse, the albumin or the P/F ratio, all written after their own names, is
+    `other_field` (the value kept as candidate); a number the note also writes after the field's own name, or
+    without any field's name before it, is read; so is every field whose number is its own."""
+    def status(note, **fields):
+        out = parse_answer(_answer(**fields), schema, note)
+        return {name: (out[name].status, out[name].candidate) for name in fields}
+
+    for taken in ("94", "3.6", "305"):
+        assert status(OTHER_FIELDS, urine_ml_day={"value": taken, "unit": "mL", "evidence": "x"}) == {
+            "urine_ml_day": ("other_field", float(taken))}
+    assert status(OTHER_FIELDS, heart_rate_bpm={"value": "94", "unit": None, "evidence": "HR 94"},
+                  albumin_g_dl={"value": "3.6", "unit": "g/dL", "evidence": "Alb 3.6"}) == {
+        "heart_rate_bpm": ("ok", None), "albumin_g_dl": ("ok", None)}
+    # "3.5 L" follows no field's name: not judged
+    assert status(OTHER_FIELDS, urine_ml_day={"value": "3.5", "unit": "L", "evidence": "3.5 L"}) == {
+        "urine_ml_day": ("ok", None)}
+    # the same number after urine output's own name too: read
+    assert status(OTHER_FIELDS + " UOP 94 mL.", urine_ml_day={"value": "94", "unit": "mL", "evidence": "UOP 94"}) == {
+        "urine_ml_day": ("ok", None)}
+    # without the note, or for a schema cut to the one field, nothing owns the number
+    assert parse_answer(_answer(urine_ml_day={"value": "94", "unit": "mL", "evidence": "x"}), schema)[
+        "urine_ml_day"].status == "ok"
+    alone = schema.subset(["urine_ml_day"])
+    assert parse_answer(json.dumps({"urine_ml_day": {"value": "94", "unit": "mL", "evidence": "x"}}), alone,
+                        OTHER_FIELDS)["urine_ml_day"].status == "ok"
+
+
 DAYS = ("Admitted Mar 3. Outside labs: Cr 1.9.\n"
         "HD 1: HR 90, UOP 1200 mL. Cr 1.4.\n"
         "HD 2: HR 88, UOP 1500 mL. Cr 1.4.\n"

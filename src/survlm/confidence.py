@@ -203,7 +203,7 @@ def validation_answers(schema, rows: Iterable[dict], labels: dict[str, dict]) ->
 
 
 # a value the model wrote that a check against the note refused (survlm.extraction); it is kept as `candidate`
-REFUSED = ("out_of_range", "ungrounded", "other_day")
+REFUSED = ("out_of_range", "ungrounded", "other_day", "other_field")
 
 
 def abstained_row(row: dict, calibration: Calibration) -> dict:

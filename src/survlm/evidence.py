@@ -269,6 +269,15 @@ def _note_mentions(text: str) -> tuple[list[tuple[int, int]], dict[int, tuple[Fi
     return day_markers(text), {}
 
 
+def _mentions_in(f: Field, text: str) -> list[Mention]:
+    """`number_mentions` of `f` in `text`, worked out once per note and field."""
+    markers, by_field = _note_mentions(text)
+    cached = by_field.get(id(f))
+    if cached is None or cached[0] is not f:   # the Field kept beside its mentions, so its id is never reused
+        cached = by_field[id(f)] = (f, number_mentions(f, text, markers))
+    return cached[1]
+
+
 def written_on_other_days_only(f: Field, value: float, text: str) -> bool:
     """Whether the note writes `value` for `f` only under hospital days other than the field's own: some mention
     of the field under another day's marker converts to it, and none on the field's day or before the first
@@ -276,12 +285,39 @@ def written_on_other_days_only(f: Field, value: float, text: str) -> bool:
     without day markers are not judged (False)."""
     if f.day is None:
         return False
-    markers, by_field = _note_mentions(text)
-    cached = by_field.get(id(f))
-    if cached is None or cached[0] is not f:   # the Field kept beside its mentions, so its id is never reused
-        cached = by_field[id(f)] = (f, number_mentions(f, text, markers))
-    hits = [m for m in cached[1] if m.canonical is not None and values_match(m.canonical, value, _tolerance(f, m))]
+    hits = [m for m in _mentions_in(f, text)
+            if m.canonical is not None and values_match(m.canonical, value, _tolerance(f, m))]
     return bool(hits) and all(m.kind == "day" and m.day != f.day for m in hits)
+
+
+_PLAIN_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?!\d|\.\d)")
+
+
+def written_for_other_fields_only(f: Field, value: Any, text: str, fields: list[Field]) -> bool:
+    """Whether every place the note writes the number `value` (as the answer wrote it) is the value of another of
+    `fields`, after that field's name ("P 94" read as urine output, "Alb 3.6", "PF 305"), and none is after a
+    name of `f`'s. A number the note also writes without a field's name before it, a value that is no plain
+    number (a pair, a unit conversion's result that the note does not write) and a field without names are
+    not judged (False)."""
+    if not f.aliases or not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        return False
+    try:
+        target = float(value)
+    except ValueError:
+        return False
+    spots = [m.start() for m in _PLAIN_NUMBER.finditer(text) if float(m.group()) == target]
+    if not spots:
+        return False
+    # a mention owns the number where a name precedes it and its value is that one number: a pair ("BP 120/80",
+    # or the "PaO2: 7.50/49" that "ABG pH/PaCO2/PaO2: 7.50/49/266" gives) does not say which of its numbers is
+    # whose, and a mention that starts at its number (age read from "Tmax:97F") names no field
+    owners = [(g is f, m.start, m.end) for g in fields if g.type == "number" for m in _mentions_in(g, text)
+              if not text[m.start].isdigit() and _PLAIN_NUMBER.fullmatch(str(m.value)) and float(m.value) == target]
+    for at in spots:
+        owner = [own for own, start, end in owners if start <= at < end]
+        if not owner or any(owner):
+            return False
+    return True
 
 
 _PRE = re.compile(r"(?i)pre-?$")

@@ -15,7 +15,7 @@ from .schema import Field, Schema
 from .units import UnitError, ValueFormatError, to_canonical
 
 STATUSES = ("ok", "null", "invalid_json", "missing_field", "bad_value", "invalid_category",
-            "unknown_unit", "out_of_range", "ungrounded", "other_day")
+            "unknown_unit", "out_of_range", "ungrounded", "other_day", "other_field")
 FAILURES = tuple(s for s in STATUSES if s not in ("ok", "null"))
 
 
@@ -238,7 +238,24 @@ def parse_answer(text: Any, schema: Schema, note: str | None = None) -> dict[str
     for f in schema:   # a schema cut to some fields (extract --fields) may lack the list: the flag is as written
         if f.listed_in in out and f.name in obj:
             out[f.name] = _listed_condition(f, out[f.name], out[f.listed_in], note)
+    if note is not None:
+        numbers = [f for f in schema if f.type == "number"]
+        for f in numbers:
+            out[f.name] = _other_fields_value(f, out[f.name], note, numbers)
     return out
+
+
+def _other_fields_value(f: Field, result: FieldResult, note: str, numbers: list[Field]) -> FieldResult:
+    """A number that the note writes only as other fields' values is refused (`other_field`): the model read the
+    line next to the one it was asked for (a pulse of 94 for urine output). The schema's number fields
+    (`numbers`) say which names own a value; the value stays as `candidate`."""
+    from .evidence import written_for_other_fields_only   # evidence builds its targets with this module
+
+    if result.status != "ok" or not isinstance(result.written, dict):
+        return result
+    if not written_for_other_fields_only(f, result.written.get("value"), note, numbers):
+        return result
+    return FieldResult("other_field", candidate=result.value, written=result.written, recovered=result.recovered)
 
 
 def _listed_condition(f: Field, flag: FieldResult, listed: FieldResult, note: str | None) -> FieldResult:
