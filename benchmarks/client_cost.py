@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -117,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     from survlm.artifacts import load_prompt, read_jsonl
     from survlm.config import BackendSettings
     from survlm.modeling.backends import Decoding, make_backend
+    from survlm.modeling.backends.openai import wait_until_serving
     from survlm.modeling.extractor import Task, run_tasks
 
     schema, system = load_prompt(args.prepared)
@@ -128,12 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         canned.write_text(json.dumps({_key(record["note"]): response for record, response in recorded}))
         server = subprocess.Popen([sys.executable, __file__, "--serve", str(canned), "--port", str(args.port)])
         try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"{url}/models", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_until_serving(url, server, timeout_s=20, poll_s=0.2)
             backend = make_backend("openai", args.base, {}, schema, BackendSettings(
                 openai_base_url=url, openai_model="survlm", openai_constraint="vllm_grammar",
                 batch_size=args.batch_size, max_model_len=8192))

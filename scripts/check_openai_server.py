@@ -5,10 +5,11 @@ compared with the HF backend on the same 2 validation notes (constrained greedy)
   python scripts/check_openai_server.py [json_schema|vllm_grammar]
 json_schema (default) starts the server with compact-JSON structured outputs; vllm_grammar starts it plain and
 sends our grammar in each request."""
-import json, os, subprocess, sys, time, urllib.request
+import json, os, subprocess, sys, time
 from pathlib import Path
 sys.path.insert(0, "src")
 from survlm.modeling.backends import BackendSettings, Decoding, make_backend
+from survlm.modeling.backends.openai import wait_until_serving
 from survlm.artifacts import chat_prompt, first_records, load_prompt
 
 schema, system = load_prompt(Path("data/prepared"))
@@ -25,15 +26,7 @@ server = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_se
                            "--gpu-memory-utilization", "0.4", *server_flags], env=env, stdout=open("/tmp/server.log", "w"),
                           stderr=subprocess.STDOUT)
 try:
-    t0 = time.time()
-    while True:
-        try:
-            urllib.request.urlopen("http://localhost:8011/v1/models", timeout=2); break
-        except Exception:
-            if server.poll() is not None or time.time() - t0 > 400:
-                raise SystemExit("server did not start")
-            time.sleep(3)
-    print(f"server up in {time.time() - t0:.0f} s")
+    print(f"server up in {wait_until_serving('http://localhost:8011/v1', server, timeout_s=400):.0f} s")
     api = make_backend("openai", "models/base", {"dpo": "models/dpo"}, schema,
                        BackendSettings(openai_base_url="http://localhost:8011/v1", batch_size=2,
                                        openai_constraint=constraint))

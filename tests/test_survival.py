@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from survlm.config import SurvivalParams
-from survlm.survival import SUPPORT_NORMALS, Encoder, SurvivalModels, eval_times, harrell_c, risk_group_km
+from survlm.survival import (SUPPORT_NORMALS, Encoder, SurvivalModels, eval_times, harrell_c, harrell_c_weighted,
+                             risk_group_km)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,29 @@ def test_harrell_c_matches_lifelines_and_sksurv(rossi):
     assert harrell_c(rossi["week"], rossi["arrest"], tied) == pytest.approx(
         concordance_index_censored(rossi["arrest"].astype(bool), rossi["week"], tied)[0], abs=1e-12)
     assert harrell_c(rossi["week"], rossi["arrest"], -risk) == pytest.approx(1 - ours, abs=1e-3)
+
+
+def test_weighted_c_equals_sksurv_on_each_bootstrap_resample(monkeypatch):
+    """Every resample at once from draw counts, in pair blocks: bit for bit scikit-survival's C on the drawn
+    patients, with tied times (events and censored at one time), tied risks and patients drawn twice."""
+    from sksurv.metrics import concordance_index_censored
+
+    from survlm import survival
+    from survlm.bootstrap import _draws, resample_counts
+
+    rng = np.random.default_rng(1)
+    n = 120
+    time, event = rng.integers(1, 30, n).astype(float), rng.random(n) < 0.6
+    risks = {"tied": np.round(rng.normal(size=n), 1), "smooth": rng.normal(size=n)}
+    monkeypatch.setattr(survival, "_PAIR_BLOCK", 7 * n)       # several anchor blocks
+    c = harrell_c_weighted(time, event, risks, resample_counts(n, 40, seed=5))
+    for k, idx in enumerate(_draws(n, 40, 5)):
+        for name, r in risks.items():
+            assert c[name][k] == concordance_index_censored(event[idx], time[idx], r[idx])[0]
+    assert len(set(c["tied"].tolist())) > 30                  # the resamples differ
+    no_pair = harrell_c_weighted(time, np.zeros(n, bool), risks, np.ones(n))
+    assert np.isnan(no_pair["tied"]).all()                    # every patient censored
+    assert np.isnan(harrell_c(time, event, np.r_[np.inf, risks["smooth"][1:]]))
 
 
 def test_imputation_uses_support_normals_then_train_median(schema):

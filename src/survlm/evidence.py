@@ -262,20 +262,57 @@ def _negated(text: str, start: int) -> bool:
 # ------------------------------------------------------------------------------------------------
 # Checking a model's answer against the note (survlm.extraction)
 # ------------------------------------------------------------------------------------------------
+_PLAIN_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?!\d|\.\d)")
+
+
+@dataclass
+class _NoteIndex:
+    """What checking answers needs from one note, worked out once: every field of an answer, and every adapter's
+    answer to the same note (a batch holds several hundred notes), is checked against it. Fields are kept
+    beside what was found for them, so an id is never reused for another Field."""
+    markers: list[tuple[int, int]]
+    mentions: dict[int, tuple[Field, list[Mention]]] = field(default_factory=dict)   # number_mentions per field
+    owned: dict[int, tuple[Field, dict[float, list[tuple[int, int]]]]] = field(default_factory=dict)
+    numbers: dict[float, list[int]] | None = None   # each plain number the note writes -> where it starts
+
+
 @lru_cache(maxsize=512)
-def _note_mentions(text: str) -> tuple[list[tuple[int, int]], dict[int, tuple[Field, list[Mention]]]]:
-    """A note's day markers, and a place for its mentions per field: every field of an answer, and every
-    adapter's answer to the same note (a batch holds several hundred notes), is checked against them."""
-    return day_markers(text), {}
+def _note_index(text: str) -> _NoteIndex:
+    return _NoteIndex(day_markers(text))
 
 
 def _mentions_in(f: Field, text: str) -> list[Mention]:
     """`number_mentions` of `f` in `text`, worked out once per note and field."""
-    markers, by_field = _note_mentions(text)
-    cached = by_field.get(id(f))
-    if cached is None or cached[0] is not f:   # the Field kept beside its mentions, so its id is never reused
-        cached = by_field[id(f)] = (f, number_mentions(f, text, markers))
+    index = _note_index(text)
+    cached = index.mentions.get(id(f))
+    if cached is None or cached[0] is not f:
+        cached = index.mentions[id(f)] = (f, number_mentions(f, text, index.markers))
     return cached[1]
+
+
+def _owned_by(f: Field, text: str) -> dict[float, list[tuple[int, int]]]:
+    """The numbers that mentions of `f` own, with each owning mention's span. A mention owns its number where a
+    name precedes it and its value is that one number: a pair ("BP 120/80", or the "PaO2: 7.50/49" that
+    "ABG pH/PaCO2/PaO2: 7.50/49/266" gives) does not say which of its numbers is whose, and a mention that
+    starts at its number (age read from "Tmax:97F") names no field."""
+    index = _note_index(text)
+    cached = index.owned.get(id(f))
+    if cached is None or cached[0] is not f:
+        owned: dict[float, list[tuple[int, int]]] = {}
+        for m in _mentions_in(f, text):
+            if not text[m.start].isdigit() and _PLAIN_NUMBER.fullmatch(str(m.value)):
+                owned.setdefault(float(m.value), []).append((m.start, m.end))
+        cached = index.owned[id(f)] = (f, owned)
+    return cached[1]
+
+
+def _plain_numbers(text: str) -> dict[float, list[int]]:
+    index = _note_index(text)
+    if index.numbers is None:
+        index.numbers = {}
+        for m in _PLAIN_NUMBER.finditer(text):
+            index.numbers.setdefault(float(m.group()), []).append(m.start())
+    return index.numbers
 
 
 def written_on_other_days_only(f: Field, value: float, text: str) -> bool:
@@ -290,29 +327,23 @@ def written_on_other_days_only(f: Field, value: float, text: str) -> bool:
     return bool(hits) and all(m.kind == "day" and m.day != f.day for m in hits)
 
 
-_PLAIN_NUMBER = re.compile(r"(?<![\d.])\d+(?:\.\d+)?(?!\d|\.\d)")
-
-
 def written_for_other_fields_only(f: Field, value: Any, text: str, fields: list[Field]) -> bool:
     """Whether every place the note writes the number `value` (as the answer wrote it) is the value of another of
-    `fields`, after that field's name ("P 94" read as urine output, "Alb 3.6", "PF 305"), and none is after a
-    name of `f`'s. A number the note also writes without a field's name before it, a value that is no plain
-    number (a pair, a unit conversion's result that the note does not write) and a field without names are
-    not judged (False)."""
+    `fields`, after that field's name ("P 94" read as urine output, "Alb 3.6", "PF 305"; `_owned_by`), and none
+    is after a name of `f`'s. A number the note also writes without a field's name before it, a value that is
+    no plain number (a pair, a unit conversion's result that the note does not write) and a field without names
+    are not judged (False)."""
     if not f.aliases or not isinstance(value, (str, int, float)) or isinstance(value, bool):
         return False
     try:
         target = float(value)
     except ValueError:
         return False
-    spots = [m.start() for m in _PLAIN_NUMBER.finditer(text) if float(m.group()) == target]
+    spots = _plain_numbers(text).get(target)
     if not spots:
         return False
-    # a mention owns the number where a name precedes it and its value is that one number: a pair ("BP 120/80",
-    # or the "PaO2: 7.50/49" that "ABG pH/PaCO2/PaO2: 7.50/49/266" gives) does not say which of its numbers is
-    # whose, and a mention that starts at its number (age read from "Tmax:97F") names no field
-    owners = [(g is f, m.start, m.end) for g in fields if g.type == "number" for m in _mentions_in(g, text)
-              if not text[m.start].isdigit() and _PLAIN_NUMBER.fullmatch(str(m.value)) and float(m.value) == target]
+    owners = [(g is f, start, end) for g in fields if g.type == "number"
+              for start, end in _owned_by(g, text).get(target, ())]
     for at in spots:
         owner = [own for own, start, end in owners if start <= at < end]
         if not owner or any(owner):

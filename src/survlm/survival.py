@@ -69,16 +69,43 @@ class Encoder:
         return X
 
 
-def harrell_c(time, event, risk) -> float:
-    """Harrell's C (scikit-survival's `concordance_index_censored`): over comparable pairs, the share where the
-    one that failed first has the higher risk; risk ties count 1/2. NaN when no pair is comparable."""
-    from sksurv.metrics import concordance_index_censored
+# anchor rows x patients compared at once: bounds the pair matrices of a large cohort (about 32 MiB each)
+_PAIR_BLOCK = 1 << 22
 
-    time, event, risk = (np.asarray(a, dtype=float) for a in (time, event, risk))
-    try:
-        return float(concordance_index_censored(event.astype(bool), time, risk)[0])
-    except (ValueError, ZeroDivisionError):   # every row censored, or no comparable pair
-        return float("nan")
+
+def harrell_c_weighted(time, event, risks: dict[str, Any], weights, tied_tol: float = 1e-8) -> dict[str, np.ndarray]:
+    """Harrell's C of each risk under each row of `weights` (how many times each patient counts: ones for the
+    cohort itself, a bootstrap resample's draw counts), as scikit-survival's `concordance_index_censored`
+    computes it on the drawn patients: a pair is comparable when the earlier time is an event (or both times
+    are equal and only the other is censored), the higher risk should fail first, risks within `tied_tol`
+    count 1/2. A patient drawn twice makes no pair with itself, so a resample's sums are the weighted pair
+    sums, and every sum is an exact multiple of 1/2. NaN where no pair is comparable or a risk is not finite.
+
+    -> {name: array with one C per weights row}."""
+    time, event = np.asarray(time, dtype=float), np.asarray(event).astype(bool)
+    w = np.atleast_2d(np.asarray(weights, dtype=float))
+    risks = {name: np.asarray(r, dtype=float) for name, r in risks.items()}
+    num = {name: np.zeros(len(w)) if np.isfinite(r).all() else np.full(len(w), np.nan) for name, r in risks.items()}
+    finite = {name: r for name, r in risks.items() if not np.isnan(num[name]).any()}
+    den = np.zeros(len(w))
+    anchors = np.flatnonzero(event)
+    step = max(1, _PAIR_BLOCK // max(len(time), 1))
+    for at in range(0, len(anchors), step):
+        a = anchors[at:at + step]
+        comparable = (time[None, :] > time[a, None]) | ((time[None, :] == time[a, None]) & ~event[None, :])
+        wa = w[:, a].T                                     # (anchors, rows)
+        den += (wa * (comparable.astype(float) @ w.T)).sum(0)
+        for name, r in finite.items():
+            diff = r[None, :] - r[a, None]
+            score = np.where(np.abs(diff) <= tied_tol, 0.5, (diff < 0).astype(float)) * comparable
+            num[name] += (wa * (score @ w.T)).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return {name: c / den for name, c in num.items()}
+
+
+def harrell_c(time, event, risk) -> float:
+    """Harrell's C of one risk on the cohort (`harrell_c_weighted`); NaN when no pair is comparable."""
+    return float(harrell_c_weighted(time, event, {"risk": risk}, np.ones(len(np.asarray(time))))["risk"][0])
 
 
 def structured(time, event):
@@ -221,16 +248,15 @@ def survival_block(models: SurvivalModels, records: dict, results: dict[str, dic
 
 
 def cindex_ci(models: SurvivalModels, sources: dict[str, list[dict]], time, event, boot: dict) -> dict:
-    from .bootstrap import bootstrap_ci
+    """Bootstrap intervals of the Cox Harrell C per source and of its paired gap to gold, every resample at once
+    (`harrell_c_weighted` on the resamples' draw counts: the draws of `bootstrap_ci` with the same seed)."""
+    from .bootstrap import percentile_intervals, resample_counts
 
     risks = {name: models.risks(labels)["cox"] for name, labels in sources.items()}
-
-    def stats(idx):
-        c = {name: harrell_c(time[idx], event[idx], r[idx]) for name, r in risks.items()}
-        return {**{f"cindex_{n}": v for n, v in c.items()},
-                **{f"cindex_gap_{n}": v - c["gold"] for n, v in c.items() if n != "gold"}}
-
-    return bootstrap_ci(stats, len(time), **boot)
+    c = harrell_c_weighted(time, event, risks, resample_counts(len(time), **boot))
+    values = {**{f"cindex_{n}": v for n, v in c.items()},
+              **{f"cindex_gap_{n}": v - c["gold"] for n, v in c.items() if n != "gold"}}
+    return percentile_intervals(values, boot["resamples"])
 
 
 def refit_block(schema: Schema, records: dict, results: dict[str, dict], ids: list[str], params: SurvivalParams

@@ -177,7 +177,21 @@ def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], va
             if "chosen_value_weights" not in self._signature_columns:   # else the Trainer drops the column unread
                 self._signature_columns = [*self._signature_columns, "chosen_value_weights"]
 
+        def evaluate(self, *args, **kwargs):
+            if self.eval_logps is not None:
+                self.eval_logps.start(self.state.global_step)
+            return super().evaluate(*args, **kwargs)
+
         def _compute_loss(self, model, inputs, return_outputs):
+            if self.eval_logps is None or self.model.training:
+                return self._weighted_loss(model, inputs, return_outputs)
+            with self.eval_logps.batch(self.model, inputs) as seen:
+                result = self._weighted_loss(model, inputs, return_outputs)
+                if "ref" not in seen:   # precompute_ref_log_probs: TRL's evaluation ran no reference forward
+                    self.compute_ref_log_probs(model, inputs)
+            return result
+
+        def _weighted_loss(self, model, inputs, return_outputs):
             weights = inputs.pop("chosen_value_weights", None)
             if weights is None:
                 return super()._compute_loss(model, inputs, return_outputs)
@@ -196,7 +210,9 @@ def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], va
 
     hooks = callbacks(live, device)
     train_rows, fields = dataset_rows(tokenizer, train, params.completion, value_names, params.value_weight)
-    val_rows, _ = dataset_rows(tokenizer, val, params.completion)   # the eval loss stays TRL's, unweighted
+    # the eval pairs as whole answers, tokenized as TRL tokenizes them, whatever the training completion: their
+    # forwards give TRL's eval loss and rewards (unweighted) and, through `eval_logps`, the per-token log-probs
+    val_rows = [_tokenized_row(tokenizer, p) for p in val]
     trainer = Trainer(model=model, ref_model=None, args=dpo_config(params, out_dir, device, bool(val)),
                       train_dataset=Dataset.from_list(train_rows),
                       eval_dataset=Dataset.from_list(val_rows) if val else None,
@@ -206,6 +222,7 @@ def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], va
                                                 "chosen_ids", before="prompt_ids")
     trainer.throughput = hooks[0]
     trainer.field_completions = fields
+    trainer.eval_logps = _EvalLogps(tokenizer, val) if val else None
     return trainer
 
 
@@ -233,40 +250,75 @@ def _answer_tokens(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[l
     return enc["input_ids"], first, [(s - at, e - at) for s, e in enc["offset_mapping"][first:]]
 
 
-def _token_logps(model, ids: list[int], first: int) -> list[float]:
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids], device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with autocast:
-        logits = model(input_ids=input_ids, use_cache=False).logits[0, first - 1:-1].float()
-    return torch.log_softmax(logits, -1).gather(-1, input_ids[0, first:, None])[:, 0].tolist()
+class _EvalLogps:
+    """Each eval pair's per-token log-probs of both answers under the reference (`ref`, the SFT adapter) and the
+    policy (`default`), read from the forwards of TRL's own evaluation: a forward hook on the PeftModel keeps
+    each call's `log_probs` by the adapter it ran with, and a row is matched to its pair by its tokens (so the
+    evaluation's order and sharding do not matter). `rows` hold the last evaluation's, made at step `step`."""
+
+    def __init__(self, tokenizer, pairs: list[dict]):
+        self.pair_of: dict[tuple, int] = {}
+        for k, p in enumerate(pairs):
+            ids = [tuple(_answer_tokens(tokenizer, p["prompt"], p[side])[0]) for side in ("chosen", "rejected")]
+            self.pair_of.setdefault(tuple(ids), k)
+        self.step: int | None = None
+        self.rows: dict[int, dict[str, dict[str, list[float]]]] = {}
+
+    def start(self, step: int) -> None:
+        self.step, self.rows = step, {}
+
+    @contextlib.contextmanager
+    def batch(self, model, inputs: dict):
+        seen = {}
+
+        def keep(module, args, kwargs, output):
+            seen[module.active_adapter] = output.log_probs.detach()
+
+        handle = model.register_forward_hook(keep, with_kwargs=True)
+        try:
+            yield seen
+        finally:
+            handle.remove()
+        if {"default", "ref"} <= set(seen):
+            self._keep(inputs, seen)
+
+    def _keep(self, inputs: dict, seen: dict) -> None:
+        ids, attention, completion = inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        shift = ids.size(1) - 1          # log_probs[:, -shift:][:, t] is the log-prob of token t + 1
+        half = ids.size(0) // 2          # rows are [chosen..., rejected...]
+        for r in range(half):
+            tokens, logps = [], {}
+            for side, row in (("chosen", r), ("rejected", r + half)):
+                tokens.append(tuple(ids[row][attention[row].bool()].tolist()))
+                at = completion[row].nonzero()[:, 0] - 1
+                logps[side] = {a: lp[row, -shift:][at].float().tolist() for a, lp in seen.items()}
+            k = self.pair_of.get(tuple(tokens))
+            if k is not None:
+                self.rows.setdefault(k, logps)
 
 
-def logp_by_token_class(model, tokenizer, pairs: list[dict]) -> dict:
+def logp_by_token_class(tokenizer, pairs: list[dict], logps: dict[int, dict]) -> dict | None:
     """Log-prob of each pair's chosen and rejected answer under the SFT adapter (TRL's frozen `ref` copy) and
     the DPO policy (`default`), summed per token class: the field(s) where the two answers differ vs the
-    shared fields, `null` values vs other values, structure. Aggregated per pair type (error tag)."""
-    from trl.trainer.utils import use_adapter
-
+    shared fields, `null` values vs other values, structure. Aggregated per pair type (error tag). `logps`:
+    pair index -> side -> adapter -> the completion's per-token log-probs (`_EvalLogps.rows`)."""
     from ..pairs import aggregate_logp_changes, char_classes, class_sums, differing_fields, token_classes
 
-    was_training = model.training
-    model.eval()
     rows = []
-    with torch.no_grad():
-        for p in pairs:
-            texts = {side: p[side][0]["content"] for side in ("chosen", "rejected")}
-            differing = differing_fields(texts["chosen"], texts["rejected"])
-            row = {"tags": list(p.get("tags") or [])}
-            for side, text in texts.items():
-                ids, first, offsets = _answer_tokens(tokenizer, p["prompt"], p[side])
-                with use_adapter(model, "ref"):
-                    sft = _token_logps(model, ids, first)
-                dpo = _token_logps(model, ids, first)
-                row[side] = class_sums(token_classes(offsets, char_classes(text, differing)), sft, dpo)
-            rows.append(row)
-    model.train(was_training)
-    return aggregate_logp_changes(rows)
+    for k, p in enumerate(pairs):
+        if k not in logps:
+            continue
+        texts = {side: p[side][0]["content"] for side in ("chosen", "rejected")}
+        differing = differing_fields(texts["chosen"], texts["rejected"])
+        row = {"tags": list(p.get("tags") or [])}
+        for side, text in texts.items():
+            _, _, offsets = _answer_tokens(tokenizer, p["prompt"], p[side])
+            n = len(offsets)   # a completion that starts before the answer text: its last n tokens are the answer's
+            lp = logps[k][side]
+            row[side] = class_sums(token_classes(offsets, char_classes(text, differing)), lp["ref"][-n:],
+                                   lp["default"][-n:])
+        rows.append(row)
+    return aggregate_logp_changes(rows) if rows else None
 
 
 def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict], base_dir: Path, sft_adapter: Path,
@@ -311,12 +363,15 @@ def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict]
     policy_change = max_abs_diff(adapter_state(policy, "default"), sft_weights)
     if state.num_processes > 1:
         print(f"dpo: DDP over {state.num_processes} processes")
+    if val and trainer.eval_logps.step != trainer.state.global_step:
+        trainer.evaluate()   # the trainer evaluates at the last step itself; should it not, the final policy still is
     by_class = None
     if state.is_main_process:
         policy.save_pretrained(str(out_dir), selected_adapters=["default"])
         if val:
-            by_class = logp_by_token_class(policy, tokenizer, val)
+            by_class = logp_by_token_class(tokenizer, val, trainer.eval_logps.rows)
     logs = [h for h in trainer.state.log_history if "rewards/margins" in h]
+    last_eval = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), {})
     last = logs[-1] if logs else {}
     # Likelihood displacement: the margin can grow while the gold answer itself becomes less likely. Measured on
     # the eval pairs' whole gold answers whatever the completion (a field completion is one value); without eval
@@ -332,8 +387,9 @@ def train_dpo(params: DPOParams, train_pairs: list[dict], eval_pairs: list[dict]
         "dropped_too_long": {"train": dropped_train, "eval": dropped_val},
         "steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
         "last_step": {k: round(float(v), 5) for k, v in last.items() if k.startswith("rewards/") or k == "loss"},
-        "eval": {k: round(float(v), 5) for k, v in (next((h for h in reversed(trainer.state.log_history)
-                                                         if "eval_loss" in h), {})).items() if k.startswith("eval_")},
+        # the last evaluation, the final policy's (its step); the per-token classes come from its forwards
+        "eval": {k: round(float(v), 5) if k != "step" else v for k, v in last_eval.items()
+                 if k.startswith("eval_") or k == "step"},
         "train_seconds": round(seconds, 1), "peak_mem_gib": round(peak_memory_gib(device), 3),
         "tokens_per_s": round(sum(trainer.throughput.history) / max(len(trainer.throughput.history), 1), 2),
         # the reference is the SFT adapter, bit for bit; the policy moved away from it

@@ -26,6 +26,25 @@ class OpenAIBackendError(RuntimeError):
     """A request the server refused, or could not be reached for; the message is one line."""
 
 
+def wait_until_serving(base_url: str, server=None, timeout_s: float = 600.0, poll_s: float = 2.0) -> float:
+    """Seconds until the server at `base_url` (".../v1") lists its models. `server`: the server's process
+    (`subprocess.Popen`) where the caller started it, so that its end is noticed at once. OpenAIBackendError when
+    it ends first or `timeout_s` passes."""
+    import urllib.request
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            urllib.request.urlopen(f"{base_url}/models", timeout=2)
+            return time.monotonic() - t0
+        except OSError:
+            if server is not None and server.poll() is not None:
+                raise OpenAIBackendError(f"the server at {base_url} ended before it answered") from None
+            if time.monotonic() - t0 > timeout_s:
+                raise OpenAIBackendError(f"the server at {base_url} did not answer in {timeout_s:.0f} s") from None
+            time.sleep(poll_s)
+
+
 class OpenAIBackend(Backend):
     """Adapters are addressed by their served names (the keys of `adapters`; paths are informational), or with
     `openai_load_adapters` loaded from their paths under names made of their contents. Requests
