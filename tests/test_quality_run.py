@@ -130,15 +130,15 @@ def test_serve_starts_one_server_that_the_generating_stages_share_and_stops_it(c
     import urllib.request
 
     url = f"http://127.0.0.1:{_free_port()}/v1"
-    done = run(checkout, SERVE="1", SERVE_URL=url, EXPORT="0")
+    done = run(checkout, SERVE="1", SERVE_URL=url, SERVE_KV_CACHE_GIB="12", EXPORT="0")
     assert done.returncode == 0, done.stderr
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     for block in (params["select_ckpt"], params["make_pairs"], params["dpo"]["report"], params["infer"]):
         assert block["backend"] == "openai"
         assert {k: block["engine"][k] for k in ("openai_load_adapters", "openai_constraint", "openai_base_url",
-                                                "gpu_memory_utilization")} == {
+                                                "gpu_memory_utilization", "kv_cache_gib")} == {
             "openai_load_adapters": True, "openai_constraint": "vllm_grammar", "openai_base_url": url,
-            "gpu_memory_utilization": 0.3}
+            "gpu_memory_utilization": 0.3, "kv_cache_gib": 12}
     assert (checkout / "serve.txt").read_text() == "--base models/base --stage infer"
     # the server starts with the first stage and is waited for before the first generating one
     assert list(json.loads((checkout / "results" / "run" / "timings.json").read_text())) == [

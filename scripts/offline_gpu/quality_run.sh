@@ -13,9 +13,10 @@
 # SERVE_URL) once models/base is there, and every generating stage loads its adapters into it (backend openai,
 # openai_load_adapters) instead of starting an engine of its own; the server compiles while prepare and sft
 # run, and timings.json's serve_wait is how long the first generating stage then still waited for it. Its KV
-# cache has a stated size (SERVE_KV_CACHE_GIB): sized from free memory, it came out negative when sft's
-# training allocated while the server profiled, and the server stopped. A server that ends before it answers
-# is reported with its log's end, and the generating stages then start engines of their own.
+# cache has a stated size (SERVE_KV_CACHE_GIB; by default a fifth of the GPU's memory, 28 GiB on an H200 and 16
+# on an 80 GB H100, beside sft's peak of 39 GiB on the SmolLM2 preset): sized from free memory, it came out
+# negative when sft's training allocated while the server profiled, and the server stopped. A server that ends
+# before it answers is reported with its log's end, and the generating stages then start engines of their own.
 # Where DVC is installed, `python -m survlm.config apply PRESET && dvc repro` does the same and records
 # dvc.lock.
 set -euo pipefail
@@ -25,11 +26,13 @@ shift
 SERVE_URL=${SERVE_URL:-http://127.0.0.1:8000/v1}
 OVERRIDES=("$@")   # without the server's: what the stages run with if the server ends before it answers
 if [ "${SERVE:-0}" = 1 ]; then
+    SERVE_KV_CACHE_GIB=${SERVE_KV_CACHE_GIB:-$(python -c "import torch; print(round(torch.cuda.get_device_properties(0)
+        .total_memory / 5 / 2**30, 1) if torch.cuda.is_available() else 1)")}
     for stage in select_ckpt make_pairs dpo.report infer; do
         set -- "$@" "$stage.backend=openai" "$stage.engine.openai_load_adapters=true" \
             "$stage.engine.openai_constraint=vllm_grammar" "$stage.engine.openai_base_url=$SERVE_URL" \
             "$stage.engine.gpu_memory_utilization=${SERVE_GPU_FRACTION:-0.3}" \
-            "$stage.engine.kv_cache_gib=${SERVE_KV_CACHE_GIB:-32}"
+            "$stage.engine.kv_cache_gib=$SERVE_KV_CACHE_GIB"
     done
 fi
 python -m survlm.config apply "$PRESET" "$@"
