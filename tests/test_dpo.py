@@ -82,7 +82,8 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
         work = tmp_path / name
         (work / "pairs").mkdir(parents=True)
         (work / "pairs" / "train.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in range(8)))
-        (work / "pairs" / "eval.jsonl").write_text("")
+        # two eval pairs: under DDP each process evaluates one, and the log-probs by token class cover both
+        (work / "pairs" / "eval.jsonl").write_text("".join(json.dumps(pair(i, f"14{i}")) + "\n" for i in (5, 6)))
         shutil.copytree(sft_adapter, work / "sft_best")
         params = {**TINY_DPO, "max_steps": 4, "per_device_train_batch_size": per_device, "val_notes": 0}
         (work / "params.yaml").write_text(yaml.safe_dump({"dpo": params}))
@@ -101,6 +102,11 @@ def test_dpo_stage_under_ddp_matches_one_process(tiny_llama_dir, sft_adapter, tm
         assert run == {**source, "trained": {"stage": "dpo", "step": 4, "source": source["trained"]}}
     assert "DDP over 2 processes" in stdout["ddp"] and "DDP" not in stdout["one"]
     assert summaries["ddp"]["ref_adapter_max_abs_diff_from_sft"] == 0.0
+    for summary in summaries.values():
+        assert summary["eval_pairs"] == 2 and summary["gold_logp_change_on"] == "eval"
+    by_type = {name: json.loads((tmp_path / name / "dpo.json").read_text())["logp_change_by_pair_type"]
+               for name in summaries}
+    assert by_type["one"]["all"]["pairs"] == by_type["ddp"]["all"]["pairs"] == 2
     assert len(curves["one"]) == len(curves["ddp"]) == 4
     assert curves["ddp"][0] - curves["ddp"][-1] > 0.1, curves  # measured: agreed to 1e-6, fell by 0.17
     for a, b in zip(curves["one"], curves["ddp"]):

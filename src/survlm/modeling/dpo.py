@@ -178,9 +178,12 @@ def build_dpo_trainer(model, tokenizer, params: DPOParams, train: list[dict], va
                 self._signature_columns = [*self._signature_columns, "chosen_value_weights"]
 
         def evaluate(self, *args, **kwargs):
-            if self.eval_logps is not None:
-                self.eval_logps.start(self.state.global_step)
-            return super().evaluate(*args, **kwargs)
+            if self.eval_logps is None:
+                return super().evaluate(*args, **kwargs)
+            self.eval_logps.start(self.state.global_step)
+            metrics = super().evaluate(*args, **kwargs)
+            self.eval_logps.gather()
+            return metrics
 
         def _compute_loss(self, model, inputs, return_outputs):
             if self.eval_logps is None or self.model.training:
@@ -266,6 +269,16 @@ class _EvalLogps:
 
     def start(self, step: int) -> None:
         self.step, self.rows = step, {}
+
+    def gather(self) -> None:
+        """Every process's rows: under DDP each evaluates its own share of the eval pairs."""
+        from accelerate.utils import gather_object
+
+        merged: dict[int, dict] = {}
+        for rows in gather_object([self.rows]):
+            for k, logps in rows.items():
+                merged.setdefault(k, logps)
+        self.rows = merged
 
     @contextlib.contextmanager
     def batch(self, model, inputs: dict):
