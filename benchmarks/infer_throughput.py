@@ -11,6 +11,8 @@ in a fresh process, so each pays its own engine start, which is timed apart from
   vllm_no_lora            the default without the adapter: the cost of the LoRA kernels
   vllm_ceiling            no adapter, no grammar, CUDA graphs: the engine's own ceiling on these prompts
   vllm_prefill            the default with one new token: prompt processing alone
+  vllm_ngram              CUDA graphs and n-gram speculation (drafts of 8 tokens looked up in the note and the
+                          answer so far, verified by the model: the greedy answers stay; fewer decoding steps)
   hf                      transformers `generate`, NF4 base as trained, PEFT adapter, the same grammar
 
 Greedy answers of every variant are compared with the default's, so a serving change cannot move quality
@@ -46,6 +48,9 @@ VARIANTS = {
     "vllm_no_lora": ("vllm", {}, False, True, None),
     "vllm_ceiling": ("vllm", {"enforce_eager": False}, False, False, None),
     "vllm_prefill": ("vllm", {}, True, True, 1),
+    "vllm_ngram": ("vllm", {"enforce_eager": False, "extra": {"speculative_config": {
+        "method": "ngram", "num_speculative_tokens": 8, "prompt_lookup_min": 1, "prompt_lookup_max": 4}}},
+        True, True, None),
     "hf": ("hf", {}, True, True, None),
 }
 

@@ -63,6 +63,27 @@ def test_vllm_lora_equals_hf_peft_token_for_token(engines):
 
 
 @requires_vllm
+def test_ngram_speculation_keeps_the_greedy_answers(engines, tiny_lora_pair):
+    """`engine.extra.speculative_config` reaches vLLM as it is: n-gram drafts from the prompt and the answer so far,
+    verified by the model itself, give the greedy answers of plain decoding (adapter and base rows in one batch,
+    grammar on and off), and drafts were accepted, so the verification really ran."""
+    v, _, sub = engines
+    base, lora = tiny_lora_pair
+    spec = make_backend("vllm", base, {"a": lora}, sub, BackendSettings(max_model_len=1024, max_loras=3, extra={
+        "speculative_config": {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1,
+                               "prompt_lookup_max": 3}, "disable_log_stats": False}))   # stats: the drafts counted
+    try:
+        mixed = ["a", None, "a", None]
+        for decoding in (Decoding(max_new_tokens=48, constrained=False), Decoding(max_new_tokens=96)):
+            assert [o[0].text for o in spec.generate(_prompts(4), decoding, mixed)] == \
+                [o[0].text for o in v.generate(_prompts(4), decoding, mixed)]
+        accepted = sum(m.value for m in spec.llm.get_metrics() if m.name == "vllm:spec_decode_num_accepted_tokens")
+        assert accepted > 0
+    finally:
+        spec.close()
+
+
+@requires_vllm
 def test_the_stated_max_loras_reaches_the_engine(engines):
     """One adapter, `max_loras: 3` stated: the engine takes the setting (it keys vLLM's compiled-graph cache),
     not the adapter count."""
