@@ -85,8 +85,8 @@ def harrell_c_weighted(time, event, risks: dict[str, Any], weights, tied_tol: fl
     time, event = np.asarray(time, dtype=float), np.asarray(event).astype(bool)
     w = np.atleast_2d(np.asarray(weights, dtype=float))
     risks = {name: np.asarray(r, dtype=float) for name, r in risks.items()}
-    num = {name: np.zeros(len(w)) if np.isfinite(r).all() else np.full(len(w), np.nan) for name, r in risks.items()}
-    finite = {name: r for name, r in risks.items() if not np.isnan(num[name]).any()}
+    finite = {name: r for name, r in risks.items() if np.isfinite(r).all()}
+    num = {name: np.zeros(len(w)) if name in finite else np.full(len(w), np.nan) for name in risks}
     den = np.zeros(len(w))
     anchors = np.flatnonzero(event)
     step = max(1, _PAIR_BLOCK // max(len(time), 1))
