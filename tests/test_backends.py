@@ -217,24 +217,60 @@ def test_one_call_answers_each_prompt_as_asking_for_it_alone(tiny_lora_pair, sch
     each the same as that prompt asked alone."""
     base, lora = tiny_lora_pair
     sub = schema.subset(SUBSET)
-    h = HFBackend(base, {"a": lora}, sub, BackendSettings(batch_size=4))
+    h = HFBackend(base, {"a": lora}, sub, BackendSettings(batch_size=5))
     free = Decoding(max_new_tokens=12, constrained=False)
     asked = [(free, "a"), (Decoding(strategy="beam", beam_width=2, max_new_tokens=12), None),
-             (Decoding(strategy="sample", n=2, temperature=1.0, max_new_tokens=12, seed=3), "a"),
-             (Decoding(max_new_tokens=40), None)]
+             (Decoding(strategy="sample", n=2, temperature=1.0, max_new_tokens=12, constrained=False, seed=3), "a"),
+             (Decoding(max_new_tokens=40), None),
+             (Decoding(strategy="sample", n=2, temperature=1.5, top_p=0.9, max_new_tokens=12, constrained=False,
+                       seed=4), None)]
     prompts = _prompts(len(asked))
+    calls = []
+    generate = h.model.generate
+    h.model.generate = lambda **kw: calls.append(len(kw["input_ids"])) or generate(**kw)
     together = h.generate(prompts, [d for d, _ in asked], [a for _, a in asked])
+    # the beam prompt; the constrained one; the greedy and sampled prompts of 12 tokens, a row per completion
+    assert sorted(calls) == [1, 1, 5]
     alone = [h.generate([p], d, a)[0] for p, (d, a) in zip(prompts, asked)]
     assert [[g.text for g in gens] for gens in together] == [[g.text for g in gens] for gens in alone]
-    assert [len(gens) for gens in together] == [1, 1, 2, 1]
-    assert all(gens[0].text.startswith(h.answer_prefix) for gens in together[:3])
+    assert [len(gens) for gens in together] == [1, 1, 2, 1, 2]
+    assert len({g.text for g in together[2] + together[4]}) > 1
+    assert all(gens[0].text.startswith(h.answer_prefix) for gens in together[:3] + together[4:])
     last = together[3][0]   # constrained greedy: the tokens and their log-probabilities spell the whole answer
     assert "".join(last.token_texts) == last.text and len(last.token_logprobs) == last.completion_tokens
     assert together[0][0].text != together[1][0].text
-    with pytest.raises(ValueError, match="2 adapter names for 4 prompts"):
+    with pytest.raises(ValueError, match="2 adapter names for 5 prompts"):
         h.generate(prompts, free, ["a", None])
     with pytest.raises(KeyError, match="adapter 'b' was not loaded"):
         h.generate(prompts[:1], free, "b")
+
+
+def test_a_sampled_row_draws_within_its_top_p_at_its_temperature():
+    """hf draws a sampled row's token itself (so that it shares a greedy `generate` call): from the row's own seeded
+    generator, among the tokens that hold its top-p mass, in proportion to their temperature-scaled probabilities;
+    every other token is ruled out, and a greedy row beside it is left as it was."""
+    from collections import Counter
+
+    import torch
+
+    from survlm.modeling.backends.hf import _RowSampler
+
+    logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
+
+    def draws(temperature, top_p, seed=5, n=3000):
+        sampler = _RowSampler([(1, Decoding(strategy="sample", temperature=temperature, top_p=top_p, seed=seed), 0)])
+        seen = []
+        for _ in range(n):
+            out = sampler(None, torch.stack([logits, logits]))
+            assert torch.equal(out[0], logits) and int(torch.isfinite(out[1]).sum()) == 1
+            seen.append(int(out[1].argmax()))
+        return seen
+
+    at_1 = Counter(draws(1.0, 0.8))   # 0.5 + 0.3 hold 0.8: tokens 0 and 1, 5:3
+    assert set(at_1) == {0, 1} and abs(at_1[0] / 3000 - 0.625) < 0.03
+    assert set(draws(0.25, 0.8, n=200)) == {0}        # sharpened, token 0 alone holds 0.88
+    assert set(draws(4.0, 1.0, n=400)) == {0, 1, 2, 3}
+    assert draws(1.0, 0.8, n=50) == draws(1.0, 0.8, n=50) != draws(1.0, 0.8, seed=6, n=50)
 
 
 def test_static_cache_answers_as_the_dynamic_one(tiny_lora_pair, schema):
