@@ -271,6 +271,7 @@ def test_a_sampled_row_draws_within_its_top_p_at_its_temperature():
     assert set(draws(0.25, 0.8, n=200)) == {0}        # sharpened, token 0 alone holds 0.88
     assert set(draws(4.0, 1.0, n=400)) == {0, 1, 2, 3}
     assert draws(1.0, 0.8, n=50) == draws(1.0, 0.8, n=50) != draws(1.0, 0.8, seed=6, n=50)
+    assert _RowSampler([(0, Decoding(strategy="sample", temperature=0.0), 0)]).rows == []   # greedy, as in vLLM
 
 
 def test_static_cache_answers_as_the_dynamic_one(tiny_lora_pair, schema):

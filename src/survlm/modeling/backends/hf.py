@@ -180,8 +180,9 @@ class _RowSampler:
     (as a seeded vLLM request's)."""
 
     def __init__(self, rows: list[tuple[int, Decoding, int]]):
-        # (row in the call, its decoding, which of the prompt's completions); a temperature of 0 is greedy
-        self.rows = [(k, d, j) for k, d, j in rows if d.temperature > 0]
+        # (row in the call, its decoding, which of the prompt's completions); a temperature under 1e-5 is greedy,
+        # as in vLLM (dividing by it would overflow)
+        self.rows = [(k, d, j) for k, d, j in rows if d.temperature >= 1e-5]
         self.generators: list | None = None
 
     def __call__(self, input_ids, scores):
