@@ -80,7 +80,8 @@ def test_prompt_json_carries_and_checks_its_digests(tmp_path, schema):
     prepared = write_prepared(tmp_path / "prepared", {"val": [record(0, split="val")]}, schema_path=str(schema_file))
     info = json.loads((prepared / "prompt.json").read_text())
     assert info["prompt_digest"] == text_digest(SODIUM_PROMPT) and info["schema"]["digest"] == schema.digest
-    assert load_prompt(prepared) == (load_prompt(prepared)[0], SODIUM_PROMPT)
+    loaded_schema, loaded_prompt = load_prompt(prepared)
+    assert loaded_schema.digest == schema.digest and loaded_prompt == SODIUM_PROMPT
 
     schema_file.write_text(schema_file.read_text() + "\n# edited after prepare\n")   # another digest
     with pytest.raises(ArtifactError) as exc:

@@ -39,7 +39,8 @@ def test_confidence_is_the_product_over_the_value_tokens_only():
 def test_isotonic_curve_is_monotone_and_matches_the_rates():
     curve = Curve.fit([(0.1, 0), (0.2, 1), (0.3, 0), (0.9, 1), (0.95, 1)])
     assert list(curve.value) == sorted(curve.value)
-    assert curve(0.05) == curve(0.1) and curve(1.0) == 1.0
+    # the rates of the pooled blocks: 0 at 0.1, (1 + 0) / 2 over 0.2-0.3 (a violation pooled), 1 from 0.9
+    assert [curve(x) for x in (0.05, 0.1, 0.2, 0.3, 0.9, 1.0)] == [0.0, 0.0, 0.5, 0.5, 1.0, 1.0]
     assert Curve()(0.5) is None
 
 

@@ -64,7 +64,7 @@ def test_dvc_repro_prepare(repo_copy, tiny_llama_dir):
     assert schema.digest == metrics["schema"]["digest"] and system.startswith("Extract one JSON object")
     held = [json.loads(line)["style"] for line in (out / "test_heldout.jsonl").read_text().splitlines()]
     train = [json.loads(line)["style"] for line in (out / "train.jsonl").read_text().splitlines()]
-    assert set(held) <= {"nursing"} and "nursing" not in train
+    assert held and set(held) == {"nursing"} and "nursing" not in train
     # Note text lives only in the prepared records, never in metrics.
     assert "HD" not in (repo_copy / "metrics" / "prepare.json").read_text()
 

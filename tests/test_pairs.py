@@ -62,7 +62,6 @@ def test_model_answers_are_tagged(schema, cases):
     last = [x for x in m[name] if x.kind == "day"][-1]
     ends = {(r[0], r[6]): r[7] for r in meta["mentions"]}
     wrong = _with_field(rec, name, {"value": last.value, "unit": last.unit, "evidence": text[last.start:ends[(name, last.start)]]})
-    null_name = next(f.name for f in schema if f.type == "number" and f.is_physiology and rec["labels"][f.name] is None)
     omitted_name = next(f.name for f in schema if f.is_physiology and rec["labels"][f.name] is not None and f.name != name)
     completions = [gold_text, wrong, wrong, "{not json", _with_field(rec, omitted_name, None)]
     pairs, counters = build_pairs(schema, rec, SYSTEM, meta, completions, rates={}, seed=0)
@@ -74,7 +73,6 @@ def test_model_answers_are_tagged(schema, cases):
     assert model[2]["tags"] == ["omitted"] and model[2]["fields"] == [omitted_name]
     assert all(p["chosen"][0]["content"] == gold_text for p in pairs)
     assert all(p["prompt"] == chat_prompt(SYSTEM, rec) for p in pairs)   # DPO's prompt, from the plain record
-    assert null_name  # the case offers a fabrication trap too (used below)
 
 
 def test_synthetic_traps_each_teach_one_error(schema, cases):

@@ -16,22 +16,19 @@ def prepared(tmp_path):
                                                   "val": [record(i, split="val") for i in range(5, 7)]})
 
 
-def test_prompt_tokens_are_masked(tiny_llama_dir, prepared):
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
-    from survlm.modeling.loading import load_base, load_tokenizer, lora_config
-    from survlm.modeling.sft import example_lengths, prompt_completion
+def test_prompt_tokens_are_masked(tiny_llama_dir, tmp_path):
+    """The batch sft's own trainer gives the model: no loss on the system and user turns, loss on the whole answer
+    (and its end token), which starts where the answer's JSON does."""
+    from survlm.modeling.loading import load_base, load_tokenizer
+    from survlm.modeling.sft import build_trainer, example_lengths, prompt_completion, tokenized_examples
 
     tok = load_tokenizer(tiny_llama_dir)
     ex = prompt_completion(record(0), SODIUM_PROMPT)
     n_prompt, n_full = example_lengths(tok, ex)
-    trainer = SFTTrainer(model=load_base(tiny_llama_dir, "none", "cpu"),
-                         args=SFTConfig(output_dir=str(prepared / "x"), completion_only_loss=True, report_to="none",
-                                        max_length=256, use_cpu=True),
-                         train_dataset=Dataset.from_list([ex]), processing_class=tok,
-                         peft_config=lora_config(sft_params().lora))
-    batch = trainer.data_collator([trainer.train_dataset[0]])
+    rows = tokenized_examples(tok, [ex])
+    trainer = build_trainer(load_base(tiny_llama_dir, "none", "cpu"), tok, sft_params(), rows, rows, tmp_path / "x",
+                            "cpu")
+    batch = next(iter(trainer.get_train_dataloader()))
     labels = batch["labels"][0]
     assert labels.shape[0] == n_full
     assert (labels[:n_prompt] == -100).all()          # system + user turns carry no loss
@@ -98,6 +95,10 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
 
 
 def test_checkpoints_of_other_code_are_not_resumed(prepared, tiny_llama_dir, tmp_path, monkeypatch):
+    """An interrupted run resumes only under the same survlm code: the source digest (byte code aside) is part of
+    the run's fingerprint, and a run whose code changed trains anew."""
+    from transformers import TrainerCallback
+
     from survlm.hashing import source_digest
     from survlm.modeling import sft
 
@@ -110,11 +111,21 @@ def test_checkpoints_of_other_code_are_not_resumed(prepared, tiny_llama_dir, tmp
     (package / "loss.py").write_text("WEIGHT = 2\n")
     assert source_digest(package) != before
 
-    files = [prepared / "train.jsonl"]
-    fingerprint = sft._fingerprint(sft_params(), "none", files, tiny_llama_dir)
-    assert sft._fingerprint(sft_params(), "none", files, tiny_llama_dir) == fingerprint
+    out, real_callbacks = tmp_path / "sft", sft.callbacks
+
+    class Crash(TrainerCallback):  # the process dies right after the step-3 update (checkpoint-2 is on disk)
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(sft, "callbacks", lambda live, device: real_callbacks(live, device) + [Crash()])
+    with pytest.raises(KeyboardInterrupt):
+        sft.train_sft(sft_params(max_steps=4), prepared, tiny_llama_dir, out, None)
+    assert (out / "checkpoint-2").is_dir()
+    monkeypatch.setattr(sft, "callbacks", real_callbacks)
     monkeypatch.setattr(sft, "source_digest", lambda: "other code")
-    assert sft._fingerprint(sft_params(), "none", files, tiny_llama_dir) != fingerprint
+    summary = sft.train_sft(sft_params(max_steps=4), prepared, tiny_llama_dir, out, None)
+    assert summary["resumed_from"] is None and summary["steps"] == 4
 
 
 def test_batched_tokenization_is_trls_per_example(tiny_llama_dir, monkeypatch):
@@ -264,6 +275,8 @@ def test_sft_stage_rejects_a_value_weight_that_is_not_positive(tmp_path, capsys)
                                                "(1: every answer token alike), got 0.0")
     with pytest.raises(SystemExit):           # an infinite weight would make every other token's weight 0 * inf
         main(sft_params(value_weight=float("inf")), Paths(*(tmp_path / n for n in ("p", "b", "o", "l", "m.json"))))
+    assert capsys.readouterr().err.strip() == ("params.yaml: sft.value_weight: must be a number above 0 "
+                                               "(1: every answer token alike), got inf")
 
 
 def test_choose_best_prefers_accuracy_then_earlier_step():
