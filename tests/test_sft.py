@@ -16,6 +16,25 @@ def prepared(tmp_path):
                                                   "val": [record(i, split="val") for i in range(5, 7)]})
 
 
+def _crash_after_step_3(monkeypatch, train):
+    """Runs `train` with sft's callbacks plus one that kills the process right after the step-3 update
+    (checkpoint-2 is on disk), then gives sft its own callbacks back."""
+    from transformers import TrainerCallback
+
+    import survlm.modeling.sft as sft
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    real_callbacks = sft.callbacks
+    monkeypatch.setattr(sft, "callbacks", lambda live, device: real_callbacks(live, device) + [Crash()])
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(sft, "callbacks", real_callbacks)
+
+
 def test_prompt_tokens_are_masked(tiny_llama_dir, tmp_path):
     """The batch sft's own trainer gives the model: no loss on the system and user turns, loss on the whole answer
     (and its end token), which starts where the answer's JSON does."""
@@ -38,26 +57,14 @@ def test_prompt_tokens_are_masked(tiny_llama_dir, tmp_path):
 
 
 def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, monkeypatch):
-    from transformers import TrainerCallback
-
     import survlm.modeling.sft as sft
 
     out, live = tmp_path / "sft", tmp_path / "live"
-    real_callbacks = sft.callbacks
-
-    class Crash(TrainerCallback):  # the process dies right after the step-3 update (checkpoint-2 is on disk)
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(sft, "callbacks", lambda live, device: real_callbacks(live, device) + [Crash()])
-    with pytest.raises(KeyboardInterrupt):
-        sft.train_sft(sft_params(), prepared, tiny_llama_dir, out, live)
+    _crash_after_step_3(monkeypatch, lambda: sft.train_sft(sft_params(), prepared, tiny_llama_dir, out, live))
     assert (out / "checkpoint-2" / "adapter_model.safetensors").is_file()
     assert not (out / "checkpoint-2" / "model.safetensors").exists()  # adapter only, never base weights
     assert json.loads((out / "run.json").read_text())["complete"] is False
 
-    monkeypatch.setattr(sft, "callbacks", real_callbacks)
     summary = sft.train_sft(sft_params(), prepared, tiny_llama_dir, out, live)
     assert summary["resumed_from"] == "checkpoint-2" and summary["steps"] == 6
     assert summary["checkpoints"] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
@@ -97,8 +104,6 @@ def test_sft_stage_trains_saves_and_resumes(tiny_llama_dir, prepared, tmp_path, 
 def test_checkpoints_of_other_code_are_not_resumed(prepared, tiny_llama_dir, tmp_path, monkeypatch):
     """An interrupted run resumes only under the same survlm code: the source digest (byte code aside) is part of
     the run's fingerprint, and a run whose code changed trains anew."""
-    from transformers import TrainerCallback
-
     from survlm.hashing import source_digest
     from survlm.modeling import sft
 
@@ -111,18 +116,10 @@ def test_checkpoints_of_other_code_are_not_resumed(prepared, tiny_llama_dir, tmp
     (package / "loss.py").write_text("WEIGHT = 2\n")
     assert source_digest(package) != before
 
-    out, real_callbacks = tmp_path / "sft", sft.callbacks
-
-    class Crash(TrainerCallback):  # the process dies right after the step-3 update (checkpoint-2 is on disk)
-        def on_step_end(self, args, state, control, **kw):
-            if state.global_step == 3:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(sft, "callbacks", lambda live, device: real_callbacks(live, device) + [Crash()])
-    with pytest.raises(KeyboardInterrupt):
-        sft.train_sft(sft_params(max_steps=4), prepared, tiny_llama_dir, out, None)
+    out = tmp_path / "sft"
+    _crash_after_step_3(monkeypatch, lambda: sft.train_sft(sft_params(max_steps=4), prepared, tiny_llama_dir, out,
+                                                           None))
     assert (out / "checkpoint-2").is_dir()
-    monkeypatch.setattr(sft, "callbacks", real_callbacks)
     monkeypatch.setattr(sft, "source_digest", lambda: "other code")
     summary = sft.train_sft(sft_params(max_steps=4), prepared, tiny_llama_dir, out, None)
     assert summary["resumed_from"] is None and summary["steps"] == 4
