@@ -32,6 +32,22 @@ def test_long_note_is_chunked_not_truncated(tiny_llama_dir, schema, tmp_path):
     assert "note" not in json.dumps(rows[0]).replace('"n_chunks"', "").replace('"note_sha256"', "")  # no note text
 
 
+
+def test_infer_counts_chunked_notes_and_the_fields_their_chunks_disagreed_on():
+    """metrics/infer.json per task, from the task's rows: a field its chunks disagreed on counts once a note."""
+    from survlm.stages.infer import task_summary
+
+    def row(n_chunks, conflicts, finish, statuses):
+        return {"n_chunks": n_chunks, "chunk_conflicts": conflicts, "completion_tokens": 5 * n_chunks,
+                "prompt_tokens": 100 * n_chunks, "finish_reasons": finish,
+                "fields": {f"f{i}": {"status": s} for i, s in enumerate(statuses)}}
+
+    rows = [row(3, ["sodium_meq_l", "ph"], ["stop", "length", "stop"], ["ok", "null"]),
+            row(2, [], ["stop", "stop"], ["ok", "ok"]), row(1, [], ["length"], ["refused", "ok"])]
+    assert task_summary(rows) == {"rows": 3, "chunked_notes_total": 2, "chunk_conflicts": 2,
+                                  "completion_tokens": 30, "prompt_tokens": 600, "hit_max_new_tokens": 2,
+                                  "statuses": {"null": 1, "ok": 4, "refused": 1}}
+
 def _clean_run(model_dir, schema, out, n):
     """n notes answered start to end: (schema subset, backend, decoding, records)."""
     sub = schema.subset(["sex", "diabetes"])

@@ -39,7 +39,8 @@ def run(tmp_path, monkeypatch):
     files = {"evaluate": ev, "sft": {"steps": 32, "train_loss": 0.35, "train_seconds": 538.3},
              "select_ckpt": {"val_notes": 4, "best": {"step": 32, "field_accuracy": 0.34}, "zero_shot": None},
              "infer": {"backend": "hf", "generation_s": 1660.7,
-                       "tasks": {"dpo/test": {"rows": 6, "hit_max_new_tokens": 1, "chunked_notes_total": 0}}},
+                       "tasks": {"dpo/test": {"rows": 6, "hit_max_new_tokens": 1, "chunked_notes_total": 2,
+                                              "chunk_conflicts": 3}}},
              "dpo": {"train": {"steps": 6, "last_step": {"rewards/margins": 1.33}, "train_seconds": 305.2}}}
     for name, data in files.items():
         (m / f"{name}.json").write_text(json.dumps(data))
@@ -73,7 +74,8 @@ def test_headline_files_are_small_and_carry_no_timings(run):
     assert heads["evaluate"]["test"]["dpo"]["field_accuracy"] == 0.5
     assert heads["evaluate"]["survival"]["cindex_gap_dpo"] == -0.1
     assert heads["evaluate"]["survival"]["whole_test_cindex_regex"] == 0.65
-    assert heads["infer"] == {"backend": "hf", "rows": 6, "hit_max_new_tokens": 1, "chunked_notes": 0}
+    assert heads["infer"] == {"backend": "hf", "rows": 6, "hit_max_new_tokens": 1, "chunked_notes": 2,
+                              "chunk_conflicts": 3}
     assert heads["dpo"] == {"steps": 6, "reward_margin": 1.33}
     text = json.dumps(heads)
     assert "seconds" not in text and "generation_s" not in text and "per_field" not in text

@@ -62,7 +62,8 @@ def headline(stage: str, m: dict) -> dict:
         tasks = (m.get("tasks") or {}).values()
         out.update(rows=sum(t.get("rows", 0) for t in tasks),
                    hit_max_new_tokens=sum(t.get("hit_max_new_tokens", 0) for t in tasks),
-                   chunked_notes=sum(t.get("chunked_notes_total", 0) for t in tasks))
+                   chunked_notes=sum(t.get("chunked_notes_total", 0) for t in tasks),
+                   chunk_conflicts=sum(t.get("chunk_conflicts", 0) for t in tasks))
     if stage == "evaluate":
         for split, by_model in (m.get("extraction_by_model") or {}).items():
             for model, s in by_model.items():

@@ -66,6 +66,21 @@ def abstain(out: Path, schema, val_rows: list[dict], splits: list[str]) -> dict:
             "on_validation": {kind: {k: m[k] for k in keys} for kind, m in scored.items()}}
 
 
+def task_summary(rows: list[dict]) -> dict:
+    """What a task's rows (kept and new) add up to: notes answered in chunks and the fields their chunks disagreed
+    on (the merge rule settled them; a field counted once a note), tokens, answers cut at max_new_tokens, and the
+    parser's field statuses."""
+    statuses: dict[str, int] = {}
+    for row in rows:
+        for f in row["fields"].values():
+            statuses[f["status"]] = statuses.get(f["status"], 0) + 1
+    return {"rows": len(rows), "chunked_notes_total": sum(r["n_chunks"] > 1 for r in rows),
+            "chunk_conflicts": sum(len(r.get("chunk_conflicts") or ()) for r in rows),
+            "completion_tokens": sum(r["completion_tokens"] for r in rows),
+            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
+            "hit_max_new_tokens": sum("length" in r["finish_reasons"] for r in rows),
+            "statuses": dict(sorted(statuses.items()))}
+
 @dataclass(frozen=True)
 class Paths:
     prepared: Path = path_arg("prepare's output dir (test splits, validation, prompt)")
@@ -135,17 +150,7 @@ def main(cfg: InferParams, paths: Paths) -> None:
                      "generation_s": round(sum(seconds.values()), 3), "beam_search_s": round(seconds["beam_search"], 3),
                      "tasks": {}}
     for task in tasks:
-        rows = list(read_jsonl(task.out_path))
-        statuses: dict[str, int] = {}
-        for row in rows:
-            for f in row["fields"].values():
-                statuses[f["status"]] = statuses.get(f["status"], 0) + 1
-        summary["tasks"][task.name] = {
-            **counts[task.name], "rows": len(rows), "chunked_notes_total": sum(r["n_chunks"] > 1 for r in rows),
-            "completion_tokens": sum(r["completion_tokens"] for r in rows),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in rows),
-            "hit_max_new_tokens": sum("length" in r["finish_reasons"] for r in rows),
-            "statuses": dict(sorted(statuses.items()))}
+        summary["tasks"][task.name] = {**counts[task.name], **task_summary(list(read_jsonl(task.out_path)))}
     if val_rows:
         meta = render_meta(prepared, {r["id"] for r in val_rows})
         labels = {r["id"]: r["labels"] for r in val_rows}
