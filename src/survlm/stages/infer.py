@@ -81,6 +81,7 @@ def task_summary(rows: list[dict]) -> dict:
             "hit_max_new_tokens": sum("length" in r["finish_reasons"] for r in rows),
             "statuses": dict(sorted(statuses.items()))}
 
+
 @dataclass(frozen=True)
 class Paths:
     prepared: Path = path_arg("prepare's output dir (test splits, validation, prompt)")
